@@ -1,0 +1,116 @@
+//! The `slim-lab` command line.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use slim_lab::network::byte_counters;
+use slim_lab::state::Mode;
+use slim_lab::topology::Node;
+use slim_lab::{down, exec, status, up};
+
+/// A local two-host Slim cluster: network namespaces joined by a real VXLAN overlay.
+#[derive(Parser)]
+#[command(name = "slim-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab (idempotent: does nothing if it is already up in this mode).
+    Up {
+        /// Start the routers with --secure.
+        #[arg(long)]
+        secure: bool,
+        /// Build only the network, without routers.
+        #[arg(long)]
+        no_routers: bool,
+    },
+    /// Remove everything the lab made; succeeds when nothing exists.
+    Down,
+    /// Show namespaces, addresses, routers and VXLAN counters; exit 1 unless fully up.
+    Status,
+    /// Print a node's address: overlay for a container, underlay for a host.
+    Addr {
+        node: Node,
+        /// The IPv6 address instead of the IPv4 one.
+        #[arg(long)]
+        v6: bool,
+    },
+    /// Run a command inside a node's network namespace.
+    Exec {
+        node: Node,
+        /// Preload Slim and point it at the container's router (containers only).
+        #[arg(long)]
+        slim: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Print `rx_bytes tx_bytes` of a device inside a node's namespace.
+    Counters { node: Node, dev: String },
+    /// List the nodes: name, kind, host, IPv4, IPv6, namespace.
+    Nodes,
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("slim-lab manages network namespaces and needs root; run it with sudo");
+    }
+    Ok(())
+}
+
+fn run(command: Cmd) -> Result<ExitCode> {
+    match command {
+        Cmd::Up { secure, no_routers } => {
+            require_root()?;
+            up::up(Mode {
+                secure,
+                routers: !no_routers,
+            })?;
+        }
+        Cmd::Down => {
+            require_root()?;
+            down::down()?;
+        }
+        Cmd::Status => {
+            require_root()?;
+            if !status::status()? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Addr { node, v6 } => println!("{}", node.addr(v6)),
+        Cmd::Exec { node, slim, cmd } => {
+            require_root()?;
+            let failure = exec::exec(node, slim, &cmd);
+            eprintln!("slim-lab: {:#}", failure.error);
+            return Ok(ExitCode::from(failure.exit_code));
+        }
+        Cmd::Counters { node, dev } => {
+            require_root()?;
+            let (rx, tx) = byte_counters(node.netns(), &dev)?;
+            println!("{rx} {tx}");
+        }
+        Cmd::Nodes => status::nodes(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    // SAFETY: runs first in main, before any thread exists; SIG_DFL installs no handler code.
+    // Dying quietly on a closed pipe (`slim-lab status | head`) beats panicking in println!.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("slim-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

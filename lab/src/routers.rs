@@ -1,0 +1,216 @@
+//! Starting the per-host `slim-router`s and telling whether they still serve.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::paths::{router_log, router_pid_file, router_socket};
+use crate::processes::{cmdline, is_running};
+use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_POLL: Duration = Duration::from_millis(20);
+const LOG_TAIL_LINES: usize = 20;
+
+/// The router's exact command line after the binary.
+pub fn router_args(host: &Host, secure: bool) -> Vec<String> {
+    let mut args = vec![
+        "--host-addr".to_string(),
+        host.underlay_v4.to_string(),
+        "--socket".to_string(),
+        router_socket(host).display().to_string(),
+    ];
+    for prefix in OVERLAY_PREFIXES {
+        args.extend(["--prefix".to_string(), prefix.to_string()]);
+    }
+    for peer in host.peers() {
+        args.extend([
+            "--peer".to_string(),
+            format!("{}:{ROUTER_PORT}", peer.underlay_v4),
+        ]);
+    }
+    if secure {
+        args.push("--secure".to_string());
+    }
+    args.extend(["--log-level".to_string(), "info".to_string()]);
+    args
+}
+
+/// A router that was spawned and may not answer yet.
+pub struct Starting {
+    host: &'static Host,
+    child: Child,
+}
+
+/// Spawns the router in the host's namespace, detached from this process's session so that it
+/// outlives `slim-lab up` and a terminal's hangup. Its pid is written before it is ready so
+/// that `down` finds it even if `up` fails while waiting.
+pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> {
+    let log_path = router_log(host);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the router log {}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .context("cannot duplicate the router log descriptor")?;
+    // `ip netns exec` execs the router in place (same pid) and remounts /sys for the namespace,
+    // which the router may read to find its devices.
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", host.netns])
+        .arg(bin)
+        .args(router_args(host, secure))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which
+    // is async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {} in {}", bin.display(), host.netns))?;
+    let pid_path = router_pid_file(host);
+    std::fs::write(&pid_path, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", pid_path.display()))?;
+    Ok(Starting { host, child })
+}
+
+/// Waits until every router accepts a connection on its socket, or one dies, or time runs out.
+pub fn wait_ready(mut starting: Vec<Starting>) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !starting.is_empty() {
+        let mut still = Vec::new();
+        for mut s in starting {
+            if answers(&router_socket(s.host)) {
+                continue;
+            }
+            if let Some(status) = s.child.try_wait().context("cannot poll a router process")? {
+                bail!(
+                    "the router of {} exited ({status}) before it answered on {}; its log {} ends with:\n{}",
+                    s.host.name,
+                    router_socket(s.host).display(),
+                    router_log(s.host).display(),
+                    log_tail(s.host)
+                );
+            }
+            still.push(s);
+        }
+        starting = still;
+        if starting.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let s = &starting[0];
+            bail!(
+                "the router of {} did not answer on {} within {} s; its log {} ends with:\n{}",
+                s.host.name,
+                router_socket(s.host).display(),
+                READY_TIMEOUT.as_secs(),
+                router_log(s.host).display(),
+                log_tail(s.host)
+            );
+        }
+        sleep(READY_POLL);
+    }
+    Ok(())
+}
+
+/// Whether a router accepts connections on `path`. The router speaks SOCK_SEQPACKET (see the
+/// uapi crate), so a stream connect would fail with EPROTOTYPE even against a live router.
+pub fn answers(path: &Path) -> bool {
+    let Ok(sock) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    // The connection closes when `sock` drops; the router sees an empty session and moves on.
+    connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr).is_ok()
+}
+
+fn log_tail(host: &Host) -> String {
+    match std::fs::read_to_string(router_log(host)) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            if tail.is_empty() {
+                "(empty)".to_string()
+            } else {
+                tail.join("\n")
+            }
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+/// What the state directory and /proc say about one host's router.
+pub struct RouterState {
+    pub pid: Option<u32>,
+    pub alive: bool,
+    pub answering: bool,
+}
+
+impl RouterState {
+    pub fn serving(&self) -> bool {
+        self.alive && self.answering
+    }
+}
+
+/// The router's pid from its pid file, if the process is running and is still that router
+/// (the command line names its socket), so that a recycled pid is never mistaken for it.
+pub fn live_pid(host: &Host) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(router_pid_file(host))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let socket = router_socket(host).display().to_string();
+    (is_running(pid) && cmdline(pid).contains(&socket)).then_some(pid)
+}
+
+pub fn state(host: &Host) -> RouterState {
+    let pid = std::fs::read_to_string(router_pid_file(host))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    RouterState {
+        pid,
+        alive: live_pid(host).is_some(),
+        answering: answers(&router_socket(host)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::HOSTS;
+
+    #[test]
+    fn router_command_line_is_exact() {
+        let args = router_args(&HOSTS[0], true).join(" ");
+        assert_eq!(
+            args,
+            "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \
+             --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure --log-level info"
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! connect() and listen() on overlay addresses: where a program's socket becomes a Slim one.
+
+use crate::addr::{self, normalize};
+use crate::config;
+use crate::fdtable::{self, CANDIDATE, CONN, LISTENER, NONE, PLAIN};
+use crate::hooks::{errno, set_errno, sock_int};
+use crate::link;
+use crate::listener;
+use crate::log::{slog, DEBUG};
+use crate::real;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use slim_uapi::proto::{ConnectReq, IpList, ListenReq, Reply, Request, SockOpts, MAX_FRAME};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Whether `fd` is a TCP socket (asked of the kernel when socket() was not seen, e.g. after exec).
+fn is_tcp(fd: i32, kind: u8) -> bool {
+    kind == CANDIDATE
+        || sock_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+}
+
+fn family_of(a: &SocketAddr) -> i32 {
+    if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
+}
+
+/// The overlay source address the container's routing picks for IPv4 / IPv6 destinations,
+/// found once with an unconnected-then-connected UDP socket (which sends nothing).
+static SRC_V4: AtomicU32 = AtomicU32::new(0);
+static SRC_V6: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+fn route_source(dst: SocketAddr) -> Option<IpAddr> {
+    match dst {
+        SocketAddr::V4(_) => {
+            let c = SRC_V4.load(Ordering::Relaxed);
+            if c != 0 {
+                return Some(IpAddr::V4(Ipv4Addr::from(c)));
+            }
+        }
+        SocketAddr::V6(_) => {
+            let (a, b) = (
+                SRC_V6[0].load(Ordering::Relaxed),
+                SRC_V6[1].load(Ordering::Relaxed),
+            );
+            if a != 0 || b != 0 {
+                return Some(IpAddr::V6(Ipv6Addr::from((a as u128) << 64 | b as u128)));
+            }
+        }
+    }
+    let fam = family_of(&dst);
+    // SAFETY: plain socket(2).
+    let u = unsafe { real::socket(fam, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if u < 0 {
+        return None;
+    }
+    let (ss, len) = addr::to_storage(SocketAddr::new(dst.ip(), 9), fam);
+    // SAFETY: ss holds a valid address of `len` bytes.
+    let r = unsafe { real::connect(u, &ss as *const _ as *const libc::sockaddr, len) };
+    let src = if r == 0 {
+        addr::local_of(u).map(|a| a.ip())
+    } else {
+        None
+    };
+    // SAFETY: our own temporary socket.
+    unsafe { real::close(u) };
+    match src? {
+        IpAddr::V4(v4) => SRC_V4.store(u32::from(v4), Ordering::Relaxed),
+        IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            SRC_V6[0].store((x >> 64) as u64, Ordering::Relaxed);
+            SRC_V6[1].store(x as u64, Ordering::Relaxed);
+        }
+    }
+    src
+}
+
+/// The connect hook. Returns None when the call should go to the C library unchanged.
+pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
+    let ndst = normalize(dst);
+    let cfg = config::get();
+    if addr::is_local_only(ndst.ip()) || !cfg.in_overlay(ndst.ip()) {
+        return None;
+    }
+    let kind = fdtable::kind(fd);
+    match kind {
+        CONN => return Some(reconnect(fd)),
+        LISTENER | PLAIN => return None,
+        _ => {}
+    }
+    if !link::available() || !is_tcp(fd, kind) {
+        return None;
+    }
+    let local = addr::local_of(fd)?;
+    let family = family_of(&local);
+    if local.port() != 0 {
+        // The program chose its own source port; only the overlay can honour that.
+        return None;
+    }
+    let nlocal = normalize(local);
+    if family == libc::AF_INET && dst.is_ipv6() {
+        return None;
+    }
+    let src_ip = if nlocal.ip().is_unspecified() {
+        route_source(ndst)?
+    } else if cfg.in_overlay(nlocal.ip()) {
+        nlocal.ip()
+    } else {
+        return None;
+    };
+    let slot = fdtable::get(fd);
+    let opts = match slot {
+        Some(s) if kind == CANDIDATE => s.opts(),
+        _ => SockOpts::default(),
+    };
+    let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
+    let req = Request::Connect(ConnectReq {
+        family,
+        src_ip,
+        dst: ndst,
+        opts,
+    });
+    let mut buf = [0u8; MAX_FRAME];
+    let (n, host) = link::call(&req, &mut buf)?;
+    let (id, cookie) = match Reply::decode(&buf[..n]) {
+        Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
+        Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
+            slog!(DEBUG, "connect to {dst} refused by the router: {message}");
+            set_errno(e);
+            return Some(-1);
+        }
+        Ok(other) => {
+            slog!(DEBUG, "connect to {dst}: {:?}; using the overlay", other);
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let host: OwnedFd = host?;
+    // SAFETY: fcntl queries on the program's descriptor.
+    let (fl, fdfl) = unsafe {
+        (
+            real::fcntl(fd, libc::F_GETFL, 0),
+            real::fcntl(fd, libc::F_GETFD, 0),
+        )
+    };
+    let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    let cloexec = fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0;
+    // SAFETY: dup3 onto the program's descriptor number atomically replaces its unconnected
+    // overlay socket with the host socket, whose connect is already under way.
+    let d = unsafe {
+        real::dup3(
+            host.as_raw_fd(),
+            fd,
+            if cloexec { libc::O_CLOEXEC } else { 0 },
+        )
+    };
+    drop(host);
+    if d < 0 {
+        return None;
+    }
+    if let Some(s) = fdtable::get_or_alloc(fd) {
+        s.set_conn(family, cookie, id.local, id.peer);
+    }
+    for reg in regs.into_iter().flatten() {
+        let mut ev = libc::epoll_event {
+            events: reg.events,
+            u64: reg.data,
+        };
+        // SAFETY: ev is valid; re-registers the new socket where the program had registered the old.
+        unsafe { real::epoll_ctl(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    slog!(DEBUG, "fd {fd}: Slim connection {} -> {dst}", id.local);
+    if nonblock {
+        set_errno(libc::EINPROGRESS);
+        return Some(-1);
+    }
+    Some(finish_blocking(fd))
+}
+
+fn set_blocking(fd: i32) {
+    // SAFETY: F_GETFL/F_SETFL on the program's descriptor.
+    unsafe {
+        let fl = real::fcntl(fd, libc::F_GETFL, 0);
+        if fl >= 0 {
+            real::fcntl(fd, libc::F_SETFL, (fl & !libc::O_NONBLOCK) as usize);
+        }
+    }
+}
+
+fn send_timeout_ms(fd: i32) -> i32 {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = core::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: tv/len valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &mut tv as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        -1
+    } else {
+        (tv.tv_sec * 1000 + tv.tv_usec / 1000).clamp(1, i32::MAX as i64) as i32
+    }
+}
+
+/// A blocking connect: wait for the host handshake as the kernel would, then report its outcome.
+fn finish_blocking(fd: i32) -> i32 {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: p is a valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, send_timeout_ms(fd)) };
+    // The socket is the program's blocking socket again whatever happens next.
+    set_blocking(fd);
+    if n < 0 {
+        return -1; // EINTR: the connection goes on, as with an interrupted blocking connect
+    }
+    if n == 0 {
+        set_errno(libc::EINPROGRESS);
+        return -1;
+    }
+    match sock_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Some(0) => 0,
+        Some(e) => {
+            set_errno(e);
+            -1
+        }
+        None => -1,
+    }
+}
+
+/// connect() again on a Slim socket: the answers the kernel gives for a connection in progress.
+fn reconnect(fd: i32) -> i32 {
+    if addr::peer_of(fd).is_some() {
+        set_errno(libc::EISCONN);
+        return -1;
+    }
+    match sock_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Some(0) | None => {}
+        Some(e) => {
+            set_errno(e);
+            return -1;
+        }
+    }
+    // SAFETY: F_GETFL on the program's descriptor.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+        set_errno(libc::EALREADY);
+        return -1;
+    }
+    finish_blocking(fd)
+}
+
+/// The container's overlay addresses: where a wildcard listener can be reached.
+fn overlay_ips() -> IpList {
+    let cfg = config::get();
+    let mut out = IpList::default();
+    let mut ifa: *mut libc::ifaddrs = core::ptr::null_mut();
+    // SAFETY: ifa is valid for writes; freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifa) } < 0 {
+        return out;
+    }
+    let mut p = ifa;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs returned.
+        let a = unsafe { (*p).ifa_addr };
+        if !a.is_null() {
+            // SAFETY: getifaddrs' addresses are full sockaddrs of their family.
+            if let Some(sa) = unsafe {
+                addr::read(
+                    a,
+                    core::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            } {
+                if cfg.in_overlay(sa.ip()) {
+                    out.push(sa.ip());
+                }
+            }
+        }
+        // SAFETY: as above.
+        p = unsafe { (*p).ifa_next };
+    }
+    // SAFETY: ifa came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifa) };
+    out
+}
+
+/// The listen hook, after the C library's listen() succeeded on `fd`.
+pub fn after_listen(fd: i32, backlog: i32, kind: u8) {
+    if kind != CANDIDATE && kind != NONE {
+        return;
+    }
+    if !link::available() || !is_tcp(fd, kind) {
+        return;
+    }
+    let Some(bound) = addr::local_of(fd) else {
+        return;
+    };
+    let family = family_of(&bound);
+    let nb = normalize(bound);
+    let cfg = config::get();
+    if !nb.ip().is_unspecified() && !cfg.in_overlay(nb.ip()) {
+        return; // loopback or another non-overlay address: not Slim's business
+    }
+    let v6only =
+        family == libc::AF_INET6 && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
+    let ips = if nb.ip().is_unspecified() {
+        overlay_ips()
+    } else {
+        IpList::default()
+    };
+    let slot = fdtable::get(fd);
+    let opts = match slot {
+        Some(s) if kind == CANDIDATE => s.opts(),
+        _ => SockOpts::default(),
+    };
+    let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
+    let req = Request::Listen(ListenReq {
+        family,
+        v6only,
+        bound,
+        ips,
+        backlog,
+        opts,
+    });
+    let mut buf = [0u8; MAX_FRAME];
+    let Some((n, host)) = link::call(&req, &mut buf) else {
+        return;
+    };
+    match (Reply::decode(&buf[..n]), host) {
+        (Ok(Reply::ListenOk { cookie }), Some(host)) => {
+            listener::install(fd, host, cookie, family, regs)
+        }
+        (r, _) => slog!(DEBUG, "listen on {bound}: {:?}; overlay only", r.ok()),
+    }
+    let _ = errno();
+}

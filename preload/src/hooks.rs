@@ -1,0 +1,585 @@
+//! The interposed C functions. Control path only: send, recv, read, write, poll and friends are
+//! never touched. Each hook catches panics so that none unwinds into C; after one, the call goes
+//! to the C library unchanged.
+//!
+//! # Safety
+//! Every hook has exactly the contract of the C function of the same name (pointers valid for
+//! the lengths given, and so on); programs call them as they would call the C library.
+
+use crate::addr;
+use crate::connect;
+use crate::fdtable::{self, CANDIDATE, CONN, HIDDEN, LISTENER, NONE, PLAIN};
+use crate::link;
+use crate::listener;
+use crate::real;
+use core::ffi::{c_int, c_void};
+use libc::{sockaddr, socklen_t};
+use slim_uapi::proto::{Reply, Request, MAX_FRAME};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// An int-valued socket option, read with the C library's getsockopt.
+pub fn sock_int(fd: i32, level: i32, name: i32) -> Option<i32> {
+    let mut v: c_int = 0;
+    let mut len = core::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: v/len valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            level,
+            name,
+            &mut v as *mut c_int as *mut c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+pub fn cookie_of(fd: i32) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = core::mem::size_of::<u64>() as socklen_t;
+    // SAFETY: v/len valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            &mut v as *mut u64 as *mut c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+macro_rules! guarded {
+    ($fallback:expr, $body:expr) => {
+        match catch_unwind(AssertUnwindSafe(|| $body)) {
+            Ok(v) => v,
+            Err(_) => $fallback,
+        }
+    };
+}
+
+/// Forgets `fd`'s state before the descriptor goes away or is replaced. Async-signal-safe.
+fn release(fd: c_int) {
+    let Some(s) = fdtable::get(fd) else { return };
+    match s.kind() {
+        NONE => {}
+        CONN => {
+            let cookie = s.cookie();
+            s.clear();
+            link::notify(&Request::Closed { cookie });
+        }
+        LISTENER => {
+            let i = s.listener();
+            s.clear();
+            listener::release(i);
+        }
+        _ => s.clear(),
+    }
+}
+
+/// `new` now refers to what `old` refers to (dup family).
+fn duplicated(old: c_int, new: c_int) {
+    let Some(src) = fdtable::get(old) else {
+        fdtable::clear(new);
+        return;
+    };
+    if src.kind() == NONE || src.kind() == HIDDEN || src.kind() == CANDIDATE {
+        fdtable::clear(new);
+        return;
+    }
+    if let Some(dst) = fdtable::get_or_alloc(new) {
+        if dst.copy_from(src) == LISTENER {
+            listener::retain(dst.listener());
+        }
+    }
+}
+
+/// The listener record of `fd`, also for a listener inherited across exec.
+fn listener_of(fd: c_int) -> Option<(usize, i32)> {
+    let s = fdtable::get(fd)?;
+    (s.kind() == LISTENER).then(|| (s.listener(), s.family()))
+}
+
+fn recover_listener(fd: c_int) -> Option<(usize, i32)> {
+    if fdtable::kind(fd) != NONE {
+        return None;
+    }
+    listener::recover(fd)
+}
+
+/// After exec the process has no records: ask the router whether this host socket is a Slim one.
+fn recover_conn(fd: c_int, kernel_view: core::net::SocketAddr) -> bool {
+    let ip = addr::normalize(kernel_view).ip();
+    if addr::is_local_only(ip) || crate::config::get().in_overlay(ip) || !link::available() {
+        return false;
+    }
+    let Some(cookie) = cookie_of(fd) else {
+        return false;
+    };
+    let mut buf = [0u8; MAX_FRAME];
+    let Some((n, _)) = link::call(&Request::QueryCookie { cookie }, &mut buf) else {
+        return false;
+    };
+    let Some(slot) = fdtable::get_or_alloc(fd) else {
+        return false;
+    };
+    match Reply::decode(&buf[..n]) {
+        Ok(Reply::Identity(id)) => {
+            let family = if kernel_view.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            slot.set_conn(family, cookie, id.local, id.peer);
+            true
+        }
+        _ => {
+            slot.set_plain();
+            false
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    // SAFETY: forwarded unchanged.
+    let fd = unsafe { real::socket(domain, ty, proto) };
+    if fd >= 0 {
+        guarded!((), {
+            let tcp = (domain == libc::AF_INET || domain == libc::AF_INET6)
+                && ty & 0xf == libc::SOCK_STREAM
+                && (proto == 0 || proto == libc::IPPROTO_TCP);
+            if tcp {
+                if let Some(s) = fdtable::get_or_alloc(fd) {
+                    s.set_candidate();
+                }
+            } else {
+                fdtable::clear(fd);
+            }
+        });
+    }
+    fd
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, a: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the caller passes a valid (addr, len) pair, as connect(2) requires.
+    let fallback = || unsafe { real::connect(fd, a, len) };
+    guarded!(fallback(), {
+        // SAFETY: as above.
+        match unsafe { addr::read(a, len) } {
+            Some(dst) => connect::connect(fd, dst).unwrap_or_else(fallback),
+            None => fallback(),
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    guarded!(unsafe { real::listen(fd, backlog) }, {
+        let kind = fdtable::kind(fd);
+        if let Some((i, _)) = listener_of(fd) {
+            let r = listener::rec(i);
+            // SAFETY: our hidden listeners; adjusts their backlog like a repeated listen().
+            unsafe {
+                real::listen(
+                    r.host_fd.load(core::sync::atomic::Ordering::Relaxed),
+                    backlog,
+                );
+                real::listen(
+                    r.overlay_fd.load(core::sync::atomic::Ordering::Relaxed),
+                    backlog,
+                )
+            }
+        } else {
+            // SAFETY: forwarded unchanged.
+            let r = unsafe { real::listen(fd, backlog) };
+            if r == 0 {
+                let saved = errno();
+                connect::after_listen(fd, backlog, kind);
+                set_errno(saved);
+            }
+            r
+        }
+    })
+}
+
+unsafe fn accept_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    if let Some((i, family)) = listener_of(fd) {
+        return listener::accept(fd, i, family, a, len, flags);
+    }
+    // SAFETY: the caller's (addr, len) pair, forwarded.
+    let c = unsafe { real::accept4(fd, a, len, flags) };
+    if c >= 0 {
+        fdtable::clear(c);
+        return c;
+    }
+    let e = errno();
+    if e == libc::ENOTSOCK || e == libc::EINVAL {
+        if let Some((i, family)) = recover_listener(fd) {
+            return listener::accept(fd, i, family, a, len, flags);
+        }
+    }
+    set_errno(e);
+    -1
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, a: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded under accept(2)'s contract.
+    guarded!(unsafe { real::accept(fd, a, len) }, unsafe {
+        accept_common(fd, a, len, 0)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    a: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded under accept4(2)'s contract.
+    guarded!(unsafe { real::accept4(fd, a, len, flags) }, unsafe {
+        accept_common(fd, a, len, flags)
+    })
+}
+
+/// getsockname / getpeername: overlay addresses for Slim sockets, whatever the kernel would say.
+unsafe fn name_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
+    let real_call = |fd: c_int| {
+        // SAFETY: the caller's (addr, len) pair, forwarded.
+        unsafe {
+            if peer {
+                real::getpeername(fd, a, len)
+            } else {
+                real::getsockname(fd, a, len)
+            }
+        }
+    };
+    let slot = fdtable::get(fd);
+    let kind = slot.map(|s| s.kind()).unwrap_or(NONE);
+    if kind == LISTENER {
+        if let Some((i, _)) = listener_of(fd) {
+            return real_call(
+                listener::rec(i)
+                    .overlay_fd
+                    .load(core::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+    if kind == CONN {
+        let s = slot.expect("kind CONN implies a slot");
+        if peer && addr::peer_of(fd).is_none() {
+            // Not connected (yet, or any more): the kernel's answer (ENOTCONN) is the right one.
+            return real_call(fd);
+        }
+        let v = if peer { s.peer.load() } else { s.local.load() };
+        if let Some(v) = v {
+            // SAFETY: the caller's (addr, len) pair.
+            unsafe { addr::write_out(v, s.family(), a, len) };
+            return 0;
+        }
+    }
+    let r = real_call(fd);
+    if kind == PLAIN || kind == HIDDEN {
+        return r;
+    }
+    if r < 0 {
+        if errno() == libc::ENOTSOCK {
+            if let Some((i, _)) = recover_listener(fd) {
+                return real_call(
+                    listener::rec(i)
+                        .overlay_fd
+                        .load(core::sync::atomic::Ordering::Relaxed),
+                );
+            }
+            set_errno(libc::ENOTSOCK);
+        }
+        return r;
+    }
+    // SAFETY: the kernel filled the caller's buffer (up to its size).
+    let seen = unsafe { addr::read(a, *len) };
+    if let Some(seen) = seen {
+        if kind == NONE && recover_conn(fd, seen) {
+            // SAFETY: recursion once, now with a CONN slot.
+            return unsafe { name_common(fd, a, len, peer) };
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, a: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded under getsockname(2)'s contract.
+    guarded!(unsafe { real::getsockname(fd, a, len) }, unsafe {
+        name_common(fd, a, len, false)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, a: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded under getpeername(2)'s contract.
+    guarded!(unsafe { real::getpeername(fd, a, len) }, unsafe {
+        name_common(fd, a, len, true)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    v: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: forwarded under getsockopt(2)'s contract.
+    guarded!(unsafe { real::getsockopt(fd, level, name, v, len) }, {
+        let target = match listener_of(fd) {
+            Some((i, _)) => listener::rec(i)
+                .overlay_fd
+                .load(core::sync::atomic::Ordering::Relaxed),
+            None => fd,
+        };
+        // SAFETY: as above.
+        unsafe { real::getsockopt(target, level, name, v, len) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    v: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    // SAFETY: forwarded under setsockopt(2)'s contract.
+    guarded!(unsafe { real::setsockopt(fd, level, name, v, len) }, {
+        let slot = fdtable::get(fd);
+        match slot.map(|s| s.kind()).unwrap_or(NONE) {
+            LISTENER => {
+                let i = slot.map(|s| s.listener()).unwrap_or(0);
+                let r = listener::rec(i);
+                let o = r.overlay_fd.load(core::sync::atomic::Ordering::Relaxed);
+                let h = r.host_fd.load(core::sync::atomic::Ordering::Relaxed);
+                // Accepted sockets inherit many options from their listener: set both.
+                // SAFETY: as above, on our hidden listeners.
+                unsafe {
+                    real::setsockopt(h, level, name, v, len);
+                    real::setsockopt(o, level, name, v, len)
+                }
+            }
+            CANDIDATE => {
+                // SAFETY: as above.
+                let r = unsafe { real::setsockopt(fd, level, name, v, len) };
+                if r == 0 && !v.is_null() && (len as usize) <= slim_uapi::proto::MAX_OPT_LEN {
+                    // SAFETY: the kernel just read `len` bytes from v.
+                    let bytes =
+                        unsafe { core::slice::from_raw_parts(v as *const u8, len as usize) };
+                    if let Some(s) = slot {
+                        s.record_opt(level, name, bytes);
+                    }
+                }
+                r
+            }
+            // SAFETY: as above.
+            _ => unsafe { real::setsockopt(fd, level, name, v, len) },
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    // SAFETY: forwarded under shutdown(2)'s contract.
+    guarded!(unsafe { real::shutdown(fd, how) }, {
+        match listener_of(fd) {
+            Some((i, _)) => {
+                let r = listener::rec(i);
+                // SAFETY: our hidden listeners; wakes blocked accepts as on a plain listener.
+                unsafe {
+                    real::shutdown(r.host_fd.load(core::sync::atomic::Ordering::Relaxed), how);
+                    real::shutdown(
+                        r.overlay_fd.load(core::sync::atomic::Ordering::Relaxed),
+                        how,
+                    )
+                }
+            }
+            // SAFETY: as above.
+            None => unsafe { real::shutdown(fd, how) },
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    // SAFETY: forwarded under close(2)'s contract.
+    guarded!(unsafe { real::close(fd) }, {
+        if fdtable::kind(fd) == HIDDEN {
+            // The program closing descriptors it never opened (a close-all loop): keep ours.
+            return 0;
+        }
+        release(fd);
+        // SAFETY: as above.
+        unsafe { real::close(fd) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: forwarded under dup(2)'s contract.
+    guarded!(unsafe { real::dup(fd) }, {
+        // SAFETY: as above.
+        let n = unsafe { real::dup(fd) };
+        if n >= 0 {
+            duplicated(fd, n);
+        }
+        n
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: forwarded under dup2(2)'s contract.
+    guarded!(unsafe { real::dup2(old, new) }, {
+        if old == new {
+            // SAFETY: as above.
+            return unsafe { real::dup2(old, new) };
+        }
+        // SAFETY: as above.
+        let n = unsafe { real::dup2(old, new) };
+        if n >= 0 {
+            release(new);
+            duplicated(old, new);
+        }
+        n
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded under dup3(2)'s contract.
+    guarded!(unsafe { real::dup3(old, new, flags) }, {
+        // SAFETY: as above.
+        let n = unsafe { real::dup3(old, new, flags) };
+        if n >= 0 {
+            release(new);
+            duplicated(old, new);
+        }
+        n
+    })
+}
+
+unsafe fn fcntl_common(
+    fd: c_int,
+    cmd: c_int,
+    arg: usize,
+    f: unsafe fn(c_int, c_int, usize) -> c_int,
+) -> c_int {
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            // SAFETY: forwarded.
+            let n = unsafe { f(fd, cmd, arg) };
+            if n >= 0 {
+                duplicated(fd, n);
+            }
+            n
+        }
+        libc::F_SETFD => {
+            // SAFETY: forwarded.
+            let r = unsafe { f(fd, cmd, arg) };
+            if r == 0 {
+                if let Some((i, _)) = listener_of(fd) {
+                    listener::mirror_cloexec(i, arg as c_int & libc::FD_CLOEXEC != 0);
+                }
+            }
+            r
+        }
+        // SAFETY: forwarded.
+        _ => unsafe { f(fd, cmd, arg) },
+    }
+}
+
+/// fcntl is variadic in C; on x86-64 and aarch64 a variadic integer or pointer argument travels
+/// exactly like a fixed one, so taking it as `usize` reads whatever the caller passed (or an
+/// unused register when the command takes no argument, which the kernel then ignores).
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: forwarded under fcntl(2)'s contract.
+    guarded!(unsafe { real::fcntl(fd, cmd, arg) }, unsafe {
+        fcntl_common(fd, cmd, arg, real::fcntl)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: forwarded under fcntl(2)'s contract.
+    guarded!(unsafe { real::fcntl64(fd, cmd, arg) }, unsafe {
+        fcntl_common(fd, cmd, arg, real::fcntl64)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> c_int {
+    // SAFETY: forwarded under epoll_ctl(2)'s contract.
+    guarded!(unsafe { real::epoll_ctl(epfd, op, fd, ev) }, {
+        let slot = fdtable::get(fd);
+        let kind = slot.map(|s| s.kind()).unwrap_or(NONE);
+        let exclusive = libc::EPOLLEXCLUSIVE as u32;
+        if kind == LISTENER && !ev.is_null() {
+            // A Slim listener is an epoll instance, which EPOLLEXCLUSIVE may not watch (EINVAL);
+            // without it, the workers of a pre-fork server all wake and one wins the accept.
+            // SAFETY: ev is valid (non-null, as epoll_ctl requires for ADD/MOD).
+            let mut e = unsafe { *ev };
+            e.events &= !exclusive;
+            // SAFETY: e is a valid local copy.
+            return unsafe { real::epoll_ctl(epfd, op, fd, &mut e) };
+        }
+        // SAFETY: as above.
+        let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
+        if r == 0 && kind == CANDIDATE {
+            if let Some(s) = slot {
+                // SAFETY: ev is valid for ADD/MOD; DEL may pass null.
+                let (events, data) = if ev.is_null() {
+                    (0, 0)
+                } else {
+                    unsafe { ((*ev).events, (*ev).u64) }
+                };
+                s.track_epoll(op, epfd, events, data);
+            }
+        }
+        if r < 0
+            && errno() == libc::EINVAL
+            && op == libc::EPOLL_CTL_ADD
+            && !ev.is_null()
+            && kind == NONE
+        {
+            // SAFETY: ev valid as above.
+            let e0 = unsafe { *ev };
+            if e0.events & exclusive != 0 && recover_listener(fd).is_some() {
+                let mut e = e0;
+                e.events &= !exclusive;
+                // SAFETY: e is a valid local copy.
+                return unsafe { real::epoll_ctl(epfd, op, fd, &mut e) };
+            }
+            set_errno(libc::EINVAL);
+        }
+        r
+    })
+}

@@ -1,0 +1,285 @@
+//! The library's connections to the router.
+//!
+//! A small pool of `SOCK_SEQPACKET` connections shared by all threads: a call takes one out (an
+//! atomic swap), does one request/reply on it and puts it back, so no lock is ever held across
+//! the round trip and threads never wait for each other. A forked child closes the pool it
+//! inherited (the parent still uses those connections) and opens its own.
+
+use crate::config;
+use crate::log::{slog, DEBUG, ERROR, INFO};
+use crate::real;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+const POOL: usize = 8;
+static POOL_FDS: [AtomicI32; POOL] = [const { AtomicI32::new(-1) }; POOL];
+/// Set for good when the router speaks another protocol version: the program runs on the overlay.
+static DISABLED: AtomicBool = AtomicBool::new(false);
+/// While the router is unreachable, do not try again before this CLOCK_MONOTONIC time (ns).
+static RETRY_AT: AtomicU64 = AtomicU64::new(0);
+static WARNED_DOWN: AtomicBool = AtomicBool::new(false);
+const RETRY_DELAY_NS: u64 = 50_000_000;
+/// Bounds every wait for the router, so that a hung router cannot hang the program forever.
+const ROUTER_TIMEOUT_S: libc::time_t = 10;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid for writes; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Whether asking the router is worth it right now.
+pub fn available() -> bool {
+    if DISABLED.load(Ordering::Relaxed) || config::get().router_addr_len == 0 {
+        return false;
+    }
+    let at = RETRY_AT.load(Ordering::Relaxed);
+    at == 0 || now_ns() >= at
+}
+
+/// Called in the child after fork: the inherited connections belong to the parent's conversation.
+pub fn forget_pool_after_fork() {
+    for s in &POOL_FDS {
+        let fd = s.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: the fd is this library's own pool connection (a copy in the child).
+            unsafe { real::close(fd) };
+        }
+    }
+}
+
+fn take() -> Option<i32> {
+    for s in &POOL_FDS {
+        let fd = s.swap(-1, Ordering::Acquire);
+        if fd >= 0 {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+fn give_back(fd: i32) {
+    for s in &POOL_FDS {
+        if s.compare_exchange(-1, fd, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    // SAFETY: fd is our own connection and the pool is full.
+    unsafe { real::close(fd) };
+}
+
+fn discard(fd: i32) {
+    // SAFETY: fd is our own connection, no longer in the pool.
+    unsafe { real::close(fd) };
+}
+
+fn open() -> Option<i32> {
+    let cfg = config::get();
+    // SAFETY: plain socket(2); checked below.
+    let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: router_addr is a valid sockaddr_un of router_addr_len bytes.
+    let r = unsafe {
+        real::connect(
+            fd,
+            &cfg.router_addr as *const _ as *const libc::sockaddr,
+            cfg.router_addr_len,
+        )
+    };
+    if r < 0 {
+        let e = errno();
+        discard(fd);
+        RETRY_AT.store(now_ns() + RETRY_DELAY_NS, Ordering::Relaxed);
+        if !WARNED_DOWN.swap(true, Ordering::Relaxed) {
+            slog!(
+                INFO,
+                "router not reachable (errno {e}); connections use the overlay until it is"
+            );
+        }
+        return None;
+    }
+    let tv = libc::timeval {
+        tv_sec: ROUTER_TIMEOUT_S,
+        tv_usec: 0,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: tv is a valid timeval for the duration of the call.
+        unsafe {
+            real::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &tv as *const _ as *const libc::c_void,
+                core::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+    }
+    let mut buf = [0u8; MAX_FRAME];
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let ok = match exchange(
+        fd,
+        &Request::Hello {
+            version: PROTO_VERSION,
+            pid,
+        },
+        &mut buf,
+    ) {
+        Some((n, extra)) => {
+            drop(extra);
+            match Reply::decode(&buf[..n]) {
+                Ok(Reply::HelloOk { version }) if version == PROTO_VERSION => true,
+                Ok(Reply::Error { message, .. }) => {
+                    slog!(
+                        ERROR,
+                        "router refused this library: {message}; connections use the overlay"
+                    );
+                    DISABLED.store(true, Ordering::Relaxed);
+                    false
+                }
+                Ok(_) | Err(_) => {
+                    slog!(
+                        ERROR,
+                        "router at SLIM_ROUTER_SOCKET does not speak protocol {PROTO_VERSION}; install matching slim-router and libslim_preload.so; connections use the overlay"
+                    );
+                    DISABLED.store(true, Ordering::Relaxed);
+                    false
+                }
+            }
+        }
+        None => false,
+    };
+    if !ok {
+        discard(fd);
+        return None;
+    }
+    WARNED_DOWN.store(false, Ordering::Relaxed);
+    RETRY_AT.store(0, Ordering::Relaxed);
+    Some(fd)
+}
+
+/// Sends one request and reads one reply (and at most one attached descriptor).
+fn exchange(fd: i32, req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<OwnedFd>)> {
+    let n = req.encode(buf).ok()?;
+    loop {
+        // SAFETY: buf holds n encoded bytes.
+        let r = unsafe { libc::send(fd, buf.as_ptr().cast(), n, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            break;
+        }
+        if errno() != libc::EINTR {
+            return None;
+        }
+    }
+    if !req.expects_reply() {
+        return Some((0, None));
+    }
+    let mut cbuf = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = core::mem::size_of_val(&cbuf);
+        // SAFETY: msg points at live buffers of the sizes it states.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return None;
+        }
+        let mut passed: Option<OwnedFd> = None;
+        // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const i32;
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        let f = core::ptr::read_unaligned(data.add(i));
+                        let owned = OwnedFd::from_raw_fd(f);
+                        if passed.is_none() {
+                            passed = Some(owned);
+                        }
+                        // Any further descriptor is dropped (closed) here.
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if r == 0 || msg.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        return Some((r as usize, passed));
+    }
+}
+
+/// One request/reply with the router. None when the router cannot be asked (then the caller
+/// uses the overlay). The reply is decoded from `buf`.
+pub fn call(req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<OwnedFd>)> {
+    if !available() {
+        return None;
+    }
+    let fd = match take() {
+        Some(fd) => fd,
+        None => open()?,
+    };
+    match exchange(fd, req, buf) {
+        Some(r) => {
+            give_back(fd);
+            Some(r)
+        }
+        None => {
+            // A broken or restarted router: drop this connection; the next call reconnects.
+            slog!(DEBUG, "router connection lost (errno {})", errno());
+            discard(fd);
+            None
+        }
+    }
+}
+
+/// A notification that needs no reply, sent only if an idle connection is at hand: used from
+/// `close`, which must neither block on the router nor open connections.
+pub fn notify(req: &Request) {
+    let Some(fd) = take() else { return };
+    let mut buf = [0u8; MAX_FRAME];
+    let Ok(n) = req.encode(&mut buf) else {
+        give_back(fd);
+        return;
+    };
+    // SAFETY: buf holds n encoded bytes; MSG_DONTWAIT keeps close() from blocking.
+    let r = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            n,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 && errno() != libc::EAGAIN {
+        discard(fd);
+    } else {
+        give_back(fd);
+    }
+}

@@ -1,0 +1,484 @@
+//! Overlay listeners that also accept Slim connections.
+//!
+//! A Slim listener has two sockets: the program's own overlay socket (for peers without Slim) and
+//! a host listener from the router (for Slim peers). The program's descriptor number is given to
+//! an epoll instance holding both, so it becomes readable when either has a connection: select,
+//! poll and epoll on it keep working unchanged, as does sharing it across fork (pre-fork servers).
+//! `accept` takes from whichever is ready. The two sockets live at descriptors the program does
+//! not know ("hidden"), tagged in the epoll set with [`MAGIC`] so they can be found again after exec.
+
+use crate::addr;
+use crate::fdtable::{self, EpollReg, LISTENER, MAX_REGS};
+use crate::link;
+use crate::log::{slog, DEBUG, WARN};
+use crate::real;
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use slim_uapi::proto::{AcceptLookup, Identity, Reply, Request, MAX_FRAME};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// "SLIM" in the high half of the epoll data word, the socket's role in the low half.
+pub const MAGIC: u64 = 0x534C_494D_0000_0000;
+const ROLE_OVERLAY: u64 = 1;
+const ROLE_HOST: u64 = 2;
+/// Hidden descriptors are placed at or above this number, away from the low numbers programs
+/// expect to be theirs.
+const HIDDEN_BASE: i32 = 900;
+
+pub struct ListenerRec {
+    refs: AtomicU32,
+    pub overlay_fd: AtomicI32,
+    pub host_fd: AtomicI32,
+    pub cookie: AtomicU64,
+    turn: AtomicU32,
+}
+
+const MAX_LISTENERS: usize = 1024;
+static RECS: [ListenerRec; MAX_LISTENERS] = [const {
+    ListenerRec {
+        refs: AtomicU32::new(0),
+        overlay_fd: AtomicI32::new(-1),
+        host_fd: AtomicI32::new(-1),
+        cookie: AtomicU64::new(0),
+        turn: AtomicU32::new(0),
+    }
+}; MAX_LISTENERS];
+
+pub fn rec(i: usize) -> &'static ListenerRec {
+    &RECS[i % MAX_LISTENERS]
+}
+
+fn alloc_rec() -> Option<usize> {
+    RECS.iter().position(|r| {
+        r.refs
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+/// Another descriptor (dup, F_DUPFD) refers to the listener.
+pub fn retain(i: usize) {
+    rec(i).refs.fetch_add(1, Ordering::AcqRel);
+}
+
+/// One descriptor of the listener went away; the last one closes the hidden sockets.
+/// Async-signal-safe: atomics and close(2) only.
+pub fn release(i: usize) {
+    let r = rec(i);
+    if r.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    let o = r.overlay_fd.swap(-1, Ordering::AcqRel);
+    let h = r.host_fd.swap(-1, Ordering::AcqRel);
+    let cookie = r.cookie.load(Ordering::Relaxed);
+    for fd in [o, h] {
+        if fd >= 0 {
+            fdtable::clear(fd);
+            // SAFETY: the hidden descriptors are this library's own.
+            unsafe { real::close(fd) };
+        }
+    }
+    link::notify(&Request::Closed { cookie });
+}
+
+/// Mirrors FD_CLOEXEC of the program's descriptor onto the hidden ones, so that they are
+/// inherited across exec exactly when the listener is.
+pub fn mirror_cloexec(i: usize, cloexec: bool) {
+    let r = rec(i);
+    for fd in [
+        r.overlay_fd.load(Ordering::Relaxed),
+        r.host_fd.load(Ordering::Relaxed),
+    ] {
+        if fd >= 0 {
+            // SAFETY: F_SETFD on our own descriptor.
+            unsafe {
+                real::fcntl(
+                    fd,
+                    libc::F_SETFD,
+                    if cloexec {
+                        libc::FD_CLOEXEC as usize
+                    } else {
+                        0
+                    },
+                )
+            };
+        }
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(e: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn hide(fd: i32, cloexec: bool) -> i32 {
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: F_DUPFD on a valid descriptor.
+    let mut h = unsafe { real::fcntl(fd, cmd, HIDDEN_BASE as usize) };
+    if h < 0 {
+        // RLIMIT_NOFILE below the base: take any number.
+        // SAFETY: as above.
+        h = unsafe { real::fcntl(fd, cmd, 3) };
+    }
+    if h >= 0 {
+        if let Some(s) = fdtable::get_or_alloc(h) {
+            s.set_hidden();
+        }
+        // SAFETY: F_GETFL/F_SETFL on our own descriptor.
+        unsafe {
+            let fl = real::fcntl(h, libc::F_GETFL, 0);
+            real::fcntl(h, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize);
+        }
+    }
+    h
+}
+
+fn epoll_add(ep: i32, fd: i32, events: u32, data: u64) -> i32 {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is a valid epoll_event.
+    unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }
+}
+
+/// Turns the program's listening socket `fd` into a Slim listener with host listener `host`.
+/// On any failure the program keeps its plain overlay listener.
+pub fn install(
+    fd: i32,
+    host: OwnedFd,
+    cookie: u64,
+    family: i32,
+    regs: [Option<EpollReg>; MAX_REGS],
+) {
+    let Some(i) = alloc_rec() else {
+        slog!(
+            WARN,
+            "more than {MAX_LISTENERS} Slim listeners in one process; fd {fd} stays overlay-only"
+        );
+        return;
+    };
+    // SAFETY: fcntl queries on the program's valid descriptor.
+    let (fdflags, flflags) = unsafe {
+        (
+            real::fcntl(fd, libc::F_GETFD, 0),
+            real::fcntl(fd, libc::F_GETFL, 0),
+        )
+    };
+    let cloexec = fdflags >= 0 && fdflags & libc::FD_CLOEXEC != 0;
+    let ho = hide(fd, cloexec);
+    let hh = hide(host.as_raw_fd(), cloexec);
+    drop(host);
+    // SAFETY: epoll_create1 has no memory arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    let fail = |what: &str| {
+        slog!(
+            WARN,
+            "cannot set up Slim listener on fd {fd} ({what}, errno {}); it stays overlay-only",
+            errno()
+        );
+        for h in [ho, hh, ep] {
+            if h >= 0 {
+                fdtable::clear(h);
+                // SAFETY: our own descriptors.
+                unsafe { real::close(h) };
+            }
+        }
+        rec(i).refs.store(0, Ordering::Release);
+    };
+    if ho < 0 || hh < 0 || ep < 0 {
+        return fail("descriptors");
+    }
+    if epoll_add(ep, ho, libc::EPOLLIN as u32, MAGIC | ROLE_OVERLAY) < 0
+        || epoll_add(ep, hh, libc::EPOLLIN as u32, MAGIC | ROLE_HOST) < 0
+    {
+        return fail("epoll");
+    }
+    let r = rec(i);
+    r.overlay_fd.store(ho, Ordering::Relaxed);
+    r.host_fd.store(hh, Ordering::Relaxed);
+    r.cookie.store(cookie, Ordering::Relaxed);
+    // SAFETY: dup3 onto the program's own descriptor number: atomically replaces the socket there
+    // with the epoll instance (the socket lives on at `ho`).
+    let d = unsafe { real::dup3(ep, fd, if cloexec { libc::O_CLOEXEC } else { 0 }) };
+    // SAFETY: our temporary descriptor.
+    unsafe { real::close(ep) };
+    if d < 0 {
+        r.overlay_fd.store(-1, Ordering::Relaxed);
+        r.host_fd.store(-1, Ordering::Relaxed);
+        return fail("dup3");
+    }
+    if flflags >= 0 && flflags & libc::O_NONBLOCK != 0 {
+        // SAFETY: F_SETFL on the program's descriptor, now the epoll instance.
+        unsafe { real::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK as usize) };
+    }
+    if let Some(s) = fdtable::get_or_alloc(fd) {
+        s.set_listener(family, i);
+    }
+    // Registrations the program made on the socket before listen() follow it.
+    for reg in regs.into_iter().flatten() {
+        epoll_add(
+            reg.epfd,
+            fd,
+            reg.events & !(libc::EPOLLEXCLUSIVE as u32),
+            reg.data,
+        );
+    }
+    slog!(
+        DEBUG,
+        "fd {fd}: Slim listener (overlay fd {ho}, host fd {hh}, cookie {cookie})"
+    );
+}
+
+/// Which overlay connection an accepted host connection stands for, asked of the router.
+fn identify(child: i32, listener_cookie: u64, peer_host: SocketAddr) -> Option<Identity> {
+    let local_host = addr::local_of(child)?;
+    let child_cookie = crate::hooks::cookie_of(child)?;
+    let req = Request::AcceptLookup(AcceptLookup {
+        listener_cookie,
+        child_cookie,
+        local_host,
+        peer_host,
+    });
+    let mut buf = [0u8; MAX_FRAME];
+    let (n, _) = link::call(&req, &mut buf)?;
+    match Reply::decode(&buf[..n]) {
+        Ok(Reply::Identity(id)) => Some(id),
+        _ => None,
+    }
+}
+
+fn try_host(
+    r: &ListenerRec,
+    family: i32,
+    out: *mut libc::sockaddr,
+    outlen: *mut libc::socklen_t,
+    flags: i32,
+) -> Option<i32> {
+    let hh = r.host_fd.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: zeroed storage is valid; accept4 writes within `len`.
+        let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+        let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: ss/len are valid; hh is our non-blocking host listener.
+        let c = unsafe {
+            real::accept4(
+                hh,
+                &mut ss as *mut _ as *mut libc::sockaddr,
+                &mut len,
+                flags,
+            )
+        };
+        if c < 0 {
+            return if errno() == libc::EAGAIN {
+                None
+            } else {
+                Some(-1)
+            };
+        }
+        // SAFETY: the kernel filled `len` bytes.
+        let peer_host = unsafe { addr::read(&ss as *const _ as *const libc::sockaddr, len) };
+        let id = peer_host.and_then(|p| identify(c, r.cookie.load(Ordering::Relaxed), p));
+        match id {
+            Some(id) => {
+                if let Some(s) = fdtable::get_or_alloc(c) {
+                    s.set_conn(
+                        family,
+                        crate::hooks::cookie_of(c).unwrap_or(0),
+                        id.local,
+                        id.peer,
+                    );
+                }
+                if let Some(p) = id.peer {
+                    // SAFETY: the program's (addr, len) pair, as given to accept.
+                    unsafe { addr::write_out(p, family, out, outlen) };
+                }
+                return Some(c);
+            }
+            None => {
+                // Not announced by any router: someone connected straight to the host port.
+                slog!(
+                    WARN,
+                    "dropping an unannounced connection on a Slim listener"
+                );
+                // SAFETY: our own accepted descriptor.
+                unsafe { real::close(c) };
+            }
+        }
+    }
+}
+
+fn try_overlay(
+    r: &ListenerRec,
+    out: *mut libc::sockaddr,
+    outlen: *mut libc::socklen_t,
+    flags: i32,
+) -> Option<i32> {
+    let ho = r.overlay_fd.load(Ordering::Relaxed);
+    // SAFETY: the program's (addr, len) pair, forwarded; ho is our non-blocking overlay listener.
+    let c = unsafe { real::accept4(ho, out, outlen, flags) };
+    if c < 0 {
+        return if errno() == libc::EAGAIN {
+            None
+        } else {
+            Some(-1)
+        };
+    }
+    fdtable::clear(c);
+    Some(c)
+}
+
+fn wait_timeout_ms(fd: i32) -> i32 {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = core::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: tv/len are valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &mut tv as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        -1
+    } else {
+        (tv.tv_sec * 1000 + tv.tv_usec / 1000).clamp(1, i32::MAX as i64) as i32
+    }
+}
+
+/// accept4 on a Slim listener (program descriptor `fd`, record `i`).
+pub fn accept(
+    fd: i32,
+    i: usize,
+    family: i32,
+    out: *mut libc::sockaddr,
+    outlen: *mut libc::socklen_t,
+    flags: i32,
+) -> i32 {
+    let r = rec(i);
+    // SAFETY: F_GETFL on the program's descriptor.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    loop {
+        let host_first = r.turn.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+        let got = if host_first {
+            try_host(r, family, out, outlen, flags).or_else(|| try_overlay(r, out, outlen, flags))
+        } else {
+            try_overlay(r, out, outlen, flags).or_else(|| try_host(r, family, out, outlen, flags))
+        };
+        if let Some(c) = got {
+            return c;
+        }
+        if nonblock {
+            set_errno(libc::EAGAIN);
+            return -1;
+        }
+        let ho = r.overlay_fd.load(Ordering::Relaxed);
+        let mut pfd = [
+            libc::pollfd {
+                fd: ho,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: r.host_fd.load(Ordering::Relaxed),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: pfd is a valid array of two pollfds.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, wait_timeout_ms(ho)) };
+        if n < 0 {
+            return -1; // EINTR, as a blocking accept interrupted by a signal reports it
+        }
+        if n == 0 {
+            set_errno(libc::EAGAIN);
+            return -1;
+        }
+    }
+}
+
+/// Finds the hidden sockets of a listener inherited across exec, from the epoll instance's
+/// /proc/self/fdinfo entry (the tags put there by `install`). Returns the record, or None if `fd`
+/// is not a Slim listener.
+pub fn recover(fd: i32) -> Option<(usize, i32)> {
+    let mut path = [0u8; 64];
+    let p = {
+        use core::fmt::Write;
+        struct W<'a>(&'a mut [u8], usize);
+        impl Write for W<'_> {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                let b = s.as_bytes();
+                if self.1 + b.len() >= self.0.len() {
+                    return Err(core::fmt::Error);
+                }
+                self.0[self.1..self.1 + b.len()].copy_from_slice(b);
+                self.1 += b.len();
+                Ok(())
+            }
+        }
+        let mut w = W(&mut path, 0);
+        write!(w, "/proc/self/fdinfo/{fd}").ok()?;
+        w.1
+    };
+    path[p] = 0;
+    let text = std::fs::read_to_string(core::str::from_utf8(&path[..p]).ok()?).ok()?;
+    let (mut ho, mut hh) = (-1, -1);
+    for line in text.lines() {
+        // "tfd:        5 events:       19 data: 534c494d00000001  pos:0 ino:1234 sdev:8"
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let tfd: i32 = it.next()?.parse().ok()?;
+        let mut data = None;
+        while let Some(tok) = it.next() {
+            if tok == "data:" {
+                data = it.next().and_then(|d| u64::from_str_radix(d, 16).ok());
+            }
+        }
+        match data {
+            Some(d) if d == MAGIC | ROLE_OVERLAY => ho = tfd,
+            Some(d) if d == MAGIC | ROLE_HOST => hh = tfd,
+            _ => {}
+        }
+    }
+    if ho < 0 || hh < 0 {
+        return None;
+    }
+    let i = alloc_rec()?;
+    let r = rec(i);
+    r.overlay_fd.store(ho, Ordering::Relaxed);
+    r.host_fd.store(hh, Ordering::Relaxed);
+    r.cookie
+        .store(crate::hooks::cookie_of(hh).unwrap_or(0), Ordering::Relaxed);
+    for h in [ho, hh] {
+        if let Some(s) = fdtable::get_or_alloc(h) {
+            s.set_hidden();
+        }
+    }
+    let family = addr::local_of(ho).map(|a| {
+        if a.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        }
+    })?;
+    if let Some(s) = fdtable::get_or_alloc(fd) {
+        s.set_listener(family, i);
+    }
+    slog!(DEBUG, "fd {fd}: Slim listener recovered after exec");
+    debug_assert_eq!(fdtable::kind(fd), LISTENER);
+    Some((i, family))
+}

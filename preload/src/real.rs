@@ -1,0 +1,78 @@
+//! The C library's own functions, found with dlsym(RTLD_NEXT) behind our interposed symbols.
+
+use core::ffi::{c_char, c_int, c_void};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use libc::{sockaddr, socklen_t};
+
+macro_rules! real_fns {
+    ($( $name:ident : fn($($arg:ident : $ty:ty),*) -> $ret:ty ;)*) => {
+        #[allow(non_upper_case_globals)]
+        mod slots {
+            use core::sync::atomic::AtomicUsize;
+            $( pub static $name: AtomicUsize = AtomicUsize::new(0); )*
+        }
+
+        /// Resolves every real function; called from the library constructor, and lazily if a
+        /// hook runs before it (another library's constructor).
+        pub fn resolve_all() {
+            $( let _ = lookup(&slots::$name, concat!(stringify!($name), "\0")); )*
+        }
+
+        $(
+            #[doc = concat!("The C library's `", stringify!($name), "`.\n\n# Safety\nSame contract as the C function.")]
+            #[inline]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                let p = lookup(&slots::$name, concat!(stringify!($name), "\0"));
+                // SAFETY: p is the address dlsym returned for this very symbol, whose C signature
+                // is the one declared here.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { core::mem::transmute(p) };
+                // SAFETY: forwarded under the caller's contract.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+fn lookup(slot: &AtomicUsize, name: &'static str) -> usize {
+    let p = slot.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: name is NUL-terminated; RTLD_NEXT finds the next definition after this library.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const c_char) } as usize;
+    if f == 0 {
+        // Without the real function nothing can work; say which one and stop the program the way
+        // a failed symbol lookup by the dynamic loader would.
+        crate::log::emit(
+            crate::log::ERROR,
+            format_args!(
+                "cannot find the C library's {}",
+                name.trim_end_matches('\0')
+            ),
+        );
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() };
+    }
+    slot.store(f, Ordering::Relaxed);
+    f
+}
+
+real_fns! {
+    socket: fn(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    listen: fn(fd: c_int, backlog: c_int) -> c_int;
+    accept: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    getsockname: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getpeername: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    setsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
+    close: fn(fd: c_int) -> c_int;
+    dup: fn(fd: c_int) -> c_int;
+    dup2: fn(old: c_int, new: c_int) -> c_int;
+    dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    fcntl: fn(fd: c_int, cmd: c_int, arg: usize) -> c_int;
+    fcntl64: fn(fd: c_int, cmd: c_int, arg: usize) -> c_int;
+    epoll_ctl: fn(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
+    shutdown: fn(fd: c_int, how: c_int) -> c_int;
+}

@@ -1,0 +1,243 @@
+//! The Unix socket the containers' preload libraries talk to: `SOCK_SEQPACKET`, one request per
+//! packet, one task per connected process, so that a slow or hostile client stalls nobody else.
+
+use crate::router::Router;
+use anyhow::Context;
+use nix::sys::socket::{
+    accept4, bind, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily, Backlog,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
+use slim_uapi::wire::DecodeError;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Binds the socket path, refusing to steal it from a live router and cleaning up a stale one.
+pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; remove it or pick another --socket",
+                path.display()
+            );
+        }
+        let probe = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let addr = UnixAddr::new(path)?;
+        if nix::sys::socket::connect(probe.as_raw_fd(), &addr).is_ok() {
+            let who = getsockopt(&probe, sockopt::PeerCredentials)
+                .map(|c| c.pid())
+                .unwrap_or(0);
+            anyhow::bail!(
+                "{} is busy: another slim-router (pid {who}) is serving it; stop that one or pick another --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    bind(fd.as_raw_fd(), &addr).with_context(|| format!("cannot bind {}", path.display()))?;
+    // Containers run as any user; who may use the router is decided by who can reach the path.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    listen(&fd, Backlog::new(1024)?)?;
+    Ok(fd)
+}
+
+pub async fn serve(router: Arc<Router>, listener: OwnedFd) -> anyhow::Result<()> {
+    // SAFETY: an OwnedFd's descriptor stays open and unchanged until the AsyncFd drops it.
+    let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    loop {
+        let mut guard = listener.readable().await?;
+        match accept4(
+            listener.get_ref().as_raw_fd(),
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        ) {
+            Ok(fd) => {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let r = router.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(r, fd).await {
+                        tracing::debug!(error = %e, "client connection ended");
+                    }
+                });
+            }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept on router socket failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Received {
+    Frame(usize),
+    Eof,
+}
+
+fn recv_frame(fd: RawFd, buf: &mut [u8]) -> nix::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    // Descriptors nobody asked for are closed at once rather than leaked.
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just installed these descriptors for us; we own them.
+                drop(unsafe { OwnedFd::from_raw_fd(f) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(nix::errno::Errno::EMSGSIZE);
+    }
+    if msg.bytes == 0 {
+        return Ok(Received::Eof);
+    }
+    Ok(Received::Frame(msg.bytes))
+}
+
+async fn send_reply(
+    conn: &AsyncFd<OwnedFd>,
+    reply: &Reply<'_>,
+    fd: Option<&OwnedFd>,
+) -> anyhow::Result<()> {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = reply.encode(&mut buf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    loop {
+        let mut guard = conn.writable().await?;
+        let iov = [IoSlice::new(&buf[..n])];
+        let cmsgs: Vec<ControlMessage<'_>> = raw
+            .as_ref()
+            .map(|r| vec![ControlMessage::ScmRights(r)])
+            .unwrap_or_default();
+        match sendmsg::<()>(
+            conn.get_ref().as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
+    let pid = getsockopt(&fd, sockopt::PeerCredentials)
+        .map(|c| c.pid())
+        .unwrap_or(0);
+    // SAFETY: an OwnedFd's descriptor stays open and unchanged until the AsyncFd drops it.
+    let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+    let mut buf = [0u8; MAX_FRAME];
+    loop {
+        let got = {
+            let mut guard = conn.readable().await?;
+            match recv_frame(conn.get_ref().as_raw_fd(), &mut buf) {
+                Ok(r) => r,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(nix::errno::Errno::EMSGSIZE) => {
+                    router.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    let r = Reply::Error {
+                        errno: libc::EMSGSIZE,
+                        message: "frame too large",
+                    };
+                    send_reply(&conn, &r, None).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let n = match got {
+            Received::Eof => return Ok(()),
+            Received::Frame(n) => n,
+        };
+        let req = match Request::decode(&buf[..n]) {
+            Ok(r) => r,
+            Err(e) => {
+                router.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid, error = %e, "bad frame from client");
+                let message = match e {
+                    DecodeError::Version(_) => "protocol version mismatch: update libslim_preload.so and slim-router together",
+                    DecodeError::BadMagic => "not a Slim frame",
+                    _ => "malformed request",
+                };
+                send_reply(
+                    &conn,
+                    &Reply::Error {
+                        errno: libc::EPROTO,
+                        message,
+                    },
+                    None,
+                )
+                .await?;
+                if matches!(e, DecodeError::BadMagic | DecodeError::Version(_)) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let (reply, fd) = match &req {
+            Request::Hello { version, .. } if *version != PROTO_VERSION => {
+                let message = format!(
+                    "slim-router speaks protocol {PROTO_VERSION} but libslim_preload.so speaks {version}; install matching versions"
+                );
+                tracing::warn!(pid, "{message}");
+                send_reply(
+                    &conn,
+                    &Reply::Error {
+                        errno: libc::EPROTO,
+                        message: &message,
+                    },
+                    None,
+                )
+                .await?;
+                return Ok(());
+            }
+            Request::Hello { .. } => (
+                Reply::HelloOk {
+                    version: PROTO_VERSION,
+                },
+                None,
+            ),
+            Request::Connect(c) => router.connect(c),
+            Request::Listen(l) => router.listen(l).await,
+            Request::AcceptLookup(a) => (router.accept_lookup(a).await, None),
+            Request::QueryCookie { cookie } => (router.query_cookie(*cookie), None),
+            Request::Closed { cookie } => {
+                router.closed(*cookie);
+                continue;
+            }
+        };
+        send_reply(&conn, &reply, fd.as_ref()).await?;
+    }
+}

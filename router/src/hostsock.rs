@@ -1,0 +1,332 @@
+//! Host-network sockets, made by the router on behalf of containers. The one place in the router
+//! with raw socket system calls.
+
+use slim_uapi::proto::SockOpts;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Options that must never be replayed onto a host socket: they would change what the socket is
+/// (family behaviour) or where it goes, rather than how it behaves.
+fn replayable(level: i32, name: i32) -> bool {
+    match level {
+        libc::SOL_SOCKET => !matches!(
+            name,
+            libc::SO_BINDTODEVICE | libc::SO_MARK | libc::SO_ATTACH_FILTER | libc::SO_ATTACH_BPF
+        ),
+        libc::IPPROTO_TCP => true,
+        libc::IPPROTO_IP => !matches!(name, libc::IP_TRANSPARENT | libc::IP_FREEBIND),
+        libc::IPPROTO_IPV6 => !matches!(name, libc::IPV6_V6ONLY | libc::IPV6_ADDRFORM),
+        _ => false,
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A `sockaddr_storage` holding `addr` in the form a socket of `family` expects (IPv4 addresses
+/// become IPv4-mapped IPv6 for `AF_INET6` sockets).
+pub fn to_sockaddr(
+    addr: &SocketAddr,
+    family: i32,
+) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let addr = match (family, addr) {
+        (libc::AF_INET6, SocketAddr::V4(v4)) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        (libc::AF_INET, SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        },
+        _ => *addr,
+    };
+    match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe {
+                (&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in).write(sin)
+            };
+            Ok((ss, size_of::<libc::sockaddr_in>() as libc::socklen_t))
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe {
+                (&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6).write(sin6)
+            };
+            Ok((ss, size_of::<libc::sockaddr_in6>() as libc::socklen_t))
+        }
+    }
+}
+
+/// Reads a socket address back; IPv4-mapped IPv6 addresses come back as IPv4 so that tables have
+/// one spelling per endpoint.
+pub fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Some(normalize(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                port,
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            ))))
+        }
+        _ => None,
+    }
+}
+
+/// IPv4-mapped IPv6 endpoints spelled as IPv4.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+pub fn normalize_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn new_socket(family: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = cvt(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn setsockopt_raw(fd: RawFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value points to value.len() readable bytes for the duration of the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+fn set_int(fd: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+    setsockopt_raw(fd, level, name, &v.to_ne_bytes())
+}
+
+fn replay(fd: RawFd, opts: &SockOpts) {
+    for o in opts.iter() {
+        if !replayable(o.level, o.name) {
+            continue;
+        }
+        if let Err(e) = setsockopt_raw(fd, o.level, o.name, o.value()) {
+            // The application's own setsockopt succeeded on its socket; one that the host socket
+            // refuses is reported and skipped rather than failing the connection.
+            tracing::debug!(level = o.level, name = o.name, error = %e, "option not replayed");
+        }
+    }
+}
+
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes into it.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss and len are valid for writes for the duration of the call.
+    cvt(unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    from_sockaddr(&ss).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+pub fn cookie(fd: RawFd) -> io::Result<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes; SO_COOKIE writes a u64.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+fn bind_host(fd: RawFd, family: i32, host: IpAddr) -> io::Result<()> {
+    if family == libc::AF_INET6 {
+        // A v6 socket reaches IPv4 hosts through IPv4-mapped addresses.
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    let (ss, len) = to_sockaddr(&SocketAddr::new(host, 0), family)?;
+    // SAFETY: ss holds a valid address of length len.
+    cvt(unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) })?;
+    Ok(())
+}
+
+/// A host socket whose connect to `dst` has been started (non-blocking), bound to `host`.
+pub struct Started {
+    pub fd: OwnedFd,
+    pub local: SocketAddr,
+    pub cookie: u64,
+}
+
+pub fn start_connect(
+    family: i32,
+    host: IpAddr,
+    dst: SocketAddr,
+    opts: &SockOpts,
+) -> io::Result<Started> {
+    let fd = new_socket(family)?;
+    let raw = fd.as_raw_fd();
+    replay(raw, opts);
+    // Let connect choose the port together with the 4-tuple: binding port 0 first would reserve a
+    // port for every possible peer and run out under high connection rates.
+    set_int(raw, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+    bind_host(raw, family, host)?;
+    let (ss, len) = to_sockaddr(&dst, family)?;
+    // SAFETY: ss holds a valid address of length len.
+    let r = unsafe { libc::connect(raw, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    let local = local_addr(raw)?;
+    let cookie = cookie(raw)?;
+    Ok(Started { fd, local, cookie })
+}
+
+pub struct Listening {
+    pub fd: OwnedFd,
+    pub local: SocketAddr,
+    pub cookie: u64,
+}
+
+pub fn start_listen(
+    family: i32,
+    host: IpAddr,
+    backlog: i32,
+    opts: &SockOpts,
+) -> io::Result<Listening> {
+    let fd = new_socket(family)?;
+    let raw = fd.as_raw_fd();
+    replay(raw, opts);
+    bind_host(raw, family, host)?;
+    // SAFETY: listen(2) on a socket we own.
+    cvt(unsafe { libc::listen(raw, backlog) })?;
+    let local = local_addr(raw)?;
+    let cookie = cookie(raw)?;
+    Ok(Listening { fd, local, cookie })
+}
+
+/// Checks that `ip` is an address of this network namespace, by binding a throw-away socket to it.
+pub fn check_local_address(ip: IpAddr) -> io::Result<()> {
+    let family = if ip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = new_socket(family)?;
+    let (ss, len) = to_sockaddr(&SocketAddr::new(ip, 0), family)?;
+    // SAFETY: ss holds a valid address of length len.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip_and_mapping() {
+        let a: SocketAddr = "10.32.0.2:80".parse().unwrap();
+        let (ss, _) = to_sockaddr(&a, libc::AF_INET6).unwrap();
+        assert_eq!(ss.ss_family as i32, libc::AF_INET6);
+        assert_eq!(from_sockaddr(&ss), Some(a));
+        let b: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert!(to_sockaddr(&b, libc::AF_INET).is_err());
+    }
+
+    #[test]
+    fn listen_and_connect_on_loopback() {
+        let l = start_listen(
+            libc::AF_INET6,
+            "127.0.0.1".parse().unwrap(),
+            8,
+            &SockOpts::default(),
+        )
+        .unwrap();
+        assert_eq!(l.local.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let c = start_connect(
+            libc::AF_INET,
+            "127.0.0.1".parse().unwrap(),
+            l.local,
+            &SockOpts::default(),
+        )
+        .unwrap();
+        assert_ne!(c.cookie, l.cookie);
+        assert_eq!(c.local.ip(), l.local.ip());
+    }
+}

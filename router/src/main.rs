@@ -1,0 +1,205 @@
+//! slim-router: one per host, in the host's network namespace. It gives the containers of its host
+//! host-network sockets for their overlay TCP connections, and keeps the other hosts' routers
+//! informed of this host's listeners.
+
+mod clients;
+mod hostsock;
+mod peers;
+mod procnet;
+mod router;
+mod tables;
+
+use anyhow::Context;
+use clap::Parser;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "slim-router",
+    version,
+    about = "Slim's per-host router: hands host-network sockets to the containers of this host",
+    long_about = "Slim's per-host router. Run one per host, in the host's network namespace. Containers \
+                  (processes started with LD_PRELOAD=libslim_preload.so) ask it over a Unix socket for \
+                  host-network sockets standing in for their overlay TCP connections. The routers of \
+                  all hosts connect to each other (--peer) to share which overlay endpoints listen where."
+)]
+struct Args {
+    /// This host's address on the host network (underlay). Host sockets are bound to it. Give it
+    /// once per family (one IPv4 and/or one IPv6); it must be an address of this host.
+    #[arg(long = "host-addr", required = true, value_name = "IP")]
+    host_addr: Vec<IpAddr>,
+
+    /// Unix socket the containers' preload library connects to (it must be reachable from the
+    /// containers, e.g. bind-mounted).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/slim/router.sock",
+        env = "SLIM_ROUTER_SOCKET"
+    )]
+    socket: PathBuf,
+
+    /// Permissions of the Unix socket (octal).
+    #[arg(long, value_name = "MODE", default_value = "666", value_parser = parse_mode)]
+    socket_mode: u32,
+
+    /// Overlay prefix (CIDR) whose addresses Slim serves; repeat for several (IPv4 and IPv6).
+    #[arg(long = "prefix", value_name = "CIDR", default_value = "10.32.0.0/12")]
+    prefixes: Vec<IpNet>,
+
+    /// Another host's router (its host address and peer port); repeat for every other host.
+    #[arg(long = "peer", value_name = "ADDR:PORT")]
+    peers: Vec<SocketAddr>,
+
+    /// Where this router accepts connections from the other routers [default: first --host-addr, port 7788].
+    #[arg(long, value_name = "ADDR:PORT")]
+    peer_listen: Option<SocketAddr>,
+
+    /// Secure mode: restrict every host socket through the slim_kern kernel module (/dev/slim) and
+    /// never show host addresses to containers.
+    #[arg(long)]
+    secure: bool,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|_| format!("`{s}` is not an octal mode such as 666 or 660"))
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => {
+            EnvFilter::try_new(v).context("RUST_LOG is not a valid filter")?
+        }
+        _ => EnvFilter::try_new(level)
+            .with_context(|| format!("--log-level `{level}` is not a valid level"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+fn settings(args: &Args) -> anyhow::Result<router::Settings> {
+    let mut s = router::Settings {
+        host_v4: None,
+        host_v6: None,
+        prefixes: args.prefixes.clone(),
+    };
+    for ip in &args.host_addr {
+        if ip.is_unspecified() || ip.is_loopback() {
+            anyhow::bail!("--host-addr {ip}: give this host's address on the host network, not a wildcard or loopback address");
+        }
+        hostsock::check_local_address(*ip).with_context(|| {
+            format!("--host-addr {ip} is not an address of this host (network namespace); check `ip addr`")
+        })?;
+        let dup = match ip {
+            IpAddr::V4(v4) => s.host_v4.replace(*v4).is_some(),
+            IpAddr::V6(v6) => s.host_v6.replace(*v6).is_some(),
+        };
+        if dup {
+            anyhow::bail!("--host-addr given twice for one address family");
+        }
+        if args.prefixes.iter().any(|p| p.contains(ip)) {
+            anyhow::bail!("--host-addr {ip} lies inside an overlay --prefix; the host network and the overlay must not overlap");
+        }
+    }
+    Ok(s)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.secure {
+        anyhow::bail!(
+            "--secure needs the slim_kern kernel module (/dev/slim), which this build does not provide yet; \
+             run without --secure"
+        );
+    }
+    let settings = settings(&args)?;
+    let peer_listen = match args.peer_listen {
+        Some(a) => a,
+        None => SocketAddr::new(args.host_addr[0], 7788),
+    };
+    let router = Arc::new(router::Router::new(settings));
+    let listener = clients::bind_socket(&args.socket, args.socket_mode)?;
+    peers::listen(router.clone(), peer_listen).await?;
+    for p in &args.peers {
+        peers::dial(router.clone(), *p);
+    }
+    tracing::info!(
+        socket = %args.socket.display(),
+        hosts = ?args.host_addr,
+        prefixes = ?args.prefixes,
+        peers = ?args.peers,
+        "slim-router {} ready (protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        slim_uapi::proto::PROTO_VERSION
+    );
+    let sweeper = router.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            sweeper.sweep_listeners();
+            sweeper.tables().expire(std::time::Instant::now());
+            let (routes, local, announces, ids) = sweeper.tables().counts();
+            let c = &sweeper.counters;
+            tracing::debug!(
+                routes, local, announces, identities = ids, peers = ?sweeper.peers.describe(),
+                listeners = ?sweeper.tables().describe_local(),
+                connects = c.connects.load(Ordering::Relaxed),
+                fallbacks = c.fallbacks.load(Ordering::Relaxed),
+                accepts = c.accepts.load(Ordering::Relaxed),
+                unknown_accepts = c.unknown_accepts.load(Ordering::Relaxed),
+                bad_frames = c.bad_frames.load(Ordering::Relaxed),
+                "state"
+            );
+        }
+    });
+    let socket_path = args.socket.clone();
+    let served = tokio::spawn(clients::serve(router.clone(), listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = served => { r??; }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("slim-router stopped");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_logging(&args.log_level) {
+        eprintln!("slim-router: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slim-router: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("slim-router: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

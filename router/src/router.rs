@@ -1,0 +1,262 @@
+//! What the router does for each request, independent of how requests arrive.
+
+use crate::hostsock::{self, normalize, normalize_ip};
+use crate::peers::PeerSet;
+use crate::tables::{LocalListener, Owner, Tables};
+use ipnet::IpNet;
+use slim_uapi::peer::{Announce, PeerMsg};
+use slim_uapi::proto::{AcceptLookup, ConnectReq, FallbackReason, Identity, ListenReq, Reply};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long an accept waits for the announcement of a connection that already arrived. The
+/// announcement left the client's router before the connection's SYN, so it is normally there first.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
+/// How long a listen waits for the peers to confirm they know the new listener.
+const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host_v4: Option<std::net::Ipv4Addr>,
+    pub host_v6: Option<std::net::Ipv6Addr>,
+    pub prefixes: Vec<IpNet>,
+}
+
+impl Settings {
+    pub fn in_overlay(&self, ip: IpAddr) -> bool {
+        let ip = normalize_ip(ip);
+        self.prefixes.iter().any(|p| p.contains(&ip))
+    }
+
+    fn host_for(&self, family_of: &SocketAddr) -> Option<IpAddr> {
+        match family_of {
+            SocketAddr::V4(_) => self.host_v4.map(IpAddr::V4),
+            SocketAddr::V6(_) => self.host_v6.map(IpAddr::V6),
+        }
+    }
+
+    /// The address a host listener of an application socket of `family` is bound to.
+    fn listen_host(&self, family: i32) -> Option<IpAddr> {
+        match (family, self.host_v4, self.host_v6) {
+            (_, Some(v4), _) => Some(IpAddr::V4(v4)),
+            (libc::AF_INET6, None, Some(v6)) => Some(IpAddr::V6(v6)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub connects: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub listens: AtomicU64,
+    pub accepts: AtomicU64,
+    pub unknown_accepts: AtomicU64,
+    pub bad_frames: AtomicU64,
+}
+
+pub struct Router {
+    pub settings: Settings,
+    pub tables: Mutex<Tables>,
+    pub peers: PeerSet,
+    pub counters: Counters,
+}
+
+impl Router {
+    pub fn new(settings: Settings) -> Self {
+        Router {
+            settings,
+            tables: Mutex::new(Tables::default()),
+            peers: PeerSet::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than stopping service would, so a poisoned lock is used as is.
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fallback(&self, why: FallbackReason) -> (Reply<'static>, Option<OwnedFd>) {
+        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        (Reply::Fallback(why), None)
+    }
+
+    pub fn connect(&self, req: &ConnectReq) -> (Reply<'static>, Option<OwnedFd>) {
+        let dst = normalize(req.dst);
+        if !self.settings.in_overlay(dst.ip()) {
+            return self.fallback(FallbackReason::OutsidePrefixes);
+        }
+        let Some(route) = self.tables().route(&dst) else {
+            return self.fallback(FallbackReason::NoListener);
+        };
+        if req.family == libc::AF_INET && route.host.is_ipv6() {
+            return self.fallback(FallbackReason::FamilyUnsupported);
+        }
+        let Some(bind_ip) = self.settings.host_for(&route.host) else {
+            return self.fallback(FallbackReason::FamilyUnsupported);
+        };
+        let started = match hostsock::start_connect(req.family, bind_ip, route.host, &req.opts) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%dst, host = %route.host, error = %e, "host connect failed; overlay fallback");
+                return self.fallback(FallbackReason::Unavailable);
+            }
+        };
+        let src = normalize_ip(req.src_ip);
+        let id = Identity {
+            local: SocketAddr::new(src, started.local.port()),
+            peer: Some(dst),
+        };
+        let ann = Announce {
+            client_host: started.local,
+            server_host: route.host,
+            client_overlay: id.local,
+            server_overlay: dst,
+        };
+        match route.owner {
+            Owner::Local => self.tables().announce(ann),
+            Owner::Peer(conn) => self.peers.send(conn, PeerMsg::Announce(ann)),
+        }
+        self.tables().set_identity(started.cookie, id);
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(local = %id.local, peer = %dst, host_local = %started.local, host_peer = %route.host, "connect");
+        (
+            Reply::ConnectOk {
+                id,
+                cookie: started.cookie,
+            },
+            Some(started.fd),
+        )
+    }
+
+    fn listener_keys(&self, req: &ListenReq) -> Vec<SocketAddr> {
+        let port = req.bound.port();
+        let ip = normalize_ip(req.bound.ip());
+        let candidates: Vec<IpAddr> = if ip.is_unspecified() {
+            req.ips
+                .iter()
+                .map(normalize_ip)
+                .filter(|ip| match (req.family, ip) {
+                    (libc::AF_INET, IpAddr::V4(_)) => true,
+                    (libc::AF_INET, IpAddr::V6(_)) => false,
+                    (_, IpAddr::V4(_)) => !req.v6only,
+                    (_, IpAddr::V6(_)) => true,
+                })
+                .collect()
+        } else {
+            vec![ip]
+        };
+        let mut keys: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|ip| self.settings.in_overlay(*ip))
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    pub async fn listen(&self, req: &ListenReq) -> (Reply<'static>, Option<OwnedFd>) {
+        let keys = self.listener_keys(req);
+        if keys.is_empty() {
+            return self.fallback(FallbackReason::OutsidePrefixes);
+        }
+        let Some(host) = self.settings.listen_host(req.family) else {
+            return self.fallback(FallbackReason::FamilyUnsupported);
+        };
+        let l = match hostsock::start_listen(req.family, host, req.backlog, &req.opts) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(bound = %req.bound, error = %e, "host listen failed; overlay only");
+                return self.fallback(FallbackReason::Unavailable);
+            }
+        };
+        let entries = self.tables().add_local(
+            l.cookie,
+            LocalListener {
+                host: l.local,
+                keys: keys.clone(),
+                bound: req.bound,
+            },
+        );
+        self.counters.listens.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(?keys, host = %l.local, cookie = l.cookie, "listener registered");
+        // Return only once every connected peer knows the listener: a client started after the
+        // server's listen() returned then finds it, whichever host it runs on.
+        self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
+        (Reply::ListenOk { cookie: l.cookie }, Some(l.fd))
+    }
+
+    pub async fn accept_lookup(&self, a: &AcceptLookup) -> Reply<'static> {
+        let peer_host = normalize(a.peer_host);
+        let local_host = normalize(a.local_host);
+        let waiting = self.tables().take_announce(peer_host, local_host);
+        let ann = match waiting {
+            Ok(ann) => Some(ann),
+            Err(rx) => tokio::time::timeout(ANNOUNCE_WAIT, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+        };
+        let Some(ann) = ann else {
+            self.counters
+                .unknown_accepts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer_host, %local_host, "accepted host connection was never announced; refusing it");
+            return Reply::Unknown;
+        };
+        let id = Identity {
+            local: ann.server_overlay,
+            peer: Some(ann.client_overlay),
+        };
+        self.tables().set_identity(a.child_cookie, id);
+        self.counters.accepts.fetch_add(1, Ordering::Relaxed);
+        Reply::Identity(id)
+    }
+
+    pub fn query_cookie(&self, cookie: u64) -> Reply<'static> {
+        match self.tables().identity(cookie) {
+            Some(id) => Reply::Identity(id),
+            None => Reply::Unknown,
+        }
+    }
+
+    pub fn closed(&self, cookie: u64) {
+        if self.tables().forget_identity(cookie) {
+            return;
+        }
+        if self.tables().is_local_listener(cookie) {
+            // Another process (a fork) may still hold the listener; only drop it once the kernel
+            // no longer has it.
+            self.sweep_listeners();
+        }
+    }
+
+    /// Drops the registrations of host listeners that no longer exist in the kernel.
+    pub fn sweep_listeners(&self) {
+        let listening = match crate::procnet::listening_endpoints() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read /proc/net/tcp; listener sweep skipped");
+                return;
+            }
+        };
+        let gone: Vec<u64> = self
+            .tables()
+            .local_listeners()
+            .into_iter()
+            .filter(|(_, host)| !listening.contains(host))
+            .map(|(c, _)| c)
+            .collect();
+        for cookie in gone {
+            let entries = self.tables().remove_local(cookie);
+            tracing::info!(cookie, count = entries.len(), "listener closed");
+            self.peers.del_listeners(&entries);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The router's state: which host listener serves which overlay endpoint (this host's and the
+//! peers'), which host connections are about to arrive, and what overlay identity each live host
+//! socket carries.
+//!
+//! Kept behind one `std::sync::Mutex`, held only for map operations, never across an await.
+
+use slim_uapi::peer::{Announce, ListenerEntry};
+use slim_uapi::proto::Identity;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Who told us about a listener: ourselves, or the peer connection with this id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Local,
+    Peer(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub host: SocketAddr,
+    pub cookie: u64,
+    pub owner: Owner,
+}
+
+/// A listener of this host, as registered by a container.
+#[derive(Debug, Clone)]
+pub struct LocalListener {
+    pub host: SocketAddr,
+    pub keys: Vec<SocketAddr>,
+    /// Where the application bound its overlay socket (for logs and status).
+    pub bound: SocketAddr,
+}
+
+type ConnKey = (SocketAddr, SocketAddr);
+
+/// Announcements older than this are dropped: the connection they were for never got accepted.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(120);
+/// Identities are kept for at most this many live sockets; beyond it the oldest half is dropped.
+const MAX_IDENTITIES: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct Tables {
+    routes: HashMap<SocketAddr, Vec<Route>>,
+    next_pick: usize,
+    local: HashMap<u64, LocalListener>,
+    announces: HashMap<ConnKey, (Announce, Instant)>,
+    waiters: HashMap<ConnKey, Vec<oneshot::Sender<Announce>>>,
+    identities: HashMap<u64, (Identity, Instant)>,
+}
+
+impl Tables {
+    pub fn add_route(&mut self, overlay: SocketAddr, route: Route) {
+        let v = self.routes.entry(overlay).or_default();
+        v.retain(|r| !(r.cookie == route.cookie && r.owner == route.owner));
+        v.push(route);
+    }
+
+    pub fn del_route(&mut self, overlay: &SocketAddr, cookie: u64, owner: Owner) {
+        if let Some(v) = self.routes.get_mut(overlay) {
+            v.retain(|r| !(r.cookie == cookie && r.owner == owner));
+            if v.is_empty() {
+                self.routes.remove(overlay);
+            }
+        }
+    }
+
+    /// Forgets every route learned over one peer connection (it went away).
+    pub fn drop_owner(&mut self, owner: Owner) {
+        self.routes.retain(|_, v| {
+            v.retain(|r| r.owner != owner);
+            !v.is_empty()
+        });
+    }
+
+    /// Picks a listener for an overlay destination; several listeners on one endpoint
+    /// (SO_REUSEPORT) share the connections in turn.
+    pub fn route(&mut self, overlay: &SocketAddr) -> Option<Route> {
+        let v = self.routes.get(overlay)?;
+        self.next_pick = self.next_pick.wrapping_add(1);
+        Some(v[self.next_pick % v.len()])
+    }
+
+    pub fn add_local(&mut self, cookie: u64, l: LocalListener) -> Vec<ListenerEntry> {
+        let entries: Vec<ListenerEntry> = l
+            .keys
+            .iter()
+            .map(|k| ListenerEntry {
+                overlay: *k,
+                host: l.host,
+                cookie,
+            })
+            .collect();
+        for e in &entries {
+            self.add_route(
+                e.overlay,
+                Route {
+                    host: e.host,
+                    cookie,
+                    owner: Owner::Local,
+                },
+            );
+        }
+        self.local.insert(cookie, l);
+        entries
+    }
+
+    pub fn remove_local(&mut self, cookie: u64) -> Vec<ListenerEntry> {
+        let Some(l) = self.local.remove(&cookie) else {
+            return Vec::new();
+        };
+        let entries: Vec<ListenerEntry> = l
+            .keys
+            .iter()
+            .map(|k| ListenerEntry {
+                overlay: *k,
+                host: l.host,
+                cookie,
+            })
+            .collect();
+        for e in &entries {
+            self.del_route(&e.overlay, cookie, Owner::Local);
+        }
+        entries
+    }
+
+    pub fn local_entries(&self) -> Vec<ListenerEntry> {
+        self.local
+            .iter()
+            .flat_map(|(cookie, l)| {
+                l.keys.iter().map(move |k| ListenerEntry {
+                    overlay: *k,
+                    host: l.host,
+                    cookie: *cookie,
+                })
+            })
+            .collect()
+    }
+
+    pub fn describe_local(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.local.values().map(|l| (l.bound, l.host)).collect()
+    }
+
+    pub fn local_listeners(&self) -> Vec<(u64, SocketAddr)> {
+        self.local.iter().map(|(c, l)| (*c, l.host)).collect()
+    }
+
+    pub fn is_local_listener(&self, cookie: u64) -> bool {
+        self.local.contains_key(&cookie)
+    }
+
+    /// Records an announced connection, waking an accept that is already waiting for it.
+    pub fn announce(&mut self, a: Announce) {
+        let key = (a.client_host, a.server_host);
+        if let Some(ws) = self.waiters.remove(&key) {
+            let mut pending = Some(a);
+            for w in ws {
+                if let Some(x) = pending.take() {
+                    if let Err(back) = w.send(x) {
+                        pending = Some(back);
+                    }
+                }
+            }
+            if pending.is_none() {
+                return;
+            }
+        }
+        self.announces.insert(key, (a, Instant::now()));
+    }
+
+    /// Takes the announcement for a host connection, or registers to be told when it arrives.
+    pub fn take_announce(
+        &mut self,
+        client_host: SocketAddr,
+        server_host: SocketAddr,
+    ) -> Result<Announce, oneshot::Receiver<Announce>> {
+        let key = (client_host, server_host);
+        if let Some((a, _)) = self.announces.remove(&key) {
+            return Ok(a);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(key).or_default().push(tx);
+        Err(rx)
+    }
+
+    pub fn set_identity(&mut self, cookie: u64, id: Identity) {
+        if self.identities.len() >= MAX_IDENTITIES {
+            let mut ages: Vec<Instant> = self.identities.values().map(|(_, t)| *t).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.identities.retain(|_, (_, t)| *t > cut);
+        }
+        self.identities.insert(cookie, (id, Instant::now()));
+    }
+
+    pub fn identity(&self, cookie: u64) -> Option<Identity> {
+        self.identities.get(&cookie).map(|(id, _)| *id)
+    }
+
+    pub fn forget_identity(&mut self, cookie: u64) -> bool {
+        self.identities.remove(&cookie).is_some()
+    }
+
+    /// Drops state nobody will ask for any more.
+    pub fn expire(&mut self, now: Instant) {
+        self.announces
+            .retain(|_, (_, t)| now.duration_since(*t) < ANNOUNCE_TTL);
+        self.waiters.retain(|_, ws| {
+            ws.retain(|w| !w.is_closed());
+            !ws.is_empty()
+        });
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        (
+            self.routes.len(),
+            self.local.len(),
+            self.announces.len(),
+            self.identities.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn announce_before_and_after_accept() {
+        let mut t = Tables::default();
+        let a = Announce {
+            client_host: sa("192.168.77.1:5000"),
+            server_host: sa("192.168.77.2:6000"),
+            client_overlay: sa("10.32.0.1:5000"),
+            server_overlay: sa("10.32.0.2:80"),
+        };
+        t.announce(a);
+        assert_eq!(t.take_announce(a.client_host, a.server_host).unwrap(), a);
+        let mut rx = t.take_announce(a.client_host, a.server_host).unwrap_err();
+        t.announce(a);
+        assert_eq!(rx.try_recv().unwrap(), a);
+    }
+
+    #[test]
+    fn routes_follow_their_owner() {
+        let mut t = Tables::default();
+        let r = Route {
+            host: sa("192.168.77.2:6000"),
+            cookie: 1,
+            owner: Owner::Peer(3),
+        };
+        t.add_route(sa("10.32.0.2:80"), r);
+        assert!(t.route(&sa("10.32.0.2:80")).is_some());
+        t.drop_owner(Owner::Peer(3));
+        assert!(t.route(&sa("10.32.0.2:80")).is_none());
+        let l = LocalListener {
+            host: sa("192.168.77.1:7000"),
+            keys: vec![sa("10.32.0.1:80")],
+            bound: sa("0.0.0.0:80"),
+        };
+        assert_eq!(t.add_local(5, l).len(), 1);
+        assert!(t.route(&sa("10.32.0.1:80")).is_some());
+        assert_eq!(t.remove_local(5).len(), 1);
+        assert!(t.route(&sa("10.32.0.1:80")).is_none());
+    }
+}
