@@ -7,6 +7,7 @@ mod hostsock;
 mod peers;
 mod procnet;
 mod router;
+mod sockdiag;
 mod tables;
 
 use anyhow::Context;
@@ -146,10 +147,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let sweeper = router.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
-            sweeper.sweep_listeners();
+            n += 1;
+            // Sweep soon after programs closed Slim sockets, and now and then regardless (a
+            // program killed in the middle of things closes nothing explicitly).
+            if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n % 30 == 0 {
+                sweeper.sweep_identities();
+                sweeper.sweep_listeners();
+            }
+            if n % 5 != 0 {
+                continue;
+            }
             sweeper.tables().expire(std::time::Instant::now());
             let (routes, local, announces, ids) = sweeper.tables().counts();
             let c = &sweeper.counters;

@@ -63,6 +63,8 @@ pub struct Router {
     pub tables: Mutex<Tables>,
     pub peers: PeerSet,
     pub counters: Counters,
+    /// A program closed a Slim socket since the last sweep.
+    pub sweep_due: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -72,6 +74,7 @@ impl Router {
             tables: Mutex::new(Tables::default()),
             peers: PeerSet::default(),
             counters: Counters::default(),
+            sweep_due: Default::default(),
         }
     }
 
@@ -226,14 +229,23 @@ impl Router {
         }
     }
 
+    /// A program closed a descriptor of this socket. Other descriptors (dup, fork, SCM_RIGHTS)
+    /// may still hold it, so nothing is forgotten here: the next sweep asks the kernel.
     pub fn closed(&self, cookie: u64) {
-        if self.tables().forget_identity(cookie) {
-            return;
-        }
-        if self.tables().is_local_listener(cookie) {
-            // Another process (a fork) may still hold the listener; only drop it once the kernel
-            // no longer has it.
-            self.sweep_listeners();
+        let _ = cookie;
+        self.sweep_due.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets identities of host sockets the kernel no longer has.
+    pub fn sweep_identities(&self) {
+        match crate::sockdiag::live_tcp_cookies() {
+            Ok(live) => {
+                let n = self.tables().retain_identities(|c| live.contains(&c));
+                if n > 0 {
+                    tracing::debug!(forgotten = n, "closed sockets forgotten");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sock_diag dump failed; socket state not swept"),
         }
     }
 

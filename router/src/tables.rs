@@ -147,10 +147,6 @@ impl Tables {
         self.local.iter().map(|(c, l)| (*c, l.host)).collect()
     }
 
-    pub fn is_local_listener(&self, cookie: u64) -> bool {
-        self.local.contains_key(&cookie)
-    }
-
     /// Records an announced connection, waking an accept that is already waiting for it.
     pub fn announce(&mut self, a: Announce) {
         let key = (a.client_host, a.server_host);
@@ -199,8 +195,11 @@ impl Tables {
         self.identities.get(&cookie).map(|(id, _)| *id)
     }
 
-    pub fn forget_identity(&mut self, cookie: u64) -> bool {
-        self.identities.remove(&cookie).is_some()
+    /// Keeps the identities whose socket `alive` says still exists; returns how many went.
+    pub fn retain_identities(&mut self, alive: impl Fn(u64) -> bool) -> usize {
+        let before = self.identities.len();
+        self.identities.retain(|c, _| alive(*c));
+        before - self.identities.len()
     }
 
     /// Drops state nobody will ask for any more.

@@ -1,0 +1,156 @@
+//! The cookies of every TCP socket alive in this network namespace, from the kernel's sock_diag
+//! netlink interface. The router keeps state per host socket (its overlay identity); sockets the
+//! kernel no longer has are forgotten, however their last holder let go (close, exit, crash).
+
+use std::collections::HashSet;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+#[repr(C)]
+struct Request {
+    nlh: libc::nlmsghdr,
+    req: InetDiagReqV2,
+}
+
+fn dump_family(family: u8, out: &mut HashSet<u64>) -> io::Result<()> {
+    // SAFETY: plain socket(2); checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let req = Request {
+        nlh: libc::nlmsghdr {
+            nlmsg_len: size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        req: InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            states: u32::MAX,
+            ..Default::default()
+        },
+    };
+    // SAFETY: req is a plain #[repr(C)] struct of the stated size.
+    let r = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&req as *const Request).cast(),
+            size_of::<Request>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut off = 0usize;
+        let n = n as usize;
+        while off + size_of::<libc::nlmsghdr>() <= n {
+            // SAFETY: bounds checked above; read_unaligned copes with any alignment.
+            let h: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+            let len = h.nlmsg_len as usize;
+            if len < size_of::<libc::nlmsghdr>() || off + len > n {
+                return Err(io::Error::other("malformed sock_diag reply"));
+            }
+            match h.nlmsg_type as i32 {
+                libc::NLMSG_DONE => return Ok(()),
+                libc::NLMSG_ERROR => return Err(io::Error::other("sock_diag dump refused")),
+                _ => {
+                    let body = off + size_of::<libc::nlmsghdr>();
+                    if body + size_of::<InetDiagMsg>() <= off + len {
+                        // SAFETY: bounds checked; plain data.
+                        let m: InetDiagMsg =
+                            unsafe { std::ptr::read_unaligned(buf[body..].as_ptr().cast()) };
+                        out.insert(m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32);
+                    }
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// Cookies of all TCP sockets (IPv4 and IPv6, any state) of this network namespace.
+pub fn live_tcp_cookies() -> io::Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    dump_family(libc::AF_INET as u8, &mut out)?;
+    dump_family(libc::AF_INET6 as u8, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_live_socket_and_forgets_a_closed_one() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&c)).unwrap();
+        assert!(live_tcp_cookies().unwrap().contains(&cookie));
+        let lc = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
+        drop(l);
+        assert!(!live_tcp_cookies().unwrap().contains(&lc));
+    }
+}

@@ -1,0 +1,111 @@
+//! An ordinary network program (it knows nothing of Slim) used by the tests to exercise the
+//! socket API the way real servers and clients do: blocking and non-blocking connect, epoll
+//! (level and edge triggered, registered before or after connect), poll, select, accept4 flags,
+//! pre-fork servers, dup, fork and exec.
+//!
+//! Server protocol: on each accepted connection the server writes
+//! `HELLO pid=<pid> peer=<addr> local=<addr>\n` (what getpeername/getsockname say), then echoes.
+//! The client checks that the server saw the client's own address, and that every byte came back.
+
+use slim_testprogs::*;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  slim-testprog serve PORT [--v6] [--v6only] [--workers N] [--accept block|epoll|epoll-et|poll|select] [--accept4-flags]\n  \
+         slim-testprog client ADDR PORT [--style block|epoll-before|epoll-after|epoll-et|poll|select] [--conns N] [--procs P] [--bytes B] [--v6sock]\n  \
+         slim-testprog inherit ADDR PORT   (connect, then dup2, fork and exec `check-fd`)\n  \
+         slim-testprog check-fd FD ADDR    (exec'd: verify an inherited connection)\n  \
+         slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)"
+    );
+    std::process::exit(2)
+}
+
+fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { usage() };
+    let result = match cmd.as_str() {
+        "serve" => {
+            let port: u16 = args
+                .get(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| usage());
+            let cfg = ServeCfg {
+                port,
+                v6: flag(&args, "--v6"),
+                v6only: flag(&args, "--v6only"),
+                workers: opt(&args, "--workers")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+                accept: opt(&args, "--accept").unwrap_or_else(|| "block".into()),
+                accept4_flags: flag(&args, "--accept4-flags"),
+            };
+            serve(&cfg)
+        }
+        "client" => {
+            let addr = parse_target(&args);
+            let cfg = ClientCfg {
+                addr,
+                style: opt(&args, "--style").unwrap_or_else(|| "block".into()),
+                conns: opt(&args, "--conns")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+                bytes: opt(&args, "--bytes")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(4096),
+                v6sock: flag(&args, "--v6sock"),
+            };
+            let procs: usize = opt(&args, "--procs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            run_client_procs(&cfg, procs).map(|pids: BTreeSet<String>| {
+                println!("OK conns={} server_pids={}", cfg.conns * procs, pids.len());
+            })
+        }
+        "inherit" => inherit(parse_target(&args)),
+        "check-fd" => {
+            let fd: i32 = args
+                .get(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage());
+            let addr: SocketAddr = args
+                .get(2)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage());
+            check_fd(fd, addr)
+        }
+        "setup-storm" => {
+            let addr = parse_target(&args);
+            let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(100);
+            setup_storm(addr, n)
+        }
+        _ => usage(),
+    };
+    if let Err(e) = result {
+        println!("FAIL {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_target(args: &[String]) -> SocketAddr {
+    let ip: std::net::IpAddr = args
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| usage());
+    let port: u16 = args
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| usage());
+    SocketAddr::new(ip, port)
+}
