@@ -154,11 +154,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             n += 1;
             // Sweep soon after programs closed Slim sockets, and now and then regardless (a
             // program killed in the middle of things closes nothing explicitly).
-            if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n % 30 == 0 {
+            if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n.is_multiple_of(30) {
                 sweeper.sweep_identities();
                 sweeper.sweep_listeners();
             }
-            if n % 5 != 0 {
+            if !n.is_multiple_of(5) {
                 continue;
             }
             sweeper.tables().expire(std::time::Instant::now());
