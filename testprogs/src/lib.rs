@@ -296,8 +296,6 @@ pub fn serve(cfg: &ServeCfg) -> Result<()> {
     // SAFETY: plain listen.
     cvt(unsafe { libc::listen(l, 1024) }, "listen")?;
     let local = name(l, false)?;
-    println!("LISTENING {local}");
-    std::io::stdout().flush()?;
     let mut children = Vec::new();
     for _ in 1..cfg.workers {
         // SAFETY: fork in a single-threaded process (no threads started yet).
@@ -309,6 +307,9 @@ pub fn serve(cfg: &ServeCfg) -> Result<()> {
         }
         children.push(pid);
     }
+    // Ready only once every worker exists.
+    println!("LISTENING {local} workers={}", cfg.workers);
+    std::io::stdout().flush()?;
     worker(l, cfg)
 }
 
@@ -636,7 +637,17 @@ pub fn inherit(addr: SocketAddr) -> Result<()> {
         bail!("exec'd child failed on the inherited connection");
     }
     // The parent still uses the same connection after the child is done with it.
-    exchange(moved, addr, 10_000).context("parent after child")?;
+    if name(moved, true)? != addr {
+        bail!("parent: getpeername changed after the child's exec");
+    }
+    // SAFETY: our fd; File closes it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(moved) };
+    f.write_all(b"pong")?;
+    let mut b = [0u8; 4];
+    f.read_exact(&mut b).context("parent after child")?;
+    if &b != b"pong" {
+        bail!("parent: echo after the child's exec mismatched");
+    }
     println!("OK inherit");
     Ok(())
 }
@@ -734,6 +745,8 @@ pub fn setup_storm(addr: SocketAddr, n: usize) -> Result<()> {
         if connected_in_call > 0 {
             bail!("{connected_in_call} of {n} connects were already connected when the call returned: connect waited for the network");
         }
+        println!("ISSUED {n}");
+        std::io::stdout().flush()?;
         let mut ticks_while_pending = 0u64;
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
         while pending > 0 {

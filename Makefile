@@ -1,0 +1,49 @@
+# Slim: per-connection container overlay networking. See README.md.
+CARGO ?= cargo
+PROFILE ?= release
+TARGET := target/$(PROFILE)
+LAB := $(TARGET)/slim-lab
+
+.PHONY: all build deps test check unit e2e demo lab-up lab-down clean
+
+all: build
+
+## Debian packages the lab, tests and demo use (idempotent).
+deps:
+	./scripts/install-deps.sh
+
+## Everything: router, preload library, lab, test programs.
+build:
+	$(CARGO) build --$(PROFILE) --workspace --all-targets
+
+## Formatting and lints, as CI runs them.
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Unit tests (no root, no lab).
+unit:
+	$(CARGO) test --$(PROFILE) --workspace --lib --bins
+
+## Integration tests on the lab (root: network namespaces), one at a time.
+e2e: build
+	$(CARGO) test --$(PROFILE) -p slim-lab --tests -- --test-threads=1
+
+## The test command (README, CI): dependencies, build, lints, unit and lab tests.
+test: deps build check unit e2e
+	$(LAB) down
+
+## Build everything and run the main job on the local lab: iperf3 over host network,
+## VXLAN overlay and Slim, side by side.
+demo: deps build
+	./scripts/demo.sh $(TARGET)
+
+lab-up: build
+	$(LAB) up
+
+lab-down:
+	$(LAB) down
+
+clean:
+	-$(LAB) down
+	$(CARGO) clean

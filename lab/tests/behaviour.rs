@@ -1,0 +1,386 @@
+//! Slim's behaviour across the lab, one test per property of ARCHITECTURE.md's invariants 1-5,
+//! with slim-testprog (an ordinary libc socket program) at both ends.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const C2: &str = "10.32.0.2";
+const C3: &str = "10.32.0.3";
+const MB: u64 = 1 << 20;
+
+fn serve(node: &str, slim: bool, port: u16, extra: &[&str]) -> Bg {
+    let tp = testprog();
+    let p = port.to_string();
+    let mut args = vec![tp.as_str(), "serve", p.as_str()];
+    args.extend_from_slice(extra);
+    let bg = spawn(node, slim, &args);
+    assert!(
+        bg.first_line.starts_with("LISTENING"),
+        "server said {:?}",
+        bg.first_line
+    );
+    bg
+}
+
+fn client(node: &str, slim: bool, addr: &str, port: u16, extra: &[&str]) -> String {
+    let tp = testprog();
+    let p = port.to_string();
+    let mut args = vec![tp.as_str(), "client", addr, p.as_str()];
+    args.extend_from_slice(extra);
+    let out = ok(node, slim, &args);
+    assert!(out.starts_with("OK"), "client said {out}");
+    out
+}
+
+#[test]
+fn every_connect_style_across_hosts_and_on_one_host() {
+    let _g = lab();
+    let _s2 = serve("c2", true, 7101, &["--workers", "2", "--accept", "epoll"]);
+    let _s3 = serve("c3", true, 7101, &[]);
+    for style in [
+        "block",
+        "epoll-before",
+        "epoll-after",
+        "epoll-et",
+        "poll",
+        "select",
+    ] {
+        let before = bytes("h1", "slim-vx");
+        client(
+            "c1",
+            true,
+            C2,
+            7101,
+            &["--style", style, "--conns", "4", "--bytes", "1000000"],
+        );
+        let vx = bytes("h1", "slim-vx") - before;
+        // 4 MB each way went through; the overlay saw only setup noise (ARP, nothing else).
+        assert!(vx < MB / 4, "{style}: {vx} bytes crossed the VXLAN device");
+        client(
+            "c1",
+            true,
+            C3,
+            7101,
+            &["--style", style, "--conns", "2", "--bytes", "100000"],
+        );
+    }
+}
+
+#[test]
+fn listener_readiness_through_select_poll_epoll_and_accept4_flags() {
+    let _g = lab();
+    for (i, style) in ["block", "epoll", "epoll-et", "poll", "select"]
+        .iter()
+        .enumerate()
+    {
+        let port = 7110 + i as u16;
+        let _s = serve("c2", true, port, &["--accept", style, "--accept4-flags"]);
+        client("c1", true, C2, port, &["--conns", "5"]);
+        // A peer without Slim reaches the same listener through the overlay.
+        client("c3", false, C2, port, &["--conns", "2"]);
+    }
+}
+
+#[test]
+fn dual_stack_listener_and_ipv6_overlay() {
+    let _g = lab();
+    let _s = serve("c2", true, 7120, &["--v6"]);
+    client("c1", true, C2, 7120, &["--conns", "3"]);
+    client("c1", true, C2, 7120, &["--conns", "3", "--v6sock"]);
+    let before = bytes("h1", "slim-vx");
+    client(
+        "c1",
+        true,
+        "fd00:32::2",
+        7120,
+        &["--conns", "3", "--bytes", "1000000"],
+    );
+    assert!(
+        bytes("h1", "slim-vx") - before < MB / 4,
+        "IPv6 overlay connection went over VXLAN"
+    );
+    let _v6only = serve("c2", true, 7121, &["--v6", "--v6only"]);
+    client("c1", true, "fd00:32::2", 7121, &["--conns", "2"]);
+}
+
+#[test]
+fn exact_pairing_500_connections_prefork_server_no_fd_left() {
+    let _g = lab();
+    let routers = [router_pid("h1"), router_pid("h2")];
+    let router_fds: Vec<usize> = routers.iter().map(|p| fd_count(*p)).collect();
+    let s = serve("c2", true, 7130, &["--workers", "4", "--accept", "block"]);
+    let workers = group_pids(s.pid());
+    assert_eq!(workers.len(), 4, "pre-fork server should have 4 processes");
+    let tcp_before: Vec<usize> = workers.iter().map(|p| tcp_fd_count(*p)).collect();
+    let all_before: Vec<usize> = workers.iter().map(|p| fd_count(*p)).collect();
+    // 5 client processes x 100 connections, all open at once; each client checks that the
+    // server process that answered saw exactly this connection's own address.
+    client("c1", true, C2, 7130, &["--conns", "100", "--procs", "5", "--bytes", "2000"]);
+    let settled = eventually(Duration::from_secs(10), || {
+        workers.iter().map(|p| tcp_fd_count(*p)).collect::<Vec<_>>() == tcp_before
+    });
+    assert!(
+        settled,
+        "TCP sockets left open in the server: {:?} -> {:?}",
+        tcp_before,
+        workers.iter().map(|p| tcp_fd_count(*p)).collect::<Vec<_>>()
+    );
+    // Besides its sockets, each process may keep a few idle connections to the router (a
+    // bounded pool of 8), nothing else.
+    for (p, before) in workers.iter().zip(&all_before) {
+        let now = fd_count(*p);
+        assert!(now <= before + 8, "worker {p}: {before} -> {now} descriptors");
+    }
+    // Once the programs are gone, the routers hold exactly what they held before.
+    drop(s);
+    let back = eventually(Duration::from_secs(10), || {
+        routers.iter().map(|p| fd_count(*p)).collect::<Vec<_>>() == router_fds
+    });
+    assert!(
+        back,
+        "router descriptors {:?} -> {:?}",
+        router_fds,
+        routers.iter().map(|p| fd_count(*p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn connection_survives_dup_fork_and_exec() {
+    let _g = lab();
+    let _s = serve("c2", true, 7140, &[]);
+    let tp = testprog();
+    let out = ok("c1", true, &[&tp, "inherit", C2, "7140"]);
+    assert!(out.contains("OK check-fd 10.32.0.1:"), "{out}");
+    assert!(out.contains("OK inherit"), "{out}");
+}
+
+#[test]
+fn peers_without_slim_see_exactly_the_bytes_written() {
+    let _g = lab();
+    // Server without the library, Slim client: falls back to the overlay.
+    let _plain = serve("c2", false, 7150, &[]);
+    let before = bytes("h1", "slim-vx");
+    client("c1", true, C2, 7150, &["--conns", "3", "--bytes", "300000"]);
+    assert!(
+        bytes("h1", "slim-vx") - before > 900_000,
+        "fallback should have used the overlay"
+    );
+    // Slim server, client without the library.
+    let _slim = serve("c2", true, 7151, &[]);
+    client(
+        "c1",
+        false,
+        C2,
+        7151,
+        &["--conns", "3", "--bytes", "300000"],
+    );
+}
+
+#[test]
+fn data_bypasses_the_overlay_100mb() {
+    let _g = lab();
+    let _s = serve("c2", true, 7160, &[]);
+    let (vx1, vx2, u1) = (
+        bytes("h1", "slim-vx"),
+        bytes("h2", "slim-vx"),
+        bytes("h1", "slim-u1"),
+    );
+    client("c1", true, C2, 7160, &["--bytes", "100000000"]);
+    let (dvx1, dvx2, du1) = (
+        bytes("h1", "slim-vx") - vx1,
+        bytes("h2", "slim-vx") - vx2,
+        bytes("h1", "slim-u1") - u1,
+    );
+    assert!(
+        dvx1 < MB && dvx2 < MB,
+        "VXLAN carried {dvx1} / {dvx2} bytes of a 100 MB transfer"
+    );
+    assert!(
+        du1 > 200_000_000,
+        "the underlay carried only {du1} bytes of 2 x 100 MB"
+    );
+}
+
+/// Takes h2's end of the underlay down (SYNs from h1 are lost until it comes back); brings it
+/// back up even if the test fails.
+struct UnderlayCut;
+impl UnderlayCut {
+    fn new() -> UnderlayCut {
+        lab_cmd(&["exec", "h2", "--", "ip", "link", "set", "slim-u2", "down"]);
+        UnderlayCut
+    }
+}
+impl Drop for UnderlayCut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(lab_bin())
+            .args(["exec", "h2", "--", "ip", "link", "set", "slim-u2", "up"])
+            .output();
+    }
+}
+
+#[test]
+fn nonblocking_connect_never_waits_for_the_network() {
+    let _g = lab();
+    let _s = serve("c2", true, 7170, &["--accept", "epoll"]);
+    client("c1", true, C2, 7170, &[]);
+    // With the underlay cut, no handshake can complete: a connect() that waited for the network
+    // would hang or return connected, and the event loop's timer would stall.
+    let cut = UnderlayCut::new();
+    let tp = testprog();
+    let mut storm = spawn(
+        "c1",
+        true,
+        &["timeout", "60", &tp, "setup-storm", C2, "7170", "100"],
+    );
+    assert_eq!(
+        storm.first_line.trim(),
+        "ISSUED 100",
+        "connects did not all return EINPROGRESS at once"
+    );
+    drop(cut);
+    // Back online, the kernel's SYN retransmissions complete every connection.
+    assert!(
+        storm.wait_success(),
+        "the connections did not complete once the network was back"
+    );
+}
+
+#[test]
+fn router_stop_and_restart() {
+    let _g = lab();
+    let _s = serve("c2", true, 7180, &["--accept", "epoll"]);
+    // A long-lived Slim connection, driven step by step through a fifo-less handshake: the
+    // python client waits for a file before its second exchange.
+    let flag = "/tmp/slim-test-router-restart.go";
+    let _ = std::fs::remove_file(flag);
+    let script = format!(
+        r#"
+import socket, os, time, sys
+c = socket.create_connection(("{C2}", 7180))
+f = c.makefile("rb")
+hello = f.readline()
+def echo(n):
+    data = os.urandom(n)
+    c.sendall(data)
+    got = b""
+    while len(got) < n:
+        got += f.read1(n - len(got))
+    assert got == data, "echo mismatch"
+echo(100000)
+print("PHASE1", c.getsockname()[0], flush=True)
+while not os.path.exists("{flag}"):
+    time.sleep(0.02)
+echo(100000)
+print("PHASE2 ok", flush=True)
+"#
+    );
+    let long = spawn("c1", true, &["timeout", "60", "python3", "-c", &script]);
+    assert!(
+        long.first_line.starts_with("PHASE1 10.32.0.1"),
+        "{}",
+        long.first_line
+    );
+    lab_cmd(&["router", "h1", "stop"]);
+    // New connections still work, over the overlay.
+    let before = bytes("h1", "slim-vx");
+    client("c1", true, C2, 7180, &["--conns", "2", "--bytes", "200000"]);
+    assert!(
+        bytes("h1", "slim-vx") - before > 400_000,
+        "with the router stopped the overlay must carry it"
+    );
+    // The existing Slim connection keeps flowing.
+    std::fs::write(flag, b"go").unwrap();
+    let mut long = long;
+    let status = long.wait_success();
+    assert!(
+        status,
+        "the existing connection broke when the router stopped"
+    );
+    let _ = std::fs::remove_file(flag);
+    // Router back: new connections use Slim again (the server registered its listener with the
+    // h2 router, which stayed up; h1's router relearns it from its peer).
+    lab_cmd(&["router", "h1", "start"]);
+    let ok_again = eventually(Duration::from_secs(10), || {
+        let before = bytes("h1", "slim-vx");
+        let o = run(
+            "c1",
+            true,
+            &[&testprog(), "client", C2, "7180", "--bytes", "1000000"],
+        );
+        o.status.success() && bytes("h1", "slim-vx") - before < MB / 4
+    });
+    assert!(
+        ok_again,
+        "after the router restarted, connections did not go back to Slim"
+    );
+}
+
+#[test]
+fn udp_loopback_and_unix_sockets_are_untouched() {
+    let _g = lab();
+    let script = r#"
+import socket, os, threading
+# UDP across the overlay (a plain server in c2 is not needed: send to ourselves over eth0).
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("10.32.0.1", 0))
+v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); v.sendto(b"udp", u.getsockname())
+assert u.recvfrom(10)[0] == b"udp"
+# TCP over loopback, and to our own overlay address bound to loopback-only listener.
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, a = l.accept()
+assert c.getsockname()[0] == "127.0.0.1" and s.getpeername() == c.getsockname()
+c.sendall(b"lo"); assert s.recv(2) == b"lo"
+# Unix stream pair.
+x, y = socket.socketpair(); x.sendall(b"ux"); assert y.recv(2) == b"ux"
+print("OK untouched")
+"#;
+    let before = lab_cmd(&["exec", "h1", "--", "cat", "/run/slim-lab/h1.log"])
+        .lines()
+        .count();
+    let out = ok("c1", true, &["python3", "-c", script]);
+    assert!(out.contains("OK untouched"), "{out}");
+    let log = lab_cmd(&["exec", "h1", "--", "cat", "/run/slim-lab/h1.log"]);
+    let new: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("listener registered"))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "a loopback listener was registered with the router: {new:?}"
+    );
+}
+
+#[test]
+fn router_answers_garbage_and_refuses_other_versions() {
+    let _g = lab();
+    let script = r#"
+import socket, struct
+def ask(payload):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("/run/slim-lab/h1.sock")
+    s.send(payload)
+    try:
+        r = s.recv(4096)
+    except ConnectionResetError:
+        r = b""
+    s.close()
+    return r
+# Not Slim at all: an error reply (or a closed connection), never a crash.
+r = ask(b"GET / HTTP/1.1\r\n\r\n")
+assert r == b"" or r[:4] == struct.pack("<I", 0x534C494D), r
+# A well-formed Hello of protocol version 99: refused with a message naming the versions.
+r = ask(struct.pack("<IHHHI", 0x534C494D, 99, 1, 99, 1))
+assert b"protocol" in r and b"99" in r, r
+# Truncated and oversized frames.
+ask(struct.pack("<IHH", 0x534C494D, 1, 2))
+ask(b"\x00" * 65536)
+print("OK router-robust")
+"#;
+    let out = ok("c1", false, &["python3", "-c", script]);
+    assert!(out.contains("OK router-robust"), "{out}");
+    // And the router still serves Slim connections.
+    let _s = serve("c2", true, 7190, &[]);
+    client("c1", true, C2, 7190, &["--conns", "2"]);
+}
