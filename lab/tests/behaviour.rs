@@ -117,7 +117,13 @@ fn exact_pairing_500_connections_prefork_server_no_fd_left() {
     let all_before: Vec<usize> = workers.iter().map(|p| fd_count(*p)).collect();
     // 5 client processes x 100 connections, all open at once; each client checks that the
     // server process that answered saw exactly this connection's own address.
-    client("c1", true, C2, 7130, &["--conns", "100", "--procs", "5", "--bytes", "2000"]);
+    client(
+        "c1",
+        true,
+        C2,
+        7130,
+        &["--conns", "100", "--procs", "5", "--bytes", "2000"],
+    );
     let settled = eventually(Duration::from_secs(10), || {
         workers.iter().map(|p| tcp_fd_count(*p)).collect::<Vec<_>>() == tcp_before
     });
@@ -131,7 +137,10 @@ fn exact_pairing_500_connections_prefork_server_no_fd_left() {
     // bounded pool of 8), nothing else.
     for (p, before) in workers.iter().zip(&all_before) {
         let now = fd_count(*p);
-        assert!(now <= before + 8, "worker {p}: {before} -> {now} descriptors");
+        assert!(
+            now <= before + 8,
+            "worker {p}: {before} -> {now} descriptors"
+        );
     }
     // Once the programs are gone, the routers hold exactly what they held before.
     drop(s);

@@ -263,7 +263,7 @@ fn reconnect(fd: i32) -> i32 {
 }
 
 /// The container's overlay addresses: where a wildcard listener can be reached.
-fn overlay_ips() -> IpList {
+pub fn overlay_ips() -> IpList {
     let cfg = config::get();
     let mut out = IpList::default();
     let mut ifa: *mut libc::ifaddrs = core::ptr::null_mut();

@@ -39,6 +39,10 @@ pub const MAX_REGS: usize = 4;
 pub struct PackedAddr([AtomicU64; 3]);
 
 impl PackedAddr {
+    pub const fn new() -> PackedAddr {
+        PackedAddr([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
+    }
+
     pub fn store(&self, a: Option<SocketAddr>) {
         let (w0, bytes) = match a {
             None => (0u64, [0u8; 16]),

@@ -20,6 +20,10 @@ static DISABLED: AtomicBool = AtomicBool::new(false);
 static RETRY_AT: AtomicU64 = AtomicU64::new(0);
 static WARNED_DOWN: AtomicBool = AtomicBool::new(false);
 const RETRY_DELAY_NS: u64 = 50_000_000;
+/// Inode of the router's socket file when we last reached it: a new inode means a new router,
+/// which knows nothing of this process's listeners.
+static ROUTER_INO: AtomicU64 = AtomicU64::new(0);
+static REATTACH_DUE: AtomicBool = AtomicBool::new(false);
 /// Bounds every wait for the router, so that a hung router cannot hang the program forever.
 const ROUTER_TIMEOUT_S: libc::time_t = 10;
 
@@ -137,6 +141,7 @@ fn open() -> Option<i32> {
             version: PROTO_VERSION,
             pid,
         },
+        None,
         &mut buf,
     ) {
         Some((n, extra)) => {
@@ -169,15 +174,91 @@ fn open() -> Option<i32> {
     }
     WARNED_DOWN.store(false, Ordering::Relaxed);
     RETRY_AT.store(0, Ordering::Relaxed);
+    note_router_instance();
     Some(fd)
 }
 
+fn router_ino() -> u64 {
+    let cfg = config::get();
+    // SAFETY: all-zero stat is valid; sun_path is NUL-terminated (the config zero-fills it and
+    // leaves room for the terminator).
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; st is valid for writes.
+    if unsafe { libc::stat(cfg.router_addr.sun_path.as_ptr(), &mut st) } < 0 {
+        return 0;
+    }
+    st.st_ino
+}
+
+/// Records which router instance serves us; if it changed, this process's listeners must be
+/// registered again.
+fn note_router_instance() {
+    let ino = router_ino();
+    if ino == 0 {
+        return;
+    }
+    let before = ROUTER_INO.swap(ino, Ordering::Relaxed);
+    if before != 0 && before != ino {
+        slog!(
+            INFO,
+            "router restarted; registering this process's listeners again"
+        );
+        REATTACH_DUE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Called when a Slim listener accepted an overlay connection: peers may have fallen back
+/// because our router restarted and forgot our listeners. One stat(2), only on that path.
+pub fn check_router_restart() {
+    if ROUTER_INO.load(Ordering::Relaxed) != 0 && router_ino() != ROUTER_INO.load(Ordering::Relaxed)
+    {
+        // Opening a connection notices the new instance (and schedules the reattachment).
+        if let Some(fd) = open() {
+            give_back(fd);
+        }
+    }
+    run_due_reattach();
+}
+
+fn run_due_reattach() {
+    if REATTACH_DUE.swap(false, Ordering::Relaxed) {
+        crate::listener::reattach_all();
+    }
+}
+
 /// Sends one request and reads one reply (and at most one attached descriptor).
-fn exchange(fd: i32, req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<OwnedFd>)> {
+fn exchange(
+    fd: i32,
+    req: &Request,
+    attach: Option<i32>,
+    buf: &mut [u8; MAX_FRAME],
+) -> Option<(usize, Option<OwnedFd>)> {
     let n = req.encode(buf).ok()?;
     loop {
-        // SAFETY: buf holds n encoded bytes.
-        let r = unsafe { libc::send(fd, buf.as_ptr().cast(), n, libc::MSG_NOSIGNAL) };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: n,
+        };
+        let mut cbuf = [0u64; 4];
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(afd) = attach {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+            // SAFETY: the control buffer is large enough for one int (CMSG_SPACE(4) <= 32 bytes).
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+                core::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, afd);
+            }
+        }
+        // SAFETY: msg points at live buffers of the sizes it states.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
         if r >= 0 {
             break;
         }
@@ -238,6 +319,15 @@ fn exchange(fd: i32, req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize,
 /// One request/reply with the router. None when the router cannot be asked (then the caller
 /// uses the overlay). The reply is decoded from `buf`.
 pub fn call(req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<OwnedFd>)> {
+    call_with_fd(req, None, buf)
+}
+
+/// Like [`call`], attaching `attach` to the request with `SCM_RIGHTS`.
+pub fn call_with_fd(
+    req: &Request,
+    attach: Option<i32>,
+    buf: &mut [u8; MAX_FRAME],
+) -> Option<(usize, Option<OwnedFd>)> {
     if !available() {
         return None;
     }
@@ -245,9 +335,15 @@ pub fn call(req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<O
         Some(fd) => fd,
         None => open()?,
     };
-    match exchange(fd, req, buf) {
+    match exchange(fd, req, attach, buf) {
         Some(r) => {
             give_back(fd);
+            if REATTACH_DUE.load(Ordering::Relaxed) && !matches!(req, Request::Reattach(_)) {
+                // Re-registering uses `call` itself; the flag is cleared first, so this runs once.
+                let saved = *buf;
+                run_due_reattach();
+                *buf = saved;
+            }
             Some(r)
         }
         None => {

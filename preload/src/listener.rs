@@ -27,6 +27,9 @@ const HIDDEN_BASE: i32 = 900;
 
 pub struct ListenerRec {
     refs: AtomicU32,
+    /// Where the program bound its socket, and its family: what a re-registration tells the router.
+    pub bound: crate::fdtable::PackedAddr,
+    pub family: AtomicI32,
     pub overlay_fd: AtomicI32,
     pub host_fd: AtomicI32,
     pub cookie: AtomicU64,
@@ -37,6 +40,8 @@ const MAX_LISTENERS: usize = 1024;
 static RECS: [ListenerRec; MAX_LISTENERS] = [const {
     ListenerRec {
         refs: AtomicU32::new(0),
+        bound: crate::fdtable::PackedAddr::new(),
+        family: AtomicI32::new(0),
         overlay_fd: AtomicI32::new(-1),
         host_fd: AtomicI32::new(-1),
         cookie: AtomicU64::new(0),
@@ -204,6 +209,8 @@ pub fn install(
     r.overlay_fd.store(ho, Ordering::Relaxed);
     r.host_fd.store(hh, Ordering::Relaxed);
     r.cookie.store(cookie, Ordering::Relaxed);
+    r.family.store(family, Ordering::Relaxed);
+    r.bound.store(addr::local_of(ho));
     // SAFETY: dup3 onto the program's own descriptor number: atomically replaces the socket there
     // with the epoll instance (the socket lives on at `ho`).
     let d = unsafe { real::dup3(ep, fd, if cloexec { libc::O_CLOEXEC } else { 0 }) };
@@ -331,7 +338,49 @@ fn try_overlay(
         };
     }
     fdtable::clear(c);
+    // A peer reached a Slim listener over the overlay: perhaps our router restarted.
+    link::check_router_restart();
     Some(c)
+}
+
+/// Registers every listener of this process with a (restarted) router again.
+pub fn reattach_all() {
+    for r in RECS.iter() {
+        if r.refs.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        let (ho, hh) = (
+            r.overlay_fd.load(Ordering::Relaxed),
+            r.host_fd.load(Ordering::Relaxed),
+        );
+        let Some(bound) = r.bound.load() else {
+            continue;
+        };
+        if hh < 0 || ho < 0 {
+            continue;
+        }
+        let family = r.family.load(Ordering::Relaxed);
+        let v6only = family == libc::AF_INET6
+            && crate::hooks::sock_int(ho, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
+        let ips = if addr::normalize(bound).ip().is_unspecified() {
+            crate::connect::overlay_ips()
+        } else {
+            Default::default()
+        };
+        let req = Request::Reattach(slim_uapi::proto::ListenReq {
+            family,
+            v6only,
+            bound,
+            ips,
+            backlog: 0,
+            opts: Default::default(),
+        });
+        let mut buf = [0u8; MAX_FRAME];
+        let ok = link::call_with_fd(&req, Some(hh), &mut buf)
+            .map(|(n, _)| matches!(Reply::decode(&buf[..n]), Ok(Reply::ListenOk { .. })))
+            .unwrap_or(false);
+        slog!(DEBUG, "listener {bound}: reattached to the router: {ok}");
+    }
 }
 
 fn wait_timeout_ms(fd: i32) -> i32 {

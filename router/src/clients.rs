@@ -94,7 +94,8 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) -> anyhow::Result<()>
 }
 
 enum Received {
-    Frame(usize),
+    /// A frame of this many bytes, and the first descriptor attached to it, if any.
+    Frame(usize, Option<OwnedFd>),
     Eof,
 }
 
@@ -102,12 +103,16 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> nix::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    // Descriptors nobody asked for are closed at once rather than leaked.
+    // The first descriptor goes with the request; any others are closed at once, not leaked.
+    let mut first = None;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for f in fds {
                 // SAFETY: the kernel just installed these descriptors for us; we own them.
-                drop(unsafe { OwnedFd::from_raw_fd(f) });
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if first.is_none() {
+                    first = Some(owned);
+                }
             }
         }
     }
@@ -117,7 +122,7 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> nix::Result<Received> {
     if msg.bytes == 0 {
         return Ok(Received::Eof);
     }
-    Ok(Received::Frame(msg.bytes))
+    Ok(Received::Frame(msg.bytes, first))
 }
 
 async fn send_reply(
@@ -177,9 +182,9 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         };
-        let n = match got {
+        let (n, passed) = match got {
             Received::Eof => return Ok(()),
-            Received::Frame(n) => n,
+            Received::Frame(n, passed) => (n, passed),
         };
         let req = match Request::decode(&buf[..n]) {
             Ok(r) => r,
@@ -231,6 +236,7 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
             ),
             Request::Connect(c) => router.connect(c),
             Request::Listen(l) => router.listen(l).await,
+            Request::Reattach(l) => (router.reattach(l, passed).await, None),
             Request::AcceptLookup(a) => (router.accept_lookup(a).await, None),
             Request::QueryCookie { cookie } => (router.query_cookie(*cookie), None),
             Request::Closed { cookie } => {

@@ -275,6 +275,24 @@ pub fn start_listen(
     Ok(Listening { fd, local, cookie })
 }
 
+/// What a socket handed to us is: must be a listening TCP socket. Returns its address and cookie.
+pub fn inspect_listener(fd: &OwnedFd) -> io::Result<(SocketAddr, u64)> {
+    let raw = fd.as_raw_fd();
+    let int = |level, name| -> io::Result<i32> {
+        let mut v: i32 = 0;
+        let mut len = size_of::<i32>() as libc::socklen_t;
+        // SAFETY: v/len valid for writes.
+        cvt(unsafe { libc::getsockopt(raw, level, name, (&mut v as *mut i32).cast(), &mut len) })?;
+        Ok(v)
+    };
+    if int(libc::SOL_SOCKET, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+        || int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1
+    {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok((local_addr(raw)?, cookie(raw)?))
+}
+
 /// Checks that `ip` is an address of this network namespace, by binding a throw-away socket to it.
 pub fn check_local_address(ip: IpAddr) -> io::Result<()> {
     let family = if ip.is_ipv4() {

@@ -195,6 +195,59 @@ impl Router {
         (Reply::ListenOk { cookie: l.cookie }, Some(l.fd))
     }
 
+    /// Registers again a host listener a container already holds (after this router restarted).
+    /// The socket must be a TCP listener on this host's address: anything else is refused.
+    pub async fn reattach(&self, req: &ListenReq, fd: Option<OwnedFd>) -> Reply<'static> {
+        let Some(fd) = fd else {
+            return Reply::Error {
+                errno: libc::EINVAL,
+                message: "reattach without a socket",
+            };
+        };
+        // The router does not keep the descriptor (dropped on return): the container holds it.
+        let (local, cookie) = match hostsock::inspect_listener(&fd) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused to reattach a socket that is not a host listener");
+                return Reply::Error {
+                    errno: libc::EINVAL,
+                    message: "not a host listener of this router",
+                };
+            }
+        };
+        let ours = Some(local.ip()) == self.settings.host_v4.map(IpAddr::V4)
+            || Some(local.ip()) == self.settings.host_v6.map(IpAddr::V6);
+        if !ours {
+            return Reply::Error {
+                errno: libc::EINVAL,
+                message: "not a host listener of this router",
+            };
+        }
+        let keys = self.listener_keys(req);
+        if keys.is_empty() {
+            return Reply::Fallback(FallbackReason::OutsidePrefixes);
+        }
+        if self
+            .tables()
+            .local_listeners()
+            .iter()
+            .any(|(c, _)| *c == cookie)
+        {
+            return Reply::ListenOk { cookie };
+        }
+        let entries = self.tables().add_local(
+            cookie,
+            LocalListener {
+                host: local,
+                keys: keys.clone(),
+                bound: req.bound,
+            },
+        );
+        tracing::info!(?keys, host = %local, cookie, "listener reattached");
+        self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
+        Reply::ListenOk { cookie }
+    }
+
     pub async fn accept_lookup(&self, a: &AcceptLookup) -> Reply<'static> {
         let peer_host = normalize(a.peer_host);
         let local_host = normalize(a.local_host);

@@ -29,6 +29,7 @@ mod kind {
     pub const ACCEPT_LOOKUP: u16 = 4;
     pub const QUERY_COOKIE: u16 = 5;
     pub const CLOSED: u16 = 6;
+    pub const REATTACH: u16 = 7;
 
     pub const HELLO_OK: u16 = 101;
     pub const CONNECT_OK: u16 = 102;
@@ -163,10 +164,14 @@ pub enum Request {
     QueryCookie {
         cookie: u64,
     },
-    /// Notification, no reply: the library closed its last reference to this socket.
+    /// Notification, no reply: the library closed a descriptor of this socket.
     Closed {
         cookie: u64,
     },
+    /// A host listener the library already holds (attached with `SCM_RIGHTS`), registered again
+    /// because the router restarted and lost its tables. Answered like `Listen`, without a
+    /// descriptor.
+    Reattach(ListenReq),
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -316,8 +321,13 @@ impl Request {
                 w.sockaddr(&c.dst)?;
                 write_opts(&mut w, &c.opts)?;
             }
-            Request::Listen(l) => {
-                header(&mut w, kind::LISTEN)?;
+            Request::Listen(l) | Request::Reattach(l) => {
+                let k = if matches!(self, Request::Listen(_)) {
+                    kind::LISTEN
+                } else {
+                    kind::REATTACH
+                };
+                header(&mut w, k)?;
                 w.i32(l.family)?;
                 w.bool(l.v6only)?;
                 w.sockaddr(&l.bound)?;
@@ -378,7 +388,7 @@ impl Request {
                     opts,
                 })
             }
-            kind::LISTEN => {
+            kind::LISTEN | kind::REATTACH => {
                 let family = family_ok(r.i32()?)?;
                 let v6only = r.bool()?;
                 let bound = r.sockaddr()?;
@@ -392,14 +402,19 @@ impl Request {
                 }
                 let backlog = r.i32()?;
                 let opts = read_opts(&mut r)?;
-                Request::Listen(ListenReq {
+                let l = ListenReq {
                     family,
                     v6only,
                     bound,
                     ips,
                     backlog,
                     opts,
-                })
+                };
+                if k == kind::LISTEN {
+                    Request::Listen(l)
+                } else {
+                    Request::Reattach(l)
+                }
             }
             kind::ACCEPT_LOOKUP => Request::AcceptLookup(AcceptLookup {
                 listener_cookie: r.u64()?,
@@ -535,6 +550,14 @@ mod tests {
             child_cookie: 2,
             local_host: "192.168.77.2:40000".parse().unwrap(),
             peer_host: "192.168.77.1:50000".parse().unwrap(),
+        }));
+        rt(Request::Reattach(ListenReq {
+            family: 2,
+            v6only: false,
+            bound: "0.0.0.0:80".parse().unwrap(),
+            ips: IpList::default(),
+            backlog: 0,
+            opts: SockOpts::default(),
         }));
         rt(Request::QueryCookie { cookie: 9 });
         rt(Request::Closed { cookie: 9 });
