@@ -6,33 +6,52 @@ use anyhow::Result;
 use crate::network::node_problems;
 use crate::routers;
 use crate::state::Mode;
-use crate::topology::{Node, HOSTS};
+use crate::topology::{Host, Node, HOSTS};
 
 /// Everything that differs from a lab built in `mode`; empty means fully up.
 pub fn problems(mode: Mode) -> Result<Vec<String>> {
+    let mut problems = network_problems()?;
+    problems.extend(router_problems(mode).into_iter().map(|(_, p)| p));
+    Ok(problems)
+}
+
+/// What differs in the namespaces, devices and addresses, routers aside.
+pub fn network_problems() -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for node in Node::all() {
         problems.extend(node_problems(node)?);
     }
+    Ok(problems)
+}
+
+/// What differs in the routers, with the host each problem is about.
+pub fn router_problems(mode: Mode) -> Vec<(&'static Host, String)> {
+    let mut problems = Vec::new();
     for host in &HOSTS {
         let router = routers::state(host);
         if mode.routers && !router.serving() {
-            problems.push(format!(
-                "the router of {} is {}",
-                host.name,
-                if router.alive {
-                    "alive but not answering on its socket"
-                } else {
-                    "not running"
-                }
+            problems.push((
+                host,
+                format!(
+                    "the router of {} is {}",
+                    host.name,
+                    if router.alive {
+                        "alive but not answering on its socket"
+                    } else {
+                        "not running"
+                    }
+                ),
             ));
         }
         if !mode.routers && router.alive {
-            problems.push(format!(
-                "the router of {} runs although the lab was built without routers",
-                host.name
+            problems.push((
+                host,
+                format!(
+                    "the router of {} runs although the lab was built without routers",
+                    host.name
+                ),
             ));
         }
     }
-    Ok(problems)
+    problems
 }

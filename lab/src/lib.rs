@@ -9,6 +9,7 @@ pub mod ip;
 pub mod network;
 pub mod paths;
 pub mod processes;
+pub mod router_cmd;
 pub mod routers;
 pub mod state;
 pub mod status;

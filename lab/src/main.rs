@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use slim_lab::network::byte_counters;
+use slim_lab::router_cmd::{self, Action};
 use slim_lab::state::Mode;
 use slim_lab::topology::Node;
 use slim_lab::{down, exec, status, up};
@@ -51,6 +52,12 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Start, stop or restart one host's router, leaving the network and every other process be.
+    Router {
+        /// h1 or h2.
+        host: Node,
+        action: Action,
+    },
     /// Print `rx_bytes tx_bytes` of a device inside a node's namespace.
     Counters { node: Node, dev: String },
     /// List the nodes: name, kind, host, IPv4, IPv6, namespace.
@@ -89,6 +96,13 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let failure = exec::exec(node, slim, &cmd);
             eprintln!("slim-lab: {:#}", failure.error);
             return Ok(ExitCode::from(failure.exit_code));
+        }
+        Cmd::Router { host, action } => {
+            require_root()?;
+            let Node::Host(host) = host else {
+                bail!("{host} is a container; routers run on the hosts (h1, h2)");
+            };
+            router_cmd::router(host, action)?;
         }
         Cmd::Counters { node, dev } => {
             require_root()?;

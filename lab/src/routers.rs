@@ -11,10 +11,12 @@ use anyhow::{bail, Context, Result};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::paths::{router_log, router_pid_file, router_socket};
-use crate::processes::{cmdline, is_running};
+use crate::processes::{cmdline, is_running, terminate};
 use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a router may take to exit after SIGTERM before it gets SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const READY_POLL: Duration = Duration::from_millis(20);
 const LOG_TAIL_LINES: usize = 20;
 
@@ -186,6 +188,35 @@ pub fn live_pid(host: &Host) -> Option<u32> {
         .ok()?;
     let socket = router_socket(host).display().to_string();
     (is_running(pid) && cmdline(pid).contains(&socket)).then_some(pid)
+}
+
+/// Stops the host's router, if one runs: SIGTERM, SIGKILL after [`STOP_GRACE`], and waits until
+/// it is gone. Touches nothing else: the network and every other process stay as they are.
+/// Returns the pid it stopped.
+pub fn stop(host: &Host) -> Result<Option<u32>> {
+    let Some(pid) = live_pid(host) else {
+        remove_pid_file(host)?;
+        return Ok(None);
+    };
+    terminate(&[pid], STOP_GRACE);
+    if is_running(pid) {
+        bail!(
+            "the router of {} (pid {pid}) still runs after SIGTERM and SIGKILL",
+            host.name
+        );
+    }
+    remove_pid_file(host)?;
+    Ok(Some(pid))
+}
+
+fn remove_pid_file(host: &Host) -> Result<()> {
+    let path = router_pid_file(host);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn state(host: &Host) -> RouterState {

@@ -5,8 +5,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::state::{self, Mode};
-use crate::topology::{CONTAINERS, HOSTS};
-use crate::{down, health, ip, network, paths, routers};
+use crate::topology::{Host, CONTAINERS, HOSTS};
+use crate::{down, health, ip, network, paths, router_cmd, routers};
 
 /// Runs one named step and prints its duration, so a slow `up` shows where the time went.
 fn step<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -24,9 +24,17 @@ pub fn up(mode: Mode) -> Result<()> {
     } else {
         None
     };
-    if state::read() == Some(mode) && health::problems(mode)?.is_empty() {
-        println!("lab already up ({}), nothing to do", mode.describe());
-        return Ok(());
+    if state::read() == Some(mode) && health::network_problems()?.is_empty() {
+        let router_problems = health::router_problems(mode);
+        if router_problems.is_empty() {
+            println!("lab already up ({}), nothing to do", mode.describe());
+            return Ok(());
+        }
+        // Only routers are wrong: fix just them, so that servers and connections in the
+        // containers survive.
+        let mut hosts: Vec<&'static Host> = router_problems.iter().map(|(h, _)| *h).collect();
+        hosts.dedup();
+        return repair_routers(&hosts, mode);
     }
 
     let start = Instant::now();
@@ -57,6 +65,16 @@ pub fn up(mode: Mode) -> Result<()> {
         })
         .context("the half-built lab is left for inspection; `slim-lab down` removes it")?;
     }
+    verify(mode)?;
+    println!(
+        "lab up in {:.2} s ({})",
+        start.elapsed().as_secs_f64(),
+        mode.describe()
+    );
+    Ok(())
+}
+
+fn verify(mode: Mode) -> Result<()> {
     step("verify", || {
         let problems = health::problems(mode)?;
         if !problems.is_empty() {
@@ -66,9 +84,30 @@ pub fn up(mode: Mode) -> Result<()> {
             );
         }
         state::write(mode)
-    })?;
+    })
+}
+
+/// The network is intact and only the routers of `hosts` are wrong (dead, not answering, or
+/// running in a lab built without routers): stop them and, with routers on, start them again.
+fn repair_routers(hosts: &[&'static Host], mode: Mode) -> Result<()> {
+    let start = Instant::now();
+    let names: Vec<&str> = hosts.iter().map(|h| h.name).collect();
+    let verb = if mode.routers { "restart" } else { "stop" };
+    step(
+        &format!("{verb} the router of {}", names.join(", ")),
+        || {
+            for host in hosts {
+                routers::stop(host)?;
+            }
+            if mode.routers {
+                router_cmd::start_dead(hosts, mode)?;
+            }
+            Ok(())
+        },
+    )?;
+    verify(mode)?;
     println!(
-        "lab up in {:.2} s ({})",
+        "lab up in {:.2} s ({}, network kept)",
         start.elapsed().as_secs_f64(),
         mode.describe()
     );

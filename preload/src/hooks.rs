@@ -60,13 +60,21 @@ pub fn cookie_of(fd: i32) -> Option<u64> {
     (r == 0).then_some(v)
 }
 
+/// Runs a hook body: panics fall back to the C library, and a successful call leaves errno as
+/// the program had it (the body may have seen EAGAIN and such on the way, and programs do print
+/// errno after a later, unrelated failure).
 macro_rules! guarded {
-    ($fallback:expr, $body:expr) => {
-        match catch_unwind(AssertUnwindSafe(|| $body)) {
+    ($fallback:expr, $body:expr) => {{
+        let saved = errno();
+        let r = match catch_unwind(AssertUnwindSafe(|| $body)) {
             Ok(v) => v,
             Err(_) => $fallback,
+        };
+        if r >= 0 {
+            set_errno(saved);
         }
-    };
+        r
+    }};
 }
 
 /// Forgets `fd`'s state before the descriptor goes away or is replaced. Async-signal-safe.
@@ -156,7 +164,8 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
     // SAFETY: forwarded unchanged.
     let fd = unsafe { real::socket(domain, ty, proto) };
     if fd >= 0 {
-        guarded!((), {
+        let saved = errno();
+        let _ = catch_unwind(AssertUnwindSafe(|| {
             let tcp = (domain == libc::AF_INET || domain == libc::AF_INET6)
                 && ty & 0xf == libc::SOCK_STREAM
                 && (proto == 0 || proto == libc::IPPROTO_TCP);
@@ -167,7 +176,8 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
             } else {
                 fdtable::clear(fd);
             }
-        });
+        }));
+        set_errno(saved);
     }
     fd
 }

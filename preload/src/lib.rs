@@ -23,7 +23,7 @@ pub mod log;
 pub mod real;
 
 extern "C" fn after_fork_in_child() {
-    link::forget_pool_after_fork();
+    link::forget_pool();
 }
 
 extern "C" fn init() {

@@ -20,8 +20,9 @@ static DISABLED: AtomicBool = AtomicBool::new(false);
 static RETRY_AT: AtomicU64 = AtomicU64::new(0);
 static WARNED_DOWN: AtomicBool = AtomicBool::new(false);
 const RETRY_DELAY_NS: u64 = 50_000_000;
-/// Inode of the router's socket file when we last reached it: a new inode means a new router,
-/// which knows nothing of this process's listeners.
+/// Identity of the router's socket file (inode and change time) when we last reached it: a new
+/// file means a new router, which knows nothing of this process's listeners. The change time is
+/// needed because a re-created file may get the same inode number back.
 static ROUTER_INO: AtomicU64 = AtomicU64::new(0);
 static REATTACH_DUE: AtomicBool = AtomicBool::new(false);
 /// Bounds every wait for the router, so that a hung router cannot hang the program forever.
@@ -51,8 +52,9 @@ pub fn available() -> bool {
     at == 0 || now_ns() >= at
 }
 
-/// Called in the child after fork: the inherited connections belong to the parent's conversation.
-pub fn forget_pool_after_fork() {
+/// Closes the idle connections: in the child after fork (they belong to the parent's
+/// conversation), and when the router was replaced (they lead nowhere).
+pub fn forget_pool() {
     for s in &POOL_FDS {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
@@ -187,7 +189,12 @@ fn router_ino() -> u64 {
     if unsafe { libc::stat(cfg.router_addr.sun_path.as_ptr(), &mut st) } < 0 {
         return 0;
     }
-    st.st_ino
+    // One word standing for (inode, ctime): equal files give equal words.
+    let mut h = st.st_ino ^ 0x9E37_79B9_7F4A_7C15;
+    for x in [st.st_ctime as u64, st.st_ctime_nsec as u64, st.st_dev] {
+        h = (h ^ x).wrapping_mul(0x0100_0000_01B3);
+    }
+    h | 1
 }
 
 /// Records which router instance serves us; if it changed, this process's listeners must be
@@ -212,7 +219,10 @@ fn note_router_instance() {
 pub fn check_router_restart() {
     if ROUTER_INO.load(Ordering::Relaxed) != 0 && router_ino() != ROUTER_INO.load(Ordering::Relaxed)
     {
-        // Opening a connection notices the new instance (and schedules the reattachment).
+        // The pooled connections went to the old router: drop them all, then open a connection,
+        // which notices the new instance (and schedules the reattachment).
+        forget_pool();
+        RETRY_AT.store(0, Ordering::Relaxed);
         if let Some(fd) = open() {
             give_back(fd);
         }
@@ -331,11 +341,21 @@ pub fn call_with_fd(
     if !available() {
         return None;
     }
-    let fd = match take() {
-        Some(fd) => fd,
-        None => open()?,
+    let (fd, pooled) = match take() {
+        Some(fd) => (fd, true),
+        None => (open()?, false),
     };
-    match exchange(fd, req, attach, buf) {
+    let (fd, result) = match exchange(fd, req, attach, buf) {
+        None if pooled => {
+            // An idle connection may have gone stale (the router restarted): one more try on a
+            // fresh one before giving up on the router.
+            discard(fd);
+            let fresh = open()?;
+            (fresh, exchange(fresh, req, attach, buf))
+        }
+        r => (fd, r),
+    };
+    match result {
         Some(r) => {
             give_back(fd);
             if REATTACH_DUE.load(Ordering::Relaxed) && !matches!(req, Request::Reattach(_)) {

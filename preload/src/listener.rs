@@ -83,6 +83,7 @@ pub fn release(i: usize) {
             unsafe { real::close(fd) };
         }
     }
+    slog!(DEBUG, "Slim listener closed (cookie {cookie})");
     link::notify(&Request::Closed { cookie });
 }
 

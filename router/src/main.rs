@@ -5,7 +5,6 @@
 mod clients;
 mod hostsock;
 mod peers;
-mod procnet;
 mod router;
 mod sockdiag;
 mod tables;

@@ -228,6 +228,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
         loop {
             match read_msg(&mut rd).await? {
                 PeerMsg::ListenerAdd { seq, entry } => {
+                    tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener added");
                     router.tables().add_route(
                         entry.overlay,
                         Route {
@@ -239,6 +240,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                     let _ = tx.send(PeerMsg::Ack { seq });
                 }
                 PeerMsg::ListenerDel { seq, entry } => {
+                    tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener removed");
                     router
                         .tables()
                         .del_route(&entry.overlay, entry.cookie, owner);

@@ -172,6 +172,13 @@ impl Router {
         let Some(host) = self.settings.listen_host(req.family) else {
             return self.fallback(FallbackReason::FamilyUnsupported);
         };
+        if self.tables().has_local_route(&keys) {
+            // A program that closes its listener and listens again on the same port (iperf3
+            // between tests) must not leave the old, dead host listener in the tables: peers would
+            // send connections there and get ECONNREFUSED. Ask the kernel which ones still exist;
+            // the removals reach the peers before the new entries do (same connection, in order).
+            self.sweep_listeners();
+        }
         let l = match hostsock::start_listen(req.family, host, req.backlog, &req.opts) {
             Ok(l) => l,
             Err(e) => {
@@ -285,8 +292,17 @@ impl Router {
     /// A program closed a descriptor of this socket. Other descriptors (dup, fork, SCM_RIGHTS)
     /// may still hold it, so nothing is forgotten here: the next sweep asks the kernel.
     pub fn closed(&self, cookie: u64) {
-        let _ = cookie;
-        self.sweep_due.store(true, Ordering::Relaxed);
+        if self
+            .tables()
+            .local_listeners()
+            .iter()
+            .any(|(c, _)| *c == cookie)
+        {
+            // Listeners are few and their removal must reach peers quickly.
+            self.sweep_listeners();
+        } else {
+            self.sweep_due.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Forgets identities of host sockets the kernel no longer has.
@@ -304,10 +320,10 @@ impl Router {
 
     /// Drops the registrations of host listeners that no longer exist in the kernel.
     pub fn sweep_listeners(&self) {
-        let listening = match crate::procnet::listening_endpoints() {
+        let listening = match crate::sockdiag::listener_cookies() {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read /proc/net/tcp; listener sweep skipped");
+                tracing::warn!(error = %e, "sock_diag dump failed; listener sweep skipped");
                 return;
             }
         };
@@ -315,7 +331,7 @@ impl Router {
             .tables()
             .local_listeners()
             .into_iter()
-            .filter(|(_, host)| !listening.contains(host))
+            .filter(|(cookie, _)| !listening.contains(cookie))
             .map(|(c, _)| c)
             .collect();
         for cookie in gone {

@@ -52,7 +52,7 @@ struct Request {
     req: InetDiagReqV2,
 }
 
-fn dump_family(family: u8, out: &mut HashSet<u64>) -> io::Result<()> {
+fn dump_family(family: u8, states: u32, out: &mut HashSet<u64>) -> io::Result<()> {
     // SAFETY: plain socket(2); checked below.
     let fd = unsafe {
         libc::socket(
@@ -77,7 +77,7 @@ fn dump_family(family: u8, out: &mut HashSet<u64>) -> io::Result<()> {
         req: InetDiagReqV2 {
             family,
             protocol: libc::IPPROTO_TCP as u8,
-            states: u32::MAX,
+            states,
             ..Default::default()
         },
     };
@@ -134,8 +134,19 @@ fn dump_family(family: u8, out: &mut HashSet<u64>) -> io::Result<()> {
 /// Cookies of all TCP sockets (IPv4 and IPv6, any state) of this network namespace.
 pub fn live_tcp_cookies() -> io::Result<HashSet<u64>> {
     let mut out = HashSet::new();
-    dump_family(libc::AF_INET as u8, &mut out)?;
-    dump_family(libc::AF_INET6 as u8, &mut out)?;
+    dump_family(libc::AF_INET as u8, u32::MAX, &mut out)?;
+    dump_family(libc::AF_INET6 as u8, u32::MAX, &mut out)?;
+    Ok(out)
+}
+
+const TCP_LISTEN: u32 = 10;
+
+/// Cookies of the listening TCP sockets of this network namespace. The kernel filters by state,
+/// so this stays cheap however many connections (TIME_WAIT included) the host has.
+pub fn listener_cookies() -> io::Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    dump_family(libc::AF_INET as u8, 1 << TCP_LISTEN, &mut out)?;
+    dump_family(libc::AF_INET6 as u8, 1 << TCP_LISTEN, &mut out)?;
     Ok(out)
 }
 
@@ -150,6 +161,8 @@ mod tests {
         let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&c)).unwrap();
         assert!(live_tcp_cookies().unwrap().contains(&cookie));
         let lc = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
+        assert!(listener_cookies().unwrap().contains(&lc));
+        assert!(!listener_cookies().unwrap().contains(&cookie));
         drop(l);
         assert!(!live_tcp_cookies().unwrap().contains(&lc));
     }

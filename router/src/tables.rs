@@ -126,6 +126,15 @@ impl Tables {
         entries
     }
 
+    /// Whether any of `keys` already has a listener of this host.
+    pub fn has_local_route(&self, keys: &[SocketAddr]) -> bool {
+        keys.iter().any(|k| {
+            self.routes
+                .get(k)
+                .is_some_and(|v| v.iter().any(|r| r.owner == Owner::Local))
+        })
+    }
+
     pub fn local_entries(&self) -> Vec<ListenerEntry> {
         self.local
             .iter()

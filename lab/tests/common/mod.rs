@@ -197,7 +197,11 @@ pub fn tcp_fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
-                .filter(|e| std::fs::read_link(e.path()).map(|l| inodes.contains(&*l.to_string_lossy())).unwrap_or(false))
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| inodes.contains(&*l.to_string_lossy()))
+                        .unwrap_or(false)
+                })
                 .count()
         })
         .unwrap_or(0)
