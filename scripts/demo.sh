@@ -28,11 +28,11 @@ declare -A res
 for r in $(seq "$ROUNDS"); do
     # Interleaved, so that drift on this shared machine hits every mode alike.
     h=$(gbps h1 0 "$($LAB addr h2)")
-    vx0=$($LAB counters h1 slim-vx | awk '{print $1+$2}')
+    vx0=$($LAB counters h1 slim-vx | awk '{printf "%.0f", $1+$2}')
     o=$(gbps c1 0 "$($LAB addr c2)")
-    vx1=$($LAB counters h1 slim-vx | awk '{print $1+$2}')
+    vx1=$($LAB counters h1 slim-vx | awk '{printf "%.0f", $1+$2}')
     s=$(gbps c1 1 "$($LAB addr c2)")
-    vx2=$($LAB counters h1 slim-vx | awk '{print $1+$2}')
+    vx2=$($LAB counters h1 slim-vx | awk '{printf "%.0f", $1+$2}')
     res[host]+="$h "; res[overlay]+="$o "; res[slim]+="$s "
     echo "round $r: host $h, overlay $o, Slim $s Gbit/s; VXLAN device bytes: overlay run $((vx1-vx0)), Slim run $((vx2-vx1))"
 done

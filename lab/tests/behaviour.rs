@@ -393,3 +393,124 @@ print("OK router-robust")
     let _s = serve("c2", true, 7190, &[]);
     client("c1", true, C2, 7190, &["--conns", "2"]);
 }
+
+#[test]
+fn router_configuration_errors_name_the_problem() {
+    let _g = lab();
+    let router = bin("slim-router").display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--host-addr", "192.168.77.1", "--prefix", "10.32.0.0/33"],
+            "10.32.0.0/33",
+        ),
+        (
+            &[
+                "--host-addr",
+                "192.168.77.9",
+                "--socket",
+                "/run/slim-lab/test-x.sock",
+            ],
+            "not an address of this host",
+        ),
+        // The lab's own router serves this path.
+        (
+            &[
+                "--host-addr",
+                "192.168.77.1",
+                "--socket",
+                "/run/slim-lab/h1.sock",
+            ],
+            "busy",
+        ),
+        (
+            &[
+                "--host-addr",
+                "10.32.0.5",
+                "--socket",
+                "/run/slim-lab/test-y.sock",
+            ],
+            "not an address of this host",
+        ),
+    ];
+    for (args, expect) in cases {
+        let mut full = vec![router.as_str()];
+        full.extend_from_slice(args);
+        let o = run("h1", false, &full);
+        assert!(
+            !o.status.success(),
+            "slim-router {args:?} should refuse to start"
+        );
+        let t = text(&o);
+        assert!(
+            t.contains(expect),
+            "slim-router {args:?}: message should mention {expect:?}:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn original_vnet_prefix_variable_is_honoured() {
+    let _g = lab();
+    let _s = serve("c2", true, 7200, &[]);
+    let lib = bin("libslim_preload.so").display().to_string();
+    let before = bytes("h1", "slim-vx");
+    let o = run_env(
+        "c1",
+        false,
+        &[
+            ("LD_PRELOAD", lib.as_str()),
+            ("SLIM_ROUTER_SOCKET", "/run/slim-lab/h1.sock"),
+            ("VNET_PREFIX", "10.32.0.0/12"),
+        ],
+        &[&testprog(), "client", C2, "7200", "--bytes", "1000000"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        bytes("h1", "slim-vx") - before < MB / 4,
+        "VNET_PREFIX did not enable Slim"
+    );
+}
+
+#[test]
+fn library_refuses_a_router_of_another_version_and_uses_the_overlay() {
+    let _g = lab();
+    let _s = serve("c2", false, 7210, &[]);
+    // A stand-in "router" that answers every Hello with protocol version 99's refusal.
+    let sock = "/run/slim-lab/other-version.sock";
+    let fake = format!(
+        r#"
+import socket, struct, os
+p = "{sock}"
+if os.path.exists(p): os.unlink(p)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.bind(p); s.listen(8)
+print("READY", flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    msg = b"slim-router speaks protocol 99 but libslim_preload.so speaks 1; install matching versions"
+    c.send(struct.pack("<IHHiH", 0x534C494D, 99, 107, 71, len(msg)) + msg)
+    c.close()
+"#
+    );
+    let _router = spawn("h1", false, &["python3", "-c", &fake]);
+    let lib = bin("libslim_preload.so").display().to_string();
+    let o = run_env(
+        "c1",
+        false,
+        &[
+            ("LD_PRELOAD", lib.as_str()),
+            ("SLIM_ROUTER_SOCKET", sock),
+            ("SLIM_PREFIXES", "10.32.0.0/12"),
+        ],
+        &[&testprog(), "client", C2, "7210", "--conns", "2"],
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success(),
+        "the program must still work over the overlay:\n{t}"
+    );
+    assert!(
+        t.contains("router refused this library") && t.contains("protocol 99"),
+        "no clear message:\n{t}"
+    );
+}
