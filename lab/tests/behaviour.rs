@@ -84,6 +84,24 @@ fn listener_readiness_through_select_poll_epoll_and_accept4_flags() {
 }
 
 #[test]
+fn a_server_closing_stray_descriptors_keeps_its_slim_listener() {
+    let _g = lab();
+    let _s = serve("c2", true, 7125, &["--close-range"]);
+    let before = bytes("h1", "slim-vx");
+    client(
+        "c1",
+        true,
+        C2,
+        7125,
+        &["--conns", "3", "--bytes", "1000000"],
+    );
+    assert!(
+        bytes("h1", "slim-vx") - before < MB / 4,
+        "connections fell back to the overlay"
+    );
+}
+
+#[test]
 fn dual_stack_listener_and_ipv6_overlay() {
     let _g = lab();
     let _s = serve("c2", true, 7120, &["--v6"]);

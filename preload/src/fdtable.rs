@@ -326,6 +326,19 @@ pub fn get(fd: i32) -> Option<&'static Slot> {
     Some(unsafe { &(*p).slots[i] })
 }
 
+/// The first descriptor at or after `fd` whose chunk exists (others have no state at all).
+pub fn next_in_table(fd: usize) -> usize {
+    let mut c = fd / CHUNK;
+    while c < CHUNKS && TABLE[c].load(Ordering::Acquire).is_null() {
+        c += 1;
+    }
+    if c == fd / CHUNK {
+        fd
+    } else {
+        c * CHUNK
+    }
+}
+
 /// The kind of `fd`, NONE if untracked.
 #[inline]
 pub fn kind(fd: i32) -> u8 {

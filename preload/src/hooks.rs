@@ -279,7 +279,15 @@ unsafe fn name_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, peer: bo
         }
     };
     let slot = fdtable::get(fd);
-    let kind = slot.map(|s| s.kind()).unwrap_or(NONE);
+    let mut kind = slot.map(|s| s.kind()).unwrap_or(NONE);
+    if let (CONN, Some(s)) = (kind, slot) {
+        // The descriptor may have been closed behind our back (close_range, a stdio fclose) and
+        // its number reused: the socket's cookie tells.
+        if cookie_of(fd) != Some(s.cookie()) {
+            s.clear();
+            kind = NONE;
+        }
+    }
     if kind == LISTENER {
         if let Some((i, _)) = listener_of(fd) {
             return real_call(
@@ -289,8 +297,7 @@ unsafe fn name_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, peer: bo
             );
         }
     }
-    if kind == CONN {
-        let s = slot.expect("kind CONN implies a slot");
+    if let (CONN, Some(s)) = (kind, slot) {
         if peer && addr::peer_of(fd).is_none() {
             // Not connected (yet, or any more): the kernel's answer (ENOTCONN) is the right one.
             return real_call(fd);
@@ -446,6 +453,57 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     })
 }
 
+/// close_range(2) (glibc 2.34+): forget what the range held, and keep the library's own hidden
+/// descriptors (behind Slim listeners) out of it, as `close` does.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded under close_range(2)'s contract.
+    guarded!(unsafe { real::close_range(first, last, flags) }, {
+        let top = (last as u64).min(fdtable::MAX_FD as u64 - 1);
+        let mut start = first as u64;
+        let mut fd = start;
+        let cloexec_only = flags & libc::CLOSE_RANGE_CLOEXEC as c_int != 0;
+        while fd <= top {
+            let next = fdtable::next_in_table(fd as usize) as u64;
+            if next != fd {
+                fd = next;
+                continue;
+            }
+            match fdtable::kind(fd as c_int) {
+                HIDDEN => {
+                    if fd > start {
+                        // SAFETY: as above, on the part of the range before our descriptor.
+                        let r = unsafe {
+                            real::close_range(
+                                start as libc::c_uint,
+                                (fd - 1) as libc::c_uint,
+                                flags,
+                            )
+                        };
+                        if r < 0 {
+                            return r;
+                        }
+                    }
+                    start = fd + 1;
+                }
+                NONE => {}
+                _ if !cloexec_only => release(fd as c_int),
+                _ => {}
+            }
+            fd += 1;
+        }
+        if start > last as u64 {
+            return 0;
+        }
+        // SAFETY: as above, on what remains of the range.
+        unsafe { real::close_range(start as libc::c_uint, last, flags) }
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: forwarded under dup(2)'s contract.
@@ -467,6 +525,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
             // SAFETY: as above.
             return unsafe { real::dup2(old, new) };
         }
+        make_room(new);
         // SAFETY: as above.
         let n = unsafe { real::dup2(old, new) };
         if n >= 0 {
@@ -477,10 +536,20 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     })
 }
 
+/// Before a dup2/dup3 onto `new`: if the library itself uses that number, get out of the way.
+fn make_room(new: c_int) {
+    if fdtable::kind(new) == HIDDEN && !link::evict(new) {
+        listener::evict(new);
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarded under dup3(2)'s contract.
     guarded!(unsafe { real::dup3(old, new, flags) }, {
+        if old != new {
+            make_room(new);
+        }
         // SAFETY: as above.
         let n = unsafe { real::dup3(old, new, flags) };
         if n >= 0 {

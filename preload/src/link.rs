@@ -58,8 +58,7 @@ pub fn forget_pool() {
     for s in &POOL_FDS {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
-            // SAFETY: the fd is this library's own pool connection (a copy in the child).
-            unsafe { real::close(fd) };
+            discard(fd);
         }
     }
 }
@@ -82,13 +81,51 @@ fn give_back(fd: i32) {
             return;
         }
     }
-    // SAFETY: fd is our own connection and the pool is full.
-    unsafe { real::close(fd) };
+    discard(fd);
+}
+
+/// The program is about to dup2 onto this descriptor number: if it is one of our idle
+/// connections, let it go (the program's dup2 closes it). Returns whether it was ours.
+pub fn evict(fd: i32) -> bool {
+    for s in &POOL_FDS {
+        if s.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            crate::fdtable::clear(fd);
+            return true;
+        }
+    }
+    false
 }
 
 fn discard(fd: i32) {
+    crate::fdtable::clear(fd);
     // SAFETY: fd is our own connection, no longer in the pool.
     unsafe { real::close(fd) };
+}
+
+/// Moves one of our descriptors out of the program's way: to a high number, marked hidden so
+/// that the program's close/close_range of descriptors it never opened leave it alone (it would
+/// otherwise close it and reuse the number, and our frames would land in its stream).
+pub fn adopt(fd: i32) -> i32 {
+    // SAFETY: F_DUPFD_CLOEXEC on our own descriptor.
+    let mut high = unsafe {
+        real::fcntl(
+            fd,
+            libc::F_DUPFD_CLOEXEC,
+            crate::listener::HIDDEN_BASE as usize,
+        )
+    };
+    if high >= 0 {
+        // SAFETY: our own temporary descriptor.
+        unsafe { real::close(fd) };
+    } else {
+        high = fd;
+    }
+    if let Some(s) = crate::fdtable::get_or_alloc(high) {
+        s.set_hidden();
+    }
+    high
 }
 
 fn open() -> Option<i32> {
@@ -98,6 +135,7 @@ fn open() -> Option<i32> {
     if fd < 0 {
         return None;
     }
+    let fd = adopt(fd);
     // SAFETY: router_addr is a valid sockaddr_un of router_addr_len bytes.
     let r = unsafe {
         real::connect(

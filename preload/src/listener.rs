@@ -23,7 +23,7 @@ const ROLE_OVERLAY: u64 = 1;
 const ROLE_HOST: u64 = 2;
 /// Hidden descriptors are placed at or above this number, away from the low numbers programs
 /// expect to be theirs.
-const HIDDEN_BASE: i32 = 900;
+pub const HIDDEN_BASE: i32 = 900;
 
 pub struct ListenerRec {
     refs: AtomicU32,
@@ -85,6 +85,28 @@ pub fn release(i: usize) {
     }
     slog!(DEBUG, "Slim listener closed (cookie {cookie})");
     link::notify(&Request::Closed { cookie });
+}
+
+/// The program is about to dup2 onto descriptor `fd`, one of our hidden listener sockets: move
+/// ours to another number first so the listener keeps working.
+pub fn evict(fd: i32) {
+    for r in RECS.iter() {
+        if r.refs.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        for slot in [&r.overlay_fd, &r.host_fd] {
+            if slot.load(Ordering::Relaxed) != fd {
+                continue;
+            }
+            // SAFETY: F_GETFD/F_DUPFD on our own descriptor.
+            let cloexec = unsafe { real::fcntl(fd, libc::F_GETFD, 0) } & libc::FD_CLOEXEC != 0;
+            let moved = hide(fd, cloexec);
+            if moved >= 0 {
+                slot.store(moved, Ordering::Release);
+                fdtable::clear(fd);
+            }
+        }
+    }
 }
 
 /// Mirrors FD_CLOEXEC of the program's descriptor onto the hidden ones, so that they are

@@ -75,4 +75,15 @@ real_fns! {
     fcntl64: fn(fd: c_int, cmd: c_int, arg: usize) -> c_int;
     epoll_ctl: fn(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
     shutdown: fn(fd: c_int, how: c_int) -> c_int;
+
+}
+
+/// close_range(2), straight to the kernel: older C libraries lack the wrapper, and a missing
+/// symbol must not stop the library from loading.
+///
+/// # Safety
+/// Same contract as the system call.
+pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    // SAFETY: the system call takes three integers; forwarded under the caller's contract.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
 }

@@ -129,6 +129,8 @@ pub struct ServeCfg {
     pub workers: usize,
     pub accept: String,
     pub accept4_flags: bool,
+    /// Close every descriptor above the listener after listen(), as daemons do on start.
+    pub close_range: bool,
 }
 
 fn handle(fd: RawFd, expect_flags: bool) {
@@ -296,6 +298,21 @@ pub fn serve(cfg: &ServeCfg) -> Result<()> {
     // SAFETY: plain listen.
     cvt(unsafe { libc::listen(l, 1024) }, "listen")?;
     let local = name(l, false)?;
+    if cfg.close_range {
+        // SAFETY: closes descriptors this program does not use (everything above the listener).
+        cvt(
+            unsafe { libc::close_range(l as u32 + 1, u32::MAX, 0) },
+            "close_range",
+        )?;
+        // And take some high numbers for itself (a shell's `exec 900>file` does this).
+        for n in 895..910 {
+            // SAFETY: dup2 of stderr onto numbers this program then owns, then closes.
+            unsafe {
+                cvt(libc::dup2(2, n), "dup2")?;
+                libc::close(n);
+            }
+        }
+    }
     let mut children = Vec::new();
     for _ in 1..cfg.workers {
         // SAFETY: fork in a single-threaded process (no threads started yet).

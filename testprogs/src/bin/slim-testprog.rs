@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  slim-testprog serve PORT [--v6] [--v6only] [--workers N] [--accept block|epoll|epoll-et|poll|select] [--accept4-flags]\n  \
+        "usage:\n  slim-testprog serve PORT [--v6] [--v6only] [--workers N] [--accept block|epoll|epoll-et|poll|select] [--accept4-flags] [--close-range]\n  \
          slim-testprog client ADDR PORT [--style block|epoll-before|epoll-after|epoll-et|poll|select] [--conns N] [--procs P] [--bytes B] [--v6sock]\n  \
          slim-testprog inherit ADDR PORT   (connect, then dup2, fork and exec `check-fd`)\n  \
          slim-testprog check-fd FD ADDR    (exec'd: verify an inherited connection)\n  \
@@ -50,6 +50,7 @@ fn main() {
                     .unwrap_or(1),
                 accept: opt(&args, "--accept").unwrap_or_else(|| "block".into()),
                 accept4_flags: flag(&args, "--accept4-flags"),
+                close_range: flag(&args, "--close-range"),
             };
             serve(&cfg)
         }
