@@ -206,6 +206,30 @@ fn peers_without_slim_see_exactly_the_bytes_written() {
 }
 
 #[test]
+fn destinations_outside_the_prefixes_use_the_overlay() {
+    let _g = lab();
+    let _s = serve("c2", true, 7155, &[]);
+    let lib = bin("libslim_preload.so").display().to_string();
+    // Only c1's own address is "overlay" for this program: c2 is outside its prefixes.
+    let before = bytes("h1", "slim-vx");
+    let o = run_env(
+        "c1",
+        false,
+        &[
+            ("LD_PRELOAD", lib.as_str()),
+            ("SLIM_ROUTER_SOCKET", "/run/slim-lab/h1.sock"),
+            ("SLIM_PREFIXES", "10.32.0.1/32"),
+        ],
+        &[&testprog(), "client", C2, "7155", "--bytes", "300000"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        bytes("h1", "slim-vx") - before > 600_000,
+        "a destination outside the prefixes must go over the overlay"
+    );
+}
+
+#[test]
 fn data_bypasses_the_overlay_100mb() {
     let _g = lab();
     let _s = serve("c2", true, 7160, &[]);

@@ -624,10 +624,15 @@ pub fn run_client_procs(cfg: &ClientCfg, procs: usize) -> Result<BTreeSet<String
 /// F_DUPFD, fork (both use it), and exec of a program that inherits it.
 pub fn inherit(addr: SocketAddr) -> Result<()> {
     let fd = open_conn(addr, "block", false)?;
-    // SAFETY: plain dup2/fcntl on our fd.
-    let moved = cvt(unsafe { libc::dup2(fd, 77) }, "dup2")?;
+    // SAFETY: plain dup3/dup2/fcntl on our fd.
+    let via3 = cvt(unsafe { libc::dup3(fd, 76, libc::O_CLOEXEC) }, "dup3")?;
     // SAFETY: as above.
-    unsafe { libc::close(fd) };
+    let moved = cvt(unsafe { libc::dup2(via3, 77) }, "dup2")?;
+    // SAFETY: as above.
+    unsafe {
+        libc::close(fd);
+        libc::close(via3);
+    }
     // SAFETY: as above.
     let dupped = cvt(unsafe { libc::fcntl(moved, libc::F_DUPFD, 100) }, "F_DUPFD")?;
     if name(dupped, true)? != addr {
