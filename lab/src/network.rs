@@ -221,6 +221,31 @@ pub fn byte_counters(netns: &str, dev: &str) -> Result<(u64, u64)> {
         .with_context(|| format!("`ip -j -s link` printed no byte counters for {dev}: {json}"))
 }
 
+/// Per-namespace TCP settings of a busy container host: reuse TIME_WAIT ports for new outgoing
+/// connections and a wide ephemeral port range, so that connection-rate tests and benchmarks
+/// (tens of thousands of short connections to one server) measure setup, not port exhaustion.
+/// Applied alike to hosts and containers, so every mode of a comparison gets the same.
+pub fn tune(netns: &str) -> Result<()> {
+    let settings = [
+        ("net/ipv4/tcp_tw_reuse", "1"),
+        ("net/ipv4/ip_local_port_range", "10000\t65000"),
+    ];
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        netns.into(),
+        "sh".into(),
+        "-c".into(),
+    ];
+    let script: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| format!("printf '{v}' > /proc/sys/{k}"))
+        .collect();
+    args.push(script.join(" && "));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::ip::run(&refs).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

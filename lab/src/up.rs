@@ -55,6 +55,12 @@ pub fn up(mode: Mode) -> Result<()> {
             ip::batch(Some(c.netns), &network::container_commands(c))
         })?;
     }
+    step("sysctls", || {
+        for ns in crate::topology::all_netns() {
+            network::tune(ns)?;
+        }
+        Ok(())
+    })?;
     if let Some(bin) = &router_bin {
         step("routers", || {
             let starting = HOSTS

@@ -82,11 +82,9 @@ fn release(fd: c_int) {
     let Some(s) = fdtable::get(fd) else { return };
     match s.kind() {
         NONE => {}
-        CONN => {
-            let cookie = s.cookie();
-            s.clear();
-            link::notify(&Request::Closed { cookie });
-        }
+        // The router learns that a connection went away from the kernel (its periodic sweep), so
+        // closing one costs the program nothing more than the close itself.
+        CONN => s.clear(),
         LISTENER => {
             let i = s.listener();
             s.clear();
@@ -132,11 +130,19 @@ fn recover_conn(fd: c_int, kernel_view: core::net::SocketAddr) -> bool {
     if addr::is_local_only(ip) || crate::config::get().in_overlay(ip) || !link::available() {
         return false;
     }
-    let Some(cookie) = cookie_of(fd) else {
+    let (Some(cookie), Some(local_host), Some(peer_host)) =
+        (cookie_of(fd), addr::local_of(fd), addr::peer_of(fd))
+    else {
         return false;
     };
     let mut buf = [0u8; MAX_FRAME];
-    let Some((n, _)) = link::call(&Request::QueryCookie { cookie }, &mut buf) else {
+    let Some((n, _)) = link::call(
+        &Request::QueryTuple {
+            local_host,
+            peer_host,
+        },
+        &mut buf,
+    ) else {
         return false;
     };
     let Some(slot) = fdtable::get_or_alloc(fd) else {

@@ -8,7 +8,7 @@
 use crate::config;
 use crate::log::{slog, DEBUG, ERROR, INFO};
 use crate::real;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -175,6 +175,7 @@ fn open() -> Option<i32> {
     let mut buf = [0u8; MAX_FRAME];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
+    let mut table_fd: Option<OwnedFd> = None;
     let ok = match exchange(
         fd,
         &Request::Hello {
@@ -185,7 +186,7 @@ fn open() -> Option<i32> {
         &mut buf,
     ) {
         Some((n, extra)) => {
-            drop(extra);
+            table_fd = extra;
             match Reply::decode(&buf[..n]) {
                 Ok(Reply::HelloOk { version }) if version == PROTO_VERSION => true,
                 Ok(Reply::Error { message, .. }) => {
@@ -214,8 +215,53 @@ fn open() -> Option<i32> {
     }
     WARNED_DOWN.store(false, Ordering::Relaxed);
     RETRY_AT.store(0, Ordering::Relaxed);
-    note_router_instance();
+    if note_router_instance() || ACCEPT_TABLE.load(Ordering::Acquire).is_null() {
+        if let Some(t) = table_fd {
+            map_accept_table(&t);
+        }
+    }
     Some(fd)
+}
+
+/// The router's accept table, mapped read-only (null until a router sent one).
+static ACCEPT_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+
+fn map_accept_table(fd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a read-only shared mapping of the router's sealed table (it cannot shrink under
+    // us); checked for failure.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            slim_uapi::accept_table::TABLE_BYTES,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p != libc::MAP_FAILED {
+        // A previous router's table stays mapped (a few pages, once per restart): unmapping it
+        // under a concurrent lookup would be unsound.
+        ACCEPT_TABLE.store(p.cast(), Ordering::Release);
+    }
+}
+
+/// Looks an accepted host connection up in the router's accept table: no round trip.
+pub fn lookup_accepted(
+    client_host: &core::net::SocketAddr,
+    server_host: &core::net::SocketAddr,
+) -> Option<slim_uapi::accept_table::Entry> {
+    let p = ACCEPT_TABLE.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is a live read-only mapping of exactly TABLE_WORDS u64 words (page-aligned),
+    // never unmapped; the router writes it only through atomics.
+    let words = unsafe {
+        core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::accept_table::TABLE_WORDS)
+    };
+    slim_uapi::accept_table::AcceptTable::new(words)?.lookup(client_host, server_host)
 }
 
 fn router_ino() -> u64 {
@@ -236,11 +282,11 @@ fn router_ino() -> u64 {
 }
 
 /// Records which router instance serves us; if it changed, this process's listeners must be
-/// registered again.
-fn note_router_instance() {
+/// registered again. Returns whether it changed.
+fn note_router_instance() -> bool {
     let ino = router_ino();
     if ino == 0 {
-        return;
+        return false;
     }
     let before = ROUTER_INO.swap(ino, Ordering::Relaxed);
     if before != 0 && before != ino {
@@ -249,7 +295,9 @@ fn note_router_instance() {
             "router restarted; registering this process's listeners again"
         );
         REATTACH_DUE.store(true, Ordering::Relaxed);
+        return true;
     }
+    false
 }
 
 /// Called when a Slim listener accepted an overlay connection: peers may have fallen back

@@ -29,6 +29,8 @@ pub struct ListenerRec {
     refs: AtomicU32,
     /// Where the program bound its socket, and its family: what a re-registration tells the router.
     pub bound: crate::fdtable::PackedAddr,
+    /// The host listener's own address: every connection it accepts has it as local address.
+    pub host_local: crate::fdtable::PackedAddr,
     pub family: AtomicI32,
     pub overlay_fd: AtomicI32,
     pub host_fd: AtomicI32,
@@ -41,6 +43,7 @@ static RECS: [ListenerRec; MAX_LISTENERS] = [const {
     ListenerRec {
         refs: AtomicU32::new(0),
         bound: crate::fdtable::PackedAddr::new(),
+        host_local: crate::fdtable::PackedAddr::new(),
         family: AtomicI32::new(0),
         overlay_fd: AtomicI32::new(-1),
         host_fd: AtomicI32::new(-1),
@@ -234,6 +237,7 @@ pub fn install(
     r.cookie.store(cookie, Ordering::Relaxed);
     r.family.store(family, Ordering::Relaxed);
     r.bound.store(addr::local_of(ho));
+    r.host_local.store(addr::local_of(hh).map(addr::normalize));
     // SAFETY: dup3 onto the program's own descriptor number: atomically replaces the socket there
     // with the epoll instance (the socket lives on at `ho`).
     let d = unsafe { real::dup3(ep, fd, if cloexec { libc::O_CLOEXEC } else { 0 }) };
@@ -266,9 +270,32 @@ pub fn install(
     );
 }
 
-/// Which overlay connection an accepted host connection stands for, asked of the router.
-fn identify(child: i32, listener_cookie: u64, peer_host: SocketAddr) -> Option<Identity> {
-    let local_host = addr::local_of(child)?;
+const ACCEPT_TABLE_TRIES: usize = 20;
+
+/// Which overlay connection an accepted host connection stands for: from the router's accept
+/// table if it is there, else asked of the router (which waits for the announcement).
+fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identity> {
+    let peer_host = addr::normalize(peer_host);
+    let local_host = match r.host_local.load() {
+        Some(l) => l,
+        None => addr::normalize(addr::local_of(child)?),
+    };
+    // The announcement travels router to router while the connection's SYN travels host to
+    // host; it is usually there first, or a few microseconds later: look again a few times,
+    // letting other threads (the router) run in between, before asking the router.
+    for attempt in 0..ACCEPT_TABLE_TRIES {
+        if let Some(e) = link::lookup_accepted(&peer_host, &local_host) {
+            return Some(Identity {
+                local: e.server_overlay,
+                peer: Some(e.client_overlay),
+            });
+        }
+        if attempt + 1 < ACCEPT_TABLE_TRIES {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+    let listener_cookie = r.cookie.load(Ordering::Relaxed);
     let child_cookie = crate::hooks::cookie_of(child)?;
     let req = Request::AcceptLookup(AcceptLookup {
         listener_cookie,
@@ -279,7 +306,14 @@ fn identify(child: i32, listener_cookie: u64, peer_host: SocketAddr) -> Option<I
     let mut buf = [0u8; MAX_FRAME];
     let (n, _) = link::call(&req, &mut buf)?;
     match Reply::decode(&buf[..n]) {
-        Ok(Reply::Identity(id)) => Some(id),
+        Ok(Reply::Identity(id)) => {
+            slog!(
+                DEBUG,
+                "accept table miss for {peer_host} -> {local_host}; now: {:?}",
+                link::lookup_accepted(&peer_host, &local_host)
+            );
+            Some(id)
+        }
         _ => None,
     }
 }
@@ -314,7 +348,7 @@ fn try_host(
         }
         // SAFETY: the kernel filled `len` bytes.
         let peer_host = unsafe { addr::read(&ss as *const _ as *const libc::sockaddr, len) };
-        let id = peer_host.and_then(|p| identify(c, r.cookie.load(Ordering::Relaxed), p));
+        let id = peer_host.and_then(|p| identify(c, r, p));
         match id {
             Some(id) => {
                 if let Some(s) = fdtable::get_or_alloc(c) {

@@ -232,13 +232,20 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 Reply::HelloOk {
                     version: PROTO_VERSION,
                 },
-                None,
+                router
+                    .tables()
+                    .accept_table
+                    .as_ref()
+                    .and_then(|t| t.read_only_fd().try_clone().ok()),
             ),
             Request::Connect(c) => router.connect(c),
             Request::Listen(l) => router.listen(l).await,
             Request::Reattach(l) => (router.reattach(l, passed).await, None),
             Request::AcceptLookup(a) => (router.accept_lookup(a).await, None),
-            Request::QueryCookie { cookie } => (router.query_cookie(*cookie), None),
+            Request::QueryTuple {
+                local_host,
+                peer_host,
+            } => (router.query_tuple(*local_host, *peer_host), None),
             Request::Closed { cookie } => {
                 router.closed(*cookie);
                 continue;

@@ -6,6 +6,7 @@ mod clients;
 mod hostsock;
 mod peers;
 mod router;
+mod shm;
 mod sockdiag;
 mod tables;
 
@@ -64,6 +65,11 @@ struct Args {
     /// never show host addresses to containers.
     #[arg(long)]
     secure: bool,
+
+    /// Worker threads. One is the default: each request is a few system calls, and a single
+    /// thread avoids waking (and migrating between) CPUs on every request.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -130,6 +136,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => SocketAddr::new(args.host_addr[0], 7788),
     };
     let router = Arc::new(router::Router::new(settings));
+    match shm::SharedAcceptTable::create() {
+        Ok(t) => router.tables().accept_table = Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
+        }
+    }
     let listener = clients::bind_socket(&args.socket, args.socket_mode)?;
     peers::listen(router.clone(), peer_listen).await?;
     for p in &args.peers {
@@ -151,9 +163,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             n += 1;
-            // Sweep soon after programs closed Slim sockets, and now and then regardless (a
-            // program killed in the middle of things closes nothing explicitly).
-            if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n.is_multiple_of(30) {
+            // Forget closed sockets every few seconds (the kernel says which are gone, however
+            // they went: close, exit, crash), and sooner when a program reported a close.
+            if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n.is_multiple_of(3) {
                 sweeper.sweep_identities();
                 sweeper.sweep_listeners();
             }
@@ -194,10 +206,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("slim-router: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let built = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads as usize)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("slim-router: cannot start the runtime: {e}");

@@ -125,7 +125,7 @@ impl Router {
             Owner::Local => self.tables().announce(ann),
             Owner::Peer(conn) => self.peers.send(conn, PeerMsg::Announce(ann)),
         }
-        self.tables().set_identity(started.cookie, id);
+        self.tables().set_identity((started.local, route.host), id);
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(local = %id.local, peer = %dst, host_local = %started.local, host_peer = %route.host, "connect");
         (
@@ -277,13 +277,16 @@ impl Router {
             local: ann.server_overlay,
             peer: Some(ann.client_overlay),
         };
-        self.tables().set_identity(a.child_cookie, id);
+        // Its identity was recorded when the announcement arrived.
         self.counters.accepts.fetch_add(1, Ordering::Relaxed);
         Reply::Identity(id)
     }
 
-    pub fn query_cookie(&self, cookie: u64) -> Reply<'static> {
-        match self.tables().identity(cookie) {
+    pub fn query_tuple(&self, local_host: SocketAddr, peer_host: SocketAddr) -> Reply<'static> {
+        match self
+            .tables()
+            .identity(&(normalize(local_host), normalize(peer_host)))
+        {
             Some(id) => Reply::Identity(id),
             None => Reply::Unknown,
         }
@@ -307,9 +310,11 @@ impl Router {
 
     /// Forgets identities of host sockets the kernel no longer has.
     pub fn sweep_identities(&self) {
-        match crate::sockdiag::live_tcp_cookies() {
+        match crate::sockdiag::live_tcp_tuples() {
             Ok(live) => {
-                let n = self.tables().retain_identities(|c| live.contains(&c));
+                let n = self
+                    .tables()
+                    .retain_identities(|t| live.contains(t), std::time::Instant::now());
                 if n > 0 {
                     tracing::debug!(forgotten = n, "closed sockets forgotten");
                 }

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::mem::size_of;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -52,7 +53,7 @@ struct Request {
     req: InetDiagReqV2,
 }
 
-fn dump_family(family: u8, states: u32, out: &mut HashSet<u64>) -> io::Result<()> {
+fn dump_family(family: u8, states: u32, out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
     // SAFETY: plain socket(2); checked below.
     let fd = unsafe {
         libc::socket(
@@ -122,7 +123,7 @@ fn dump_family(family: u8, states: u32, out: &mut HashSet<u64>) -> io::Result<()
                         // SAFETY: bounds checked; plain data.
                         let m: InetDiagMsg =
                             unsafe { std::ptr::read_unaligned(buf[body..].as_ptr().cast()) };
-                        out.insert(m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32);
+                        out(&m);
                     }
                 }
             }
@@ -131,12 +132,38 @@ fn dump_family(family: u8, states: u32, out: &mut HashSet<u64>) -> io::Result<()
     }
 }
 
-/// Cookies of all TCP sockets (IPv4 and IPv6, any state) of this network namespace.
-pub fn live_tcp_cookies() -> io::Result<HashSet<u64>> {
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
+
+/// Cookies of the TCP sockets of this network namespace that a program may still hold: every
+/// state but TIME_WAIT and CLOSE, which the kernel filters out (under a high connection rate
+/// TIME_WAIT sockets outnumber the live ones by far).
+pub fn live_tcp_tuples() -> io::Result<HashSet<(SocketAddr, SocketAddr)>> {
+    let states = !(1 << TCP_TIME_WAIT) & !(1 << TCP_CLOSE);
     let mut out = HashSet::new();
-    dump_family(libc::AF_INET as u8, u32::MAX, &mut out)?;
-    dump_family(libc::AF_INET6 as u8, u32::MAX, &mut out)?;
+    for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump_family(fam, states, &mut |m| {
+            out.insert((
+                endpoint(m.family, &m.id.src, m.id.sport),
+                endpoint(m.family, &m.id.dst, m.id.dport),
+            ));
+        })?;
+    }
     Ok(out)
+}
+
+/// An endpoint from sock_diag's words (network byte order), IPv4-mapped spelled as IPv4.
+fn endpoint(family: u8, words: &[u32; 4], port_be: u16) -> SocketAddr {
+    let port = u16::from_be(port_be);
+    let mut b = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    if family as i32 == libc::AF_INET {
+        SocketAddr::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(), port)
+    } else {
+        crate::hostsock::normalize(SocketAddr::new(Ipv6Addr::from(b).into(), port))
+    }
 }
 
 const TCP_LISTEN: u32 = 10;
@@ -145,8 +172,11 @@ const TCP_LISTEN: u32 = 10;
 /// so this stays cheap however many connections (TIME_WAIT included) the host has.
 pub fn listener_cookies() -> io::Result<HashSet<u64>> {
     let mut out = HashSet::new();
-    dump_family(libc::AF_INET as u8, 1 << TCP_LISTEN, &mut out)?;
-    dump_family(libc::AF_INET6 as u8, 1 << TCP_LISTEN, &mut out)?;
+    for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump_family(fam, 1 << TCP_LISTEN, &mut |m| {
+            out.insert(m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32);
+        })?;
+    }
     Ok(out)
 }
 
@@ -159,11 +189,13 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&c)).unwrap();
-        assert!(live_tcp_cookies().unwrap().contains(&cookie));
+        let tuple = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        assert!(live_tcp_tuples().unwrap().contains(&tuple));
         let lc = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
         assert!(listener_cookies().unwrap().contains(&lc));
         assert!(!listener_cookies().unwrap().contains(&cookie));
         drop(l);
-        assert!(!live_tcp_cookies().unwrap().contains(&lc));
+        assert!(!listener_cookies().unwrap().contains(&lc));
+        drop(c);
     }
 }

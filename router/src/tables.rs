@@ -35,9 +35,13 @@ pub struct LocalListener {
 }
 
 type ConnKey = (SocketAddr, SocketAddr);
+/// A host socket as this host sees it: (its own endpoint, its peer's).
+pub type Tuple = (SocketAddr, SocketAddr);
 
 /// Announcements older than this are dropped: the connection they were for never got accepted.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(120);
+/// An identity is kept at least this long, whether or not its socket exists yet.
+const IDENTITY_GRACE: Duration = Duration::from_secs(10);
 /// Identities are kept for at most this many live sockets; beyond it the oldest half is dropped.
 const MAX_IDENTITIES: usize = 1 << 20;
 
@@ -48,7 +52,9 @@ pub struct Tables {
     local: HashMap<u64, LocalListener>,
     announces: HashMap<ConnKey, (Announce, Instant)>,
     waiters: HashMap<ConnKey, Vec<oneshot::Sender<Announce>>>,
-    identities: HashMap<u64, (Identity, Instant)>,
+    identities: HashMap<Tuple, (Identity, Instant)>,
+    /// Where announcements are published for the preload libraries (None if unavailable).
+    pub accept_table: Option<crate::shm::SharedAcceptTable>,
 }
 
 impl Tables {
@@ -159,6 +165,21 @@ impl Tables {
     /// Records an announced connection, waking an accept that is already waiting for it.
     pub fn announce(&mut self, a: Announce) {
         let key = (a.client_host, a.server_host);
+        if let Some(t) = &self.accept_table {
+            let e = slim_uapi::accept_table::Entry {
+                client_overlay: a.client_overlay,
+                server_overlay: a.server_overlay,
+            };
+            t.insert(&a.client_host, &a.server_host, &e);
+        }
+        // The accepted socket will see itself as (server_host, client_host).
+        self.set_identity(
+            (a.server_host, a.client_host),
+            Identity {
+                local: a.server_overlay,
+                peer: Some(a.client_overlay),
+            },
+        );
         if let Some(ws) = self.waiters.remove(&key) {
             let mut pending = Some(a);
             for w in ws {
@@ -190,24 +211,26 @@ impl Tables {
         Err(rx)
     }
 
-    pub fn set_identity(&mut self, cookie: u64, id: Identity) {
+    pub fn set_identity(&mut self, tuple: Tuple, id: Identity) {
         if self.identities.len() >= MAX_IDENTITIES {
             let mut ages: Vec<Instant> = self.identities.values().map(|(_, t)| *t).collect();
             ages.sort_unstable();
             let cut = ages[ages.len() / 2];
             self.identities.retain(|_, (_, t)| *t > cut);
         }
-        self.identities.insert(cookie, (id, Instant::now()));
+        self.identities.insert(tuple, (id, Instant::now()));
     }
 
-    pub fn identity(&self, cookie: u64) -> Option<Identity> {
-        self.identities.get(&cookie).map(|(id, _)| *id)
+    pub fn identity(&self, tuple: &Tuple) -> Option<Identity> {
+        self.identities.get(tuple).map(|(id, _)| *id)
     }
 
-    /// Keeps the identities whose socket `alive` says still exists; returns how many went.
-    pub fn retain_identities(&mut self, alive: impl Fn(u64) -> bool) -> usize {
+    /// Keeps the identities whose socket `alive` says still exists, and young ones (announced
+    /// connections whose socket may not exist yet); returns how many went.
+    pub fn retain_identities(&mut self, alive: impl Fn(&Tuple) -> bool, now: Instant) -> usize {
         let before = self.identities.len();
-        self.identities.retain(|c, _| alive(*c));
+        self.identities
+            .retain(|t, (_, born)| alive(t) || now.duration_since(*born) < IDENTITY_GRACE);
         before - self.identities.len()
     }
 

@@ -814,3 +814,191 @@ pub fn setup_storm(addr: SocketAddr, n: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// A single-threaded epoll echo server for request/response and connection-rate measurements:
+/// non-blocking accept, echo whatever arrives, close when the peer does.
+pub fn rr_serve(port: u16) -> Result<()> {
+    // SAFETY: plain syscalls on descriptors this function owns; buffers are locals.
+    unsafe {
+        let l = cvt(
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            ),
+            "socket",
+        )?;
+        setsockopt_int(l, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        setsockopt_int(l, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        let (ss, len) = to_storage(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port), false);
+        cvt(
+            libc::bind(l, &ss as *const _ as *const libc::sockaddr, len),
+            "bind",
+        )?;
+        cvt(libc::listen(l, 4096), "listen")?;
+        let ep = cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC), "epoll_create1")?;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: u64::MAX,
+        };
+        cvt(
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, l, &mut ev),
+            "epoll_ctl",
+        )?;
+        println!("LISTENING [::]:{port}");
+        std::io::stdout().flush()?;
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = libc::epoll_wait(ep, evs.as_mut_ptr(), 256, -1);
+            if n < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                bail!("epoll_wait: {}", std::io::Error::last_os_error());
+            }
+            for e in &evs[..n as usize] {
+                if e.u64 == u64::MAX {
+                    loop {
+                        let c = libc::accept4(
+                            l,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        );
+                        if c < 0 {
+                            break;
+                        }
+                        setsockopt_int(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+                        let mut ev = libc::epoll_event {
+                            events: libc::EPOLLIN as u32,
+                            u64: c as u64,
+                        };
+                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev);
+                    }
+                    continue;
+                }
+                let c = e.u64 as i32;
+                let r = libc::read(c, buf.as_mut_ptr().cast(), buf.len());
+                if r > 0 {
+                    // Small messages: a blocking-free write of what was read fits the socket buffer.
+                    libc::write(c, buf.as_ptr().cast(), r as usize);
+                } else if r == 0 || errno() != libc::EAGAIN {
+                    libc::close(c);
+                }
+            }
+        }
+    }
+}
+
+/// One connection, `size`-byte ping-pong for `secs` seconds. Prints the transaction rate and
+/// latency percentiles.
+pub fn rr_client(addr: SocketAddr, secs: f64, size: usize) -> Result<()> {
+    let fd = open_conn(addr, "block", false)?;
+    // SAFETY: fd is ours; File closes it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let msg = vec![b'x'; size];
+    let mut back = vec![0u8; size];
+    let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
+    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs_f64(secs);
+    while start.elapsed() < limit {
+        let t = std::time::Instant::now();
+        f.write_all(&msg)?;
+        f.read_exact(&mut back)?;
+        lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+    }
+    let el = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "RR transactions={} secs={el:.3} rate={:.1} p50_us={:.2} p99_us={:.2}",
+        lat.len(),
+        lat.len() as f64 / el,
+        pct(0.5),
+        pct(0.99)
+    );
+    Ok(())
+}
+
+/// `procs` processes each set up short connections for `secs` seconds: connect, send one byte,
+/// read it back, close. Prints the total rate.
+pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
+    let (ss, len) = to_storage(addr, false);
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let mut pipes = Vec::new();
+    for _ in 0..procs {
+        let mut p = [0i32; 2];
+        // SAFETY: p is a valid 2-int array.
+        cvt(unsafe { libc::pipe(p.as_mut_ptr()) }, "pipe")?;
+        // SAFETY: fork; the child runs the loop and exits without returning.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let start = std::time::Instant::now();
+            let limit = std::time::Duration::from_secs_f64(secs);
+            let mut n: u64 = 0;
+            let mut errors: u64 = 0;
+            let mut b = [b'c'; 1];
+            while start.elapsed() < limit {
+                // SAFETY: plain socket calls on our own descriptor.
+                unsafe {
+                    let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if fd < 0 {
+                        errors += 1;
+                        continue;
+                    }
+                    let ok = libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) == 0
+                        && libc::write(fd, b.as_ptr().cast(), 1) == 1
+                        && libc::read(fd, b.as_mut_ptr().cast(), 1) == 1;
+                    libc::close(fd);
+                    if ok {
+                        n += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            let line = format!("{n} {errors} {}\n", start.elapsed().as_secs_f64());
+            // SAFETY: writing our result to the pipe, then leaving without running destructors.
+            unsafe {
+                libc::write(p[1], line.as_ptr().cast(), line.len());
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent's copy of the write end.
+        unsafe { libc::close(p[1]) };
+        pipes.push((pid, p[0]));
+    }
+    let (mut total, mut errors, mut longest) = (0u64, 0u64, 0f64);
+    for (pid, rfd) in pipes {
+        // SAFETY: rfd is our read end; File closes it.
+        let mut f = unsafe { std::fs::File::from_raw_fd(rfd) };
+        let mut s = String::new();
+        f.read_to_string(&mut s)?;
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        let v: Vec<f64> = s
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() != 3 {
+            bail!("a client process reported nothing");
+        }
+        total += v[0] as u64;
+        errors += v[1] as u64;
+        longest = longest.max(v[2]);
+    }
+    println!(
+        "CONN count={total} errors={errors} secs={longest:.3} rate={:.1}",
+        total as f64 / longest
+    );
+    if errors > 0 {
+        bail!("{errors} connections failed");
+    }
+    Ok(())
+}

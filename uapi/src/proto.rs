@@ -27,7 +27,7 @@ mod kind {
     pub const CONNECT: u16 = 2;
     pub const LISTEN: u16 = 3;
     pub const ACCEPT_LOOKUP: u16 = 4;
-    pub const QUERY_COOKIE: u16 = 5;
+    pub const QUERY_TUPLE: u16 = 5;
     pub const CLOSED: u16 = 6;
     pub const REATTACH: u16 = 7;
 
@@ -159,10 +159,12 @@ pub enum Request {
     Connect(ConnectReq),
     Listen(ListenReq),
     AcceptLookup(AcceptLookup),
-    /// What overlay identity does the host socket with this `SO_COOKIE` carry? Used after `exec`,
-    /// when the process that inherited a Slim socket no longer has its own records.
-    QueryCookie {
-        cookie: u64,
+    /// What overlay identity does the host socket with these host endpoints (its own, its
+    /// peer's, as getsockname/getpeername report them) carry? Used after `exec`, when the
+    /// process that inherited a Slim socket no longer has its own records.
+    QueryTuple {
+        local_host: SocketAddr,
+        peer_host: SocketAddr,
     },
     /// Notification, no reply: the library closed a descriptor of this socket.
     Closed {
@@ -345,9 +347,13 @@ impl Request {
                 w.sockaddr(&a.local_host)?;
                 w.sockaddr(&a.peer_host)?;
             }
-            Request::QueryCookie { cookie } => {
-                header(&mut w, kind::QUERY_COOKIE)?;
-                w.u64(*cookie)?;
+            Request::QueryTuple {
+                local_host,
+                peer_host,
+            } => {
+                header(&mut w, kind::QUERY_TUPLE)?;
+                w.sockaddr(local_host)?;
+                w.sockaddr(peer_host)?;
             }
             Request::Closed { cookie } => {
                 header(&mut w, kind::CLOSED)?;
@@ -422,7 +428,10 @@ impl Request {
                 local_host: r.sockaddr()?,
                 peer_host: r.sockaddr()?,
             }),
-            kind::QUERY_COOKIE => Request::QueryCookie { cookie: r.u64()? },
+            kind::QUERY_TUPLE => Request::QueryTuple {
+                local_host: r.sockaddr()?,
+                peer_host: r.sockaddr()?,
+            },
             kind::CLOSED => Request::Closed { cookie: r.u64()? },
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -559,7 +568,10 @@ mod tests {
             backlog: 0,
             opts: SockOpts::default(),
         }));
-        rt(Request::QueryCookie { cookie: 9 });
+        rt(Request::QueryTuple {
+            local_host: "192.168.77.1:5000".parse().unwrap(),
+            peer_host: "[::ffff:192.168.77.2]:6000".parse().unwrap(),
+        });
         rt(Request::Closed { cookie: 9 });
     }
 
@@ -593,7 +605,7 @@ mod tests {
     #[test]
     fn other_versions_are_named() {
         let mut buf = [0u8; MAX_FRAME];
-        let n = Request::QueryCookie { cookie: 1 }.encode(&mut buf).unwrap();
+        let n = Request::Closed { cookie: 1 }.encode(&mut buf).unwrap();
         buf[4] = 99;
         assert_eq!(Request::decode(&buf[..n]), Err(DecodeError::Version(99)));
         assert_eq!(

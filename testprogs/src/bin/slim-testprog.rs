@@ -17,7 +17,10 @@ fn usage() -> ! {
          slim-testprog client ADDR PORT [--style block|epoll-before|epoll-after|epoll-et|poll|select] [--conns N] [--procs P] [--bytes B] [--v6sock]\n  \
          slim-testprog inherit ADDR PORT   (connect, then dup2, fork and exec `check-fd`)\n  \
          slim-testprog check-fd FD ADDR    (exec'd: verify an inherited connection)\n  \
-         slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)"
+         slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)\n  \
+         slim-testprog rr-serve PORT          (epoll echo server for rr and connrate)\n  \
+         slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
+         slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)"
     );
     std::process::exit(2)
 }
@@ -85,6 +88,31 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| usage());
             check_fd(fd, addr)
+        }
+        "rr-serve" => {
+            let port: u16 = args
+                .get(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| usage());
+            rr_serve(port)
+        }
+        "rr" => {
+            let secs = opt(&args, "--secs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3.0);
+            let size = opt(&args, "--size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            rr_client(parse_target(&args), secs, size)
+        }
+        "connrate" => {
+            let secs = opt(&args, "--secs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3.0);
+            let procs = opt(&args, "--procs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            conn_client(parse_target(&args), secs, procs)
         }
         "setup-storm" => {
             let addr = parse_target(&args);
