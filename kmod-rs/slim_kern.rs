@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `slim_kern`: Slim's secure-mode kernel module, driven by `slim-router --secure` through `/dev/slim`.
+//!
+//! Milestone 1 (this file): the misc device `/dev/slim`, usable only with `CAP_NET_ADMIN` in the
+//! initial user namespace (checked on open AND on every ioctl, so an fd leaked into a container is
+//! useless there), and the `VERSION` and `STATS` ioctls of the shared ABI in `uapi/src/kabi.rs`. The
+//! socket ioctls (`RESTRICT`, `AUTHORIZE_CONNECT`, `SET_CHILD_ADDRS`, `REVOKE`) are recognised and
+//! answered with `EOPNOTSUPP` until the restricted `proto_ops` land; `VERSION` reports which features
+//! exist. Unknown ioctls get `ENOTTY`.
+//!
+//! Everything here is safe Rust over the kernel crate's abstractions, except the capability check:
+//! 7.3's kernel crate has no wrapper for `capable()`, so it is called through `kernel::bindings`.
+
+use kernel::{
+    bindings,
+    fs::File,
+    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    prelude::*,
+    sync::atomic::{Atomic, Relaxed},
+    uaccess::UserSlice,
+};
+
+/// The ABI shared with userspace: the very same source file the `slim-uapi` crate compiles.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../uapi/src/kabi.rs"]
+mod kabi;
+
+use kabi::{SlimStats, SlimVersion};
+
+module! {
+    type: SlimKern,
+    name: "slim_kern",
+    authors: ["Slim developers"],
+    description: "Slim secure mode: restricted host sockets for containers (/dev/slim)",
+    license: "GPL",
+}
+
+// The kabi ioctl numbers must be exactly what the kernel's own _IOR/_IOW/_IOWR compute.
+const _: () = {
+    use kernel::ioctl::{_IOR, _IOW, _IOWR};
+    let m = kabi::SLIM_IOC_MAGIC as u32;
+    assert!(kabi::SLIM_IOC_VERSION == _IOR::<kabi::SlimVersion>(m, 0));
+    assert!(kabi::SLIM_IOC_RESTRICT == _IOW::<kabi::SlimRestrict>(m, 1));
+    assert!(kabi::SLIM_IOC_AUTHORIZE_CONNECT == _IOW::<kabi::SlimAuthorizeConnect>(m, 2));
+    assert!(kabi::SLIM_IOC_SET_CHILD_ADDRS == _IOW::<kabi::SlimChildAddrs>(m, 3));
+    assert!(kabi::SLIM_IOC_REVOKE == _IOWR::<kabi::SlimRevoke>(m, 4));
+    assert!(kabi::SLIM_IOC_STATS == _IOR::<kabi::SlimStats>(m, 5));
+};
+
+// SAFETY: `SlimVersion` is `repr(C)`, made of `u32`s only, and has no padding (size and offsets are
+// asserted in kabi.rs), so every byte of it is initialised and any bit pattern is valid.
+unsafe impl kernel::transmute::AsBytes for SlimVersion {}
+// SAFETY: as above: `repr(C)`, `u64` fields and a `u64` array, no padding (asserted in kabi.rs).
+unsafe impl kernel::transmute::AsBytes for SlimStats {}
+// SAFETY: the input structs are `repr(C)` and consist of integers and byte arrays only, so any bit
+// pattern read from user memory is a valid value (flags and addresses are validated before use).
+unsafe impl kernel::transmute::FromBytes for kabi::SlimRestrict {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::FromBytes for kabi::SlimAuthorizeConnect {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::FromBytes for kabi::SlimChildAddrs {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::FromBytes for kabi::SlimRevoke {}
+// SAFETY: `SlimRevoke` has no padding and only integer fields (asserted in kabi.rs).
+unsafe impl kernel::transmute::AsBytes for kabi::SlimRevoke {}
+
+/// Features implemented so far (reported by `VERSION`).
+const FEATURES: u32 = kabi::SLIM_FEAT_STATS;
+
+/// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
+struct Counters {
+    restricted_live: Atomic<u64>,
+    restricted_total: Atomic<u64>,
+    children_total: Atomic<u64>,
+    revoked_total: Atomic<u64>,
+    refusals: [Atomic<u64>; kabi::SLIM_REFUSAL_SLOTS],
+}
+
+static COUNTERS: Counters = Counters {
+    restricted_live: Atomic::new(0),
+    restricted_total: Atomic::new(0),
+    children_total: Atomic::new(0),
+    revoked_total: Atomic::new(0),
+    refusals: [const { Atomic::new(0) }; kabi::SLIM_REFUSAL_SLOTS],
+};
+
+impl Counters {
+    fn snapshot(&self) -> SlimStats {
+        let mut s = SlimStats::zeroed();
+        s.restricted_live = self.restricted_live.load(Relaxed);
+        s.restricted_total = self.restricted_total.load(Relaxed);
+        s.children_total = self.children_total.load(Relaxed);
+        s.revoked_total = self.revoked_total.load(Relaxed);
+        for (out, c) in s.refusals.iter_mut().zip(self.refusals.iter()) {
+            *out = c.load(Relaxed);
+        }
+        s
+    }
+}
+
+/// Whether the current task has `CAP_NET_ADMIN` in the initial user namespace. A container's root
+/// (in its own user namespace, or without the capability) does not.
+fn current_has_net_admin() -> bool {
+    // SAFETY: `capable()` may be called from any process context (open and ioctl run in the caller's
+    // context); it only reads the current task's credentials, and CAP_NET_ADMIN is a valid capability.
+    unsafe { bindings::capable(bindings::CAP_NET_ADMIN as c_int) }
+}
+
+#[pin_data(PinnedDrop)]
+struct SlimKern {
+    #[pin]
+    _dev: MiscDeviceRegistration<SlimDev>,
+}
+
+impl kernel::InPlaceModule for SlimKern {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        pr_info!("loading: /dev/{}, kabi version {}\n", kabi::SLIM_DEVICE_NAME, kabi::KABI_VERSION);
+        let options = MiscDeviceOptions { name: c"slim" };
+        try_pin_init!(Self {
+            _dev <- MiscDeviceRegistration::register(options),
+        })
+    }
+}
+
+/// An open `/dev/slim`. No per-open state yet: everything is module-wide.
+struct SlimDev;
+
+#[vtable]
+impl MiscDevice for SlimDev {
+    type Ptr = ();
+
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<()> {
+        if !current_has_net_admin() {
+            return Err(EPERM);
+        }
+        Ok(())
+    }
+
+    fn ioctl(_me: (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        // Checked again here: the fd may have been passed (SCM_RIGHTS) or inherited to a process that
+        // lacks the capability.
+        if !current_has_net_admin() {
+            return Err(EPERM);
+        }
+        let ptr = UserPtr::from_addr(arg);
+        match cmd {
+            kabi::SLIM_IOC_VERSION => {
+                let v = SlimVersion {
+                    kabi_version: kabi::KABI_VERSION,
+                    features: FEATURES,
+                    reserved: [0; 2],
+                };
+                UserSlice::new(ptr, core::mem::size_of::<SlimVersion>()).writer().write(&v)?;
+                Ok(0)
+            }
+            kabi::SLIM_IOC_STATS => {
+                let s = COUNTERS.snapshot();
+                UserSlice::new(ptr, core::mem::size_of::<SlimStats>()).writer().write(&s)?;
+                Ok(0)
+            }
+            kabi::SLIM_IOC_RESTRICT
+            | kabi::SLIM_IOC_AUTHORIZE_CONNECT
+            | kabi::SLIM_IOC_SET_CHILD_ADDRS
+            | kabi::SLIM_IOC_REVOKE => Err(EOPNOTSUPP),
+            _ => Err(ENOTTY),
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for SlimKern {
+    fn drop(self: Pin<&mut Self>) {
+        pr_info!(
+            "unloading: {} sockets restricted in total\n",
+            COUNTERS.restricted_total.load(Relaxed)
+        );
+    }
+}
