@@ -5,6 +5,7 @@ TARGET := target/$(PROFILE)
 LAB := $(TARGET)/slim-lab
 
 .PHONY: all build deps test check unit e2e demo lab-up lab-down clean
+.PHONY: bench bench-quick kmod vm-test
 
 all: build
 
@@ -37,6 +38,25 @@ test: deps build check unit e2e
 ## VXLAN overlay and Slim, side by side.
 demo: deps build
 	./scripts/demo.sh $(TARGET)
+
+## Benchmark (root): host network, VXLAN overlay and Slim side by side on the lab, interleaved;
+## a table on stdout, bench/results/latest.json and latest.png. Method: bench/README.md.
+bench: deps build
+	$(TARGET)/slim-bench --restart-routers
+
+## The same in under 3 minutes: 3 runs of about 1 s per cell, 4 modes.
+bench-quick: deps build
+	$(TARGET)/slim-bench --quick --restart-routers
+
+## Secure mode (in progress): the cached CONFIG_RUST test kernel, slim_kern.ko against it, and
+## the module's tests inside a QEMU guest (TCG). The first run installs the toolchain and builds
+## the kernel (~20 min on 2 cores); later runs reuse /var/cache/slim-kernel.
+kmod:
+	./scripts/kernel/build-kernel.sh
+	$(MAKE) -C kmod-rs
+
+vm-test:
+	./vm-tests/run.sh
 
 lab-up: build
 	$(LAB) up

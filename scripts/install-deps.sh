@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PKGS=(iproute2 procps psmisc iperf iperf3 nginx-light wrk memcached libmemcached-tools redis-server
-      redis-tools curl python3 default-jre-headless default-jdk-headless)
+      redis-tools curl python3 default-jre-headless default-jdk-headless
+      valgrind python3-matplotlib)
 
 missing=()
 for p in "${PKGS[@]}"; do

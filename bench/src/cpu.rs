@@ -1,0 +1,292 @@
+//! CPU: the busy loops that keep the VM's vCPUs awake, the check that nothing else loads the
+//! machine, and the CPU accounting of a measurement.
+//!
+//! Accounting: whole-machine busy time from /proc/stat (user + nice + system + irq + softirq)
+//! minus the *user* time of our busy loops (/proc/PID/stat utime). A busy loop makes no system
+//! call, so its stime is interrupt and softirq work that tick-based accounting (this kernel has
+//! no IRQ_TIME_ACCOUNTING) charges to whatever task was running, which is network work of the
+//! measurement, and stays counted. Steal (the hypervisor running someone else while our vCPU
+//! wanted to run; with busy loops every vCPU always wants to run) is left out of the CPU
+//! figures, as it measures the neighbours, but counts as load in the busy check.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::procs::Background;
+
+/// The aggregate `cpu` line of /proc/stat, in USER_HZ ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stat {
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+impl Stat {
+    /// Work done by this machine (not counting steal).
+    pub fn work(&self) -> u64 {
+        self.user + self.nice + self.system + self.irq + self.softirq
+    }
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    Some(Stat {
+        user: v[0],
+        nice: v[1],
+        system: v[2],
+        idle: v[3],
+        iowait: v[4],
+        irq: v[5],
+        softirq: v[6],
+        steal: v[7],
+    })
+}
+
+pub fn read_stat() -> Result<Stat> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_stat(&text).context("/proc/stat has no usable `cpu` line")
+}
+
+/// Ticks per second of /proc/stat and /proc/PID/stat.
+pub fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// utime (field 14) of /proc/PID/stat, in ticks.
+pub fn parse_pid_utime(text: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    // rest starts at field 3 (state); utime is field 14.
+    rest.split_whitespace().nth(11)?.parse().ok()
+}
+
+/// One SCHED_IDLE busy loop per CPU, each pinned to its CPU: the `__spin` mode of this binary.
+pub struct Spinners {
+    procs: Vec<Background>,
+}
+
+impl Spinners {
+    pub fn start(exe: &Path, cpus: usize) -> Result<Spinners> {
+        let mut procs = Vec::new();
+        for cpu in 0..cpus {
+            let mut cmd = Command::new(exe);
+            cmd.args(["__spin", "--cpu", &cpu.to_string()]);
+            procs.push(Background::start(cmd, None)?);
+        }
+        let spinners = Spinners { procs };
+        // Each sets its own policy first thing; check that it took.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &spinners.procs {
+            loop {
+                // SAFETY: sched_getscheduler only reads the scheduling policy of a pid.
+                let policy = unsafe { libc::sched_getscheduler(p.pid()) };
+                if policy == libc::SCHED_IDLE {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "busy loop {} did not switch to SCHED_IDLE (policy {policy})",
+                        p.pid()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(spinners)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn pause(&self) {
+        for p in &self.procs {
+            p.signal(Signal::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self) {
+        for p in &self.procs {
+            p.signal(Signal::SIGCONT);
+        }
+    }
+
+    /// Sum of the busy loops' user time, in ticks.
+    pub fn user_ticks(&self) -> Result<u64> {
+        let mut sum = 0;
+        for p in &self.procs {
+            let path = format!("/proc/{}/stat", p.pid());
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+            sum += parse_pid_utime(&text).with_context(|| format!("no utime in {path}"))?;
+        }
+        Ok(sum)
+    }
+}
+
+/// The body of a busy loop (`slim-bench __spin --cpu N`): pin to the CPU, lower the policy to
+/// SCHED_IDLE (runs only when the CPU has nothing else; preempted at once on any wakeup) and
+/// spin. No PAUSE instruction: on a VM, pause loops make the hypervisor deschedule the vCPU,
+/// the very thing the loop is there to prevent.
+pub fn spin(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("CPU number out of range")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("cannot pin the busy loop to CPU {cpu}"))?;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid sched_param for the duration of the call; pid 0 is ourselves.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        bail!(
+            "sched_setscheduler(SCHED_IDLE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+/// CPU use over `window`, in percent of one CPU (busy including steal, i.e. anything that
+/// kept a CPU from us).
+pub fn busy_pct(window: Duration) -> Result<f64> {
+    let a = read_stat()?;
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let b = read_stat()?;
+    let secs = t.elapsed().as_secs_f64();
+    let ticks = (b.work() + b.steal).saturating_sub(a.work() + a.steal) as f64;
+    Ok(ticks / clk_tck() / secs * 100.0)
+}
+
+/// The outcome of a load check.
+pub struct Quiet {
+    /// Busy percent of one CPU in the last sample.
+    pub pct: f64,
+    pub quiet: bool,
+    pub waited: Duration,
+}
+
+/// Checks that the machine is idle apart from us: with the busy loops stopped, samples the CPU
+/// use for `window`; while it is above `max_pct` (of one CPU), sleeps and samples again, up
+/// to `max_wait`.
+pub fn wait_quiet(
+    spinners: &Spinners,
+    max_pct: f64,
+    window: Duration,
+    max_wait: Duration,
+) -> Result<Quiet> {
+    let start = Instant::now();
+    spinners.pause();
+    // Let the stop land before sampling.
+    std::thread::sleep(Duration::from_millis(20));
+    let result = (|| loop {
+        let pct = busy_pct(window)?;
+        let waited = start.elapsed();
+        if pct <= max_pct || waited >= max_wait {
+            return Ok(Quiet {
+                pct,
+                quiet: pct <= max_pct,
+                waited,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(700).min(max_wait - waited));
+    })();
+    spinners.resume();
+    result
+}
+
+/// A point in time for CPU accounting.
+#[derive(Clone, Copy)]
+pub struct Mark {
+    stat: Stat,
+    spin_user: u64,
+}
+
+pub fn mark(spinners: &Spinners) -> Result<Mark> {
+    Ok(Mark {
+        spin_user: spinners.user_ticks()?,
+        stat: read_stat()?,
+    })
+}
+
+/// CPU-seconds the machine worked between two marks, the busy loops' spinning excluded.
+pub fn work_secs(a: &Mark, b: &Mark) -> f64 {
+    let work = b.stat.work().saturating_sub(a.stat.work());
+    let spin = b.spin_user.saturating_sub(a.spin_user);
+    work.saturating_sub(spin) as f64 / clk_tck()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let s = parse_stat("cpu  10 1 20 300 4 5 6 7 0 0\ncpu0 5 0 10 150 2 2 3 3 0 0\nintr 1 2\n")
+            .unwrap();
+        assert_eq!(s.user, 10);
+        assert_eq!(s.steal, 7);
+        assert_eq!(s.work(), 10 + 1 + 20 + 5 + 6);
+        assert!(parse_stat("cpu0 1 2 3\n").is_none());
+    }
+
+    #[test]
+    fn parses_pid_utime() {
+        let line = "1234 (a (b) c) R 1 1234 1234 0 -1 4194560 100 0 0 0 4321 17 0 0 20 0 1 0";
+        assert_eq!(parse_pid_utime(line), Some(4321));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_pid_utime(&own).is_some());
+    }
+
+    #[test]
+    fn work_secs_subtracts_spinning() {
+        let a = Mark {
+            stat: Stat::default(),
+            spin_user: 100,
+        };
+        let mut stat = Stat {
+            user: 250,
+            softirq: 50,
+            steal: 1000,
+            ..Stat::default()
+        };
+        stat.system = 100;
+        let b = Mark {
+            stat,
+            spin_user: 300,
+        };
+        // 400 ticks of work, 200 of them spinning.
+        assert!((work_secs(&a, &b) - 200.0 / clk_tck()).abs() < 1e-9);
+    }
+}
