@@ -34,6 +34,37 @@ fn client(node: &str, slim: bool, addr: &str, port: u16, extra: &[&str]) -> Stri
     out
 }
 
+/// The test client in c1 with the library preloaded by hand (not `--slim`), with `env` on top
+/// of the router socket; returns the bytes the VXLAN device carried meanwhile.
+fn client_with_env(env: &[(&str, &str)], args: &[&str]) -> u64 {
+    let lib = bin("libslim_preload.so").display().to_string();
+    let mut all = vec![
+        ("LD_PRELOAD", lib.as_str()),
+        ("SLIM_ROUTER_SOCKET", "/run/slim-lab/h1.sock"),
+    ];
+    all.extend_from_slice(env);
+    let tp = testprog();
+    let mut full = vec![tp.as_str(), "client"];
+    full.extend_from_slice(args);
+    let before = bytes("h1", "slim-vx");
+    let o = run_env("c1", false, &all, &full);
+    assert!(o.status.success(), "{}", text(&o));
+    bytes("h1", "slim-vx") - before
+}
+
+/// Whether, within 20 s, a Slim client's megabyte to `port` on c2 stops crossing the VXLAN device.
+fn back_to_slim(port: &str) -> bool {
+    eventually(Duration::from_secs(20), || {
+        let before = bytes("h1", "slim-vx");
+        let o = run(
+            "c1",
+            true,
+            &[&testprog(), "client", C2, port, "--bytes", "1000000"],
+        );
+        o.status.success() && bytes("h1", "slim-vx") - before < MB / 4
+    })
+}
+
 #[test]
 fn every_connect_style_across_hosts_and_on_one_host() {
     let _g = lab();
@@ -209,22 +240,13 @@ fn peers_without_slim_see_exactly_the_bytes_written() {
 fn destinations_outside_the_prefixes_use_the_overlay() {
     let _g = lab();
     let _s = serve("c2", true, 7155, &[]);
-    let lib = bin("libslim_preload.so").display().to_string();
     // Only c1's own address is "overlay" for this program: c2 is outside its prefixes.
-    let before = bytes("h1", "slim-vx");
-    let o = run_env(
-        "c1",
-        false,
-        &[
-            ("LD_PRELOAD", lib.as_str()),
-            ("SLIM_ROUTER_SOCKET", "/run/slim-lab/h1.sock"),
-            ("SLIM_PREFIXES", "10.32.0.1/32"),
-        ],
-        &[&testprog(), "client", C2, "7155", "--bytes", "300000"],
+    let vx = client_with_env(
+        &[("SLIM_PREFIXES", "10.32.0.1/32")],
+        &[C2, "7155", "--bytes", "300000"],
     );
-    assert!(o.status.success(), "{}", text(&o));
     assert!(
-        bytes("h1", "slim-vx") - before > 600_000,
+        vx > 600_000,
         "a destination outside the prefixes must go over the overlay"
     );
 }
@@ -353,18 +375,17 @@ print("PHASE2 ok", flush=True)
     // Router back: new connections use Slim again (the server registered its listener with the
     // h2 router, which stayed up; h1's router relearns it from its peer).
     lab_cmd(&["router", "h1", "start"]);
-    let ok_again = eventually(Duration::from_secs(10), || {
-        let before = bytes("h1", "slim-vx");
-        let o = run(
-            "c1",
-            true,
-            &[&testprog(), "client", C2, "7180", "--bytes", "1000000"],
-        );
-        o.status.success() && bytes("h1", "slim-vx") - before < MB / 4
-    });
     assert!(
-        ok_again,
+        back_to_slim("7180"),
         "after the router restarted, connections did not go back to Slim"
+    );
+    // The server's router restarts too: it forgot the listener, peers fall back to the overlay;
+    // the server's library notices the new router (on its next overlay accept) and registers
+    // its listener again, so connections return to Slim without restarting the server.
+    lab_cmd(&["router", "h2", "restart"]);
+    assert!(
+        back_to_slim("7180"),
+        "after the server's router restarted, its listener was not registered again"
     );
 }
 
@@ -494,23 +515,11 @@ fn router_configuration_errors_name_the_problem() {
 fn original_vnet_prefix_variable_is_honoured() {
     let _g = lab();
     let _s = serve("c2", true, 7200, &[]);
-    let lib = bin("libslim_preload.so").display().to_string();
-    let before = bytes("h1", "slim-vx");
-    let o = run_env(
-        "c1",
-        false,
-        &[
-            ("LD_PRELOAD", lib.as_str()),
-            ("SLIM_ROUTER_SOCKET", "/run/slim-lab/h1.sock"),
-            ("VNET_PREFIX", "10.32.0.0/12"),
-        ],
-        &[&testprog(), "client", C2, "7200", "--bytes", "1000000"],
+    let vx = client_with_env(
+        &[("VNET_PREFIX", "10.32.0.0/12")],
+        &[C2, "7200", "--bytes", "1000000"],
     );
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        bytes("h1", "slim-vx") - before < MB / 4,
-        "VNET_PREFIX did not enable Slim"
-    );
+    assert!(vx < MB / 4, "VNET_PREFIX did not enable Slim");
 }
 
 #[test]

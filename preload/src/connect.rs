@@ -189,29 +189,6 @@ fn set_blocking(fd: i32) {
     }
 }
 
-fn send_timeout_ms(fd: i32) -> i32 {
-    let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let mut len = core::mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: tv/len valid for writes.
-    let r = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &mut tv as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
-        -1
-    } else {
-        (tv.tv_sec * 1000 + tv.tv_usec / 1000).clamp(1, i32::MAX as i64) as i32
-    }
-}
-
 /// A blocking connect: wait for the host handshake as the kernel would, then report its outcome.
 fn finish_blocking(fd: i32) -> i32 {
     let mut p = libc::pollfd {
@@ -220,7 +197,7 @@ fn finish_blocking(fd: i32) -> i32 {
         revents: 0,
     };
     // SAFETY: p is a valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, send_timeout_ms(fd)) };
+    let n = unsafe { libc::poll(&mut p, 1, crate::hooks::timeout_ms(fd, libc::SO_SNDTIMEO)) };
     // The socket is the program's blocking socket again whatever happens next.
     set_blocking(fd);
     if n < 0 {

@@ -44,6 +44,30 @@ pub fn sock_int(fd: i32, level: i32, name: i32) -> Option<i32> {
     (r == 0).then_some(v)
 }
 
+/// A socket timeout option (SO_RCVTIMEO / SO_SNDTIMEO) as a poll(2) timeout: -1 when unset.
+pub fn timeout_ms(fd: i32, opt: i32) -> i32 {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = core::mem::size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: tv/len are valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut tv as *mut _ as *mut c_void,
+            &mut len,
+        )
+    };
+    if r < 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        -1
+    } else {
+        (tv.tv_sec * 1000 + tv.tv_usec / 1000).clamp(1, i32::MAX as i64) as i32
+    }
+}
+
 pub fn cookie_of(fd: i32) -> Option<u64> {
     let mut v: u64 = 0;
     let mut len = core::mem::size_of::<u64>() as socklen_t;

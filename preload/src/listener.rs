@@ -440,29 +440,6 @@ pub fn reattach_all() {
     }
 }
 
-fn wait_timeout_ms(fd: i32) -> i32 {
-    let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let mut len = core::mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: tv/len are valid for writes.
-    let r = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &mut tv as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
-        -1
-    } else {
-        (tv.tv_sec * 1000 + tv.tv_usec / 1000).clamp(1, i32::MAX as i64) as i32
-    }
-}
-
 /// accept4 on a Slim listener (program descriptor `fd`, record `i`).
 pub fn accept(
     fd: i32,
@@ -504,7 +481,13 @@ pub fn accept(
             },
         ];
         // SAFETY: pfd is a valid array of two pollfds.
-        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, wait_timeout_ms(ho)) };
+        let n = unsafe {
+            libc::poll(
+                pfd.as_mut_ptr(),
+                2,
+                crate::hooks::timeout_ms(ho, libc::SO_RCVTIMEO),
+            )
+        };
         if n < 0 {
             return -1; // EINTR, as a blocking accept interrupted by a signal reports it
         }
