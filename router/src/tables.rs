@@ -38,8 +38,10 @@ type ConnKey = (SocketAddr, SocketAddr);
 /// A host socket as this host sees it: (its own endpoint, its peer's).
 pub type Tuple = (SocketAddr, SocketAddr);
 
-/// Announcements older than this are dropped: the connection they were for never got accepted.
-const ANNOUNCE_TTL: Duration = Duration::from_secs(120);
+/// Announcements older than this are dropped. Most are never taken from here (the library finds
+/// them in the shared accept table), and an accept that asks the router does so within a few
+/// milliseconds of the connection's arrival.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(10);
 /// An identity is kept at least this long, whether or not its socket exists yet.
 const IDENTITY_GRACE: Duration = Duration::from_secs(10);
 /// Identities are kept for at most this many live sockets; beyond it the oldest half is dropped.
