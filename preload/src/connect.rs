@@ -10,7 +10,8 @@ use crate::log::{slog, DEBUG};
 use crate::real;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use slim_uapi::proto::{ConnectReq, IpList, ListenReq, Reply, Request, SockOpts, MAX_FRAME};
+use slim_uapi::peer::Announce;
+use slim_uapi::proto::{ConnectReq, Identity, IpList, ListenReq, Reply, Request, SockOpts, MAX_FRAME};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Whether `fd` is a TCP socket (asked of the kernel when socket() was not seen, e.g. after exec).
@@ -77,6 +78,75 @@ fn route_source(dst: SocketAddr) -> Option<IpAddr> {
     src
 }
 
+enum Fast {
+    /// A pooled host socket, its connect started and announced.
+    Done(OwnedFd, Identity),
+    /// The router's table says no Slim listener is there: the overlay it is.
+    NoListener,
+    /// No table, no pooled socket, or a case the fast path does not cover.
+    AskRouter,
+}
+
+static NEXT_ROUTE: AtomicU32 = AtomicU32::new(0);
+
+/// Connects without a round trip to the router: the destination's host listener comes from the
+/// router's shared route table, the host socket from the pool the router filled, and the router
+/// is told afterwards (a one-way message) so that it can announce the connection.
+fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -> Fast {
+    let routes = match link::lookup_route(&dst) {
+        Err(()) => return Fast::AskRouter,
+        Ok(None) => return Fast::NoListener,
+        Ok(Some(r)) => r,
+    };
+    let pick = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed) as usize % routes.count;
+    let Some(host_dst) = routes.hosts[pick] else { return Fast::AskRouter };
+    // Pooled sockets are bound to the host's IPv4 address (IPv4-mapped for IPv6 sockets).
+    if !host_dst.is_ipv4() {
+        return Fast::AskRouter;
+    }
+    // A pooled socket's 4-tuple may already be in use (its port is shared with connections to
+    // other destinations): the connect says so at once, and another socket is tried.
+    for _ in 0..3 {
+        let Some(sock) = link::pooled_socket(family) else { return Fast::AskRouter };
+        let raw = sock.as_raw_fd();
+        for o in opts.iter() {
+            if o.level == libc::IPPROTO_IPV6 && (o.name == libc::IPV6_V6ONLY || o.name == libc::IPV6_ADDRFORM) {
+                continue;
+            }
+            let v = o.value();
+            // SAFETY: v is a valid buffer of v.len() bytes.
+            unsafe { real::setsockopt(raw, o.level, o.name, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+        }
+        let Some(client_host) = addr::local_of(raw).map(normalize) else { return Fast::AskRouter };
+        let id = Identity { local: SocketAddr::new(normalize_ip(src_ip), client_host.port()), peer: Some(dst) };
+        // Announce first, so the announcement is on its way before the SYN.
+        link::send_oneway(&Request::Announce(Announce {
+            client_host,
+            server_host: host_dst,
+            client_overlay: id.local,
+            server_overlay: dst,
+        }));
+        let (ss, len) = addr::to_storage(host_dst, family);
+        // SAFETY: ss holds a valid address of `len` bytes; the socket is non-blocking.
+        let r = unsafe { real::connect(raw, &ss as *const _ as *const libc::sockaddr, len) };
+        if r == 0 || errno() == libc::EINPROGRESS {
+            return Fast::Done(sock, id);
+        }
+        if errno() != libc::EADDRNOTAVAIL {
+            slog!(DEBUG, "pooled connect to {host_dst} failed (errno {}); asking the router", errno());
+            return Fast::AskRouter;
+        }
+    }
+    Fast::AskRouter
+}
+
+fn normalize_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 /// The connect hook. Returns None when the call should go to the C library unchanged.
 pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     let ndst = normalize(dst);
@@ -116,28 +186,29 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
         _ => SockOpts::default(),
     };
     let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
-    let req = Request::Connect(ConnectReq {
-        family,
-        src_ip,
-        dst: ndst,
-        opts,
-    });
-    let mut buf = [0u8; MAX_FRAME];
-    let (n, host) = link::call(&req, &mut buf)?;
-    let (id, cookie) = match Reply::decode(&buf[..n]) {
-        Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
-        Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
-            slog!(DEBUG, "connect to {dst} refused by the router: {message}");
-            set_errno(e);
-            return Some(-1);
+    let (host, id, cookie) = match fast_connect(family, src_ip, ndst, &opts) {
+        Fast::Done(host, id) => (host, id, 0),
+        Fast::NoListener => return None,
+        Fast::AskRouter => {
+            let req = Request::Connect(ConnectReq { family, src_ip, dst: ndst, opts });
+            let mut buf = [0u8; MAX_FRAME];
+            let (n, mut passed) = link::call(&req, &mut buf)?;
+            let (id, cookie) = match Reply::decode(&buf[..n]) {
+                Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
+                Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
+                    slog!(DEBUG, "connect to {dst} refused by the router: {message}");
+                    set_errno(e);
+                    return Some(-1);
+                }
+                Ok(other) => {
+                    slog!(DEBUG, "connect to {dst}: {:?}; using the overlay", other);
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            (passed.take()?, id, cookie)
         }
-        Ok(other) => {
-            slog!(DEBUG, "connect to {dst}: {:?}; using the overlay", other);
-            return None;
-        }
-        Err(_) => return None,
     };
-    let host: OwnedFd = host?;
     // SAFETY: fcntl queries on the program's descriptor.
     let (fl, fdfl) = unsafe {
         (
@@ -312,10 +383,10 @@ pub fn after_listen(fd: i32, backlog: i32, kind: u8) {
         opts,
     });
     let mut buf = [0u8; MAX_FRAME];
-    let Some((n, host)) = link::call(&req, &mut buf) else {
+    let Some((n, mut passed)) = link::call(&req, &mut buf) else {
         return;
     };
-    match (Reply::decode(&buf[..n]), host) {
+    match (Reply::decode(&buf[..n]), passed.take()) {
         (Ok(Reply::ListenOk { cookie }), Some(host)) => {
             listener::install(fd, host, cookie, family, regs)
         }

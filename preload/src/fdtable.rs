@@ -137,6 +137,10 @@ impl Slot {
         self.cookie.load(Ordering::Relaxed)
     }
 
+    pub fn set_cookie(&self, c: u64) {
+        self.cookie.store(c, Ordering::Relaxed);
+    }
+
     pub fn listener(&self) -> usize {
         self.listener.load(Ordering::Relaxed) as usize
     }

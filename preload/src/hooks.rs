@@ -313,7 +313,14 @@ unsafe fn name_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, peer: bo
     if let (CONN, Some(s)) = (kind, slot) {
         // The descriptor may have been closed behind our back (close_range, a stdio fclose) and
         // its number reused: the socket's cookie tells.
-        if cookie_of(fd) != Some(s.cookie()) {
+        let known = s.cookie();
+        let now = cookie_of(fd);
+        if known == 0 {
+            // Set up without learning its cookie (the fast path): this is its first question.
+            if let Some(c) = now {
+                s.set_cookie(c);
+            }
+        } else if now != Some(known) {
             s.clear();
             kind = NONE;
         }

@@ -55,7 +55,8 @@ pub fn available() -> bool {
 /// Closes the idle connections: in the child after fork (they belong to the parent's
 /// conversation), and when the router was replaced (they lead nowhere).
 pub fn forget_pool() {
-    for s in &POOL_FDS {
+    // Pooled host sockets too: after fork both processes would connect the same socket.
+    for s in POOL_FDS.iter().chain(SOCKETS_V4.iter()).chain(SOCKETS_V6.iter()) {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
             discard(fd);
@@ -175,7 +176,7 @@ fn open() -> Option<i32> {
     let mut buf = [0u8; MAX_FRAME];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    let mut table_fd: Option<OwnedFd> = None;
+    let mut tables = Passed::new();
     let ok = match exchange(
         fd,
         &Request::Hello {
@@ -186,7 +187,7 @@ fn open() -> Option<i32> {
         &mut buf,
     ) {
         Some((n, extra)) => {
-            table_fd = extra;
+            tables = extra;
             match Reply::decode(&buf[..n]) {
                 Ok(Reply::HelloOk { version }) if version == PROTO_VERSION => true,
                 Ok(Reply::Error { message, .. }) => {
@@ -216,24 +217,29 @@ fn open() -> Option<i32> {
     WARNED_DOWN.store(false, Ordering::Relaxed);
     RETRY_AT.store(0, Ordering::Relaxed);
     if note_router_instance() || ACCEPT_TABLE.load(Ordering::Acquire).is_null() {
-        if let Some(t) = table_fd {
-            map_accept_table(&t);
+        // The accept table, then the route table.
+        if let Some(t) = tables.take() {
+            map_table(&t, slim_uapi::accept_table::TABLE_BYTES, &ACCEPT_TABLE);
+        }
+        if let Some(t) = tables.take() {
+            map_table(&t, slim_uapi::route_table::TABLE_BYTES, &ROUTE_TABLE);
         }
     }
     Some(fd)
 }
 
-/// The router's accept table, mapped read-only (null until a router sent one).
+/// The router's accept and route tables, mapped read-only (null until a router sent them).
 static ACCEPT_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+static ROUTE_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 
-fn map_accept_table(fd: &OwnedFd) {
+fn map_table(fd: &OwnedFd, bytes: usize, into: &AtomicPtr<AtomicU64>) {
     use std::os::fd::AsRawFd;
     // SAFETY: a read-only shared mapping of the router's sealed table (it cannot shrink under
     // us); checked for failure.
     let p = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            slim_uapi::accept_table::TABLE_BYTES,
+            bytes,
             libc::PROT_READ,
             libc::MAP_SHARED,
             fd.as_raw_fd(),
@@ -243,8 +249,82 @@ fn map_accept_table(fd: &OwnedFd) {
     if p != libc::MAP_FAILED {
         // A previous router's table stays mapped (a few pages, once per restart): unmapping it
         // under a concurrent lookup would be unsound.
-        ACCEPT_TABLE.store(p.cast(), Ordering::Release);
+        into.store(p.cast(), Ordering::Release);
     }
+}
+
+/// The host listeners of an overlay endpoint, from the router's route table. `Err(())` when
+/// there is no table (ask the router instead); `Ok(None)` when no Slim listener is known there.
+#[allow(clippy::result_unit_err)]
+pub fn lookup_route(overlay: &core::net::SocketAddr) -> Result<Option<slim_uapi::route_table::Routes>, ()> {
+    let p = ROUTE_TABLE.load(Ordering::Acquire);
+    if p.is_null() || !available() {
+        return Err(());
+    }
+    // SAFETY: p is a live read-only mapping of exactly TABLE_WORDS u64 words (page-aligned),
+    // never unmapped; the router writes it only through atomics.
+    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::route_table::TABLE_WORDS) };
+    let t = slim_uapi::route_table::RouteTable::new(words).ok_or(())?;
+    Ok(t.lookup(overlay))
+}
+
+/// Pools of ready host sockets (see `Request::Sockets`), per family: IPv4, IPv6. Small: each
+/// idle pooled socket holds a host port, and one round trip per 8 connects is cheap enough.
+const SOCKET_POOL: usize = 16;
+const REFILL: u8 = 8;
+static SOCKETS_V4: [AtomicI32; SOCKET_POOL] = [const { AtomicI32::new(-1) }; SOCKET_POOL];
+static SOCKETS_V6: [AtomicI32; SOCKET_POOL] = [const { AtomicI32::new(-1) }; SOCKET_POOL];
+
+fn pool_of(family: i32) -> &'static [AtomicI32; SOCKET_POOL] {
+    if family == libc::AF_INET6 {
+        &SOCKETS_V6
+    } else {
+        &SOCKETS_V4
+    }
+}
+
+/// A ready host socket of `family`, refilling the pool from the router when it is empty.
+pub fn pooled_socket(family: i32) -> Option<OwnedFd> {
+    let pool = pool_of(family);
+    for round in 0..2 {
+        for s in pool.iter() {
+            let fd = s.swap(-1, Ordering::Acquire);
+            if fd >= 0 {
+                crate::fdtable::clear(fd);
+                // SAFETY: the pool owned this descriptor; now the caller does.
+                return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        if round == 0 && !refill(family) {
+            return None;
+        }
+    }
+    None
+}
+
+fn refill(family: i32) -> bool {
+    let mut buf = [0u8; MAX_FRAME];
+    let Some((n, mut fds)) = call(&Request::Sockets { family, count: REFILL }, &mut buf) else {
+        return false;
+    };
+    if !matches!(Reply::decode(&buf[..n]), Ok(Reply::SocketsOk { count }) if count > 0) {
+        return false;
+    }
+    let pool = pool_of(family);
+    while let Some(fd) = fds.take() {
+        use std::os::fd::IntoRawFd;
+        let raw = adopt(fd.into_raw_fd());
+        if !pool.iter().any(|s| s.compare_exchange(-1, raw, Ordering::Release, Ordering::Relaxed).is_ok()) {
+            discard(raw);
+        }
+    }
+    true
+}
+
+/// Sends a notification, opening a connection to the router if none is idle (unlike [`notify`]).
+pub fn send_oneway(req: &Request) {
+    let mut buf = [0u8; MAX_FRAME];
+    let _ = call(req, &mut buf);
 }
 
 /// Looks an accepted host connection up in the router's accept table: no round trip.
@@ -322,13 +402,48 @@ fn run_due_reattach() {
     }
 }
 
+/// Descriptors that came with a reply. Those not taken are closed on drop.
+pub struct Passed {
+    fds: [i32; MAX_PASSED],
+    n: usize,
+    next: usize,
+}
+
+/// More than the router ever sends with one reply (pool batches are at most 64).
+const MAX_PASSED: usize = 64;
+
+impl Passed {
+    fn new() -> Passed {
+        Passed { fds: [-1; MAX_PASSED], n: 0, next: 0 }
+    }
+
+    /// The next descriptor, owned by the caller.
+    pub fn take(&mut self) -> Option<OwnedFd> {
+        if self.next >= self.n {
+            return None;
+        }
+        let f = self.fds[self.next];
+        self.next += 1;
+        // SAFETY: the kernel installed this descriptor for us and nobody else owns it.
+        Some(unsafe { OwnedFd::from_raw_fd(f) })
+    }
+}
+
+impl Drop for Passed {
+    fn drop(&mut self) {
+        while let Some(f) = self.take() {
+            drop(f);
+        }
+    }
+}
+
 /// Sends one request and reads one reply (and at most one attached descriptor).
 fn exchange(
     fd: i32,
     req: &Request,
     attach: Option<i32>,
     buf: &mut [u8; MAX_FRAME],
-) -> Option<(usize, Option<OwnedFd>)> {
+) -> Option<(usize, Passed)> {
     let n = req.encode(buf).ok()?;
     loop {
         let mut iov = libc::iovec {
@@ -363,9 +478,10 @@ fn exchange(
         }
     }
     if !req.expects_reply() {
-        return Some((0, None));
+        return Some((0, Passed::new()));
     }
-    let mut cbuf = [0u64; 8];
+    // Room for MAX_PASSED descriptors (CMSG_SPACE(64 * 4) = 272 bytes).
+    let mut cbuf = [0u64; 40];
     loop {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -385,7 +501,7 @@ fn exchange(
             }
             return None;
         }
-        let mut passed: Option<OwnedFd> = None;
+        let mut passed = Passed::new();
         // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -395,11 +511,12 @@ fn exchange(
                     let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                     for i in 0..count {
                         let f = core::ptr::read_unaligned(data.add(i));
-                        let owned = OwnedFd::from_raw_fd(f);
-                        if passed.is_none() {
-                            passed = Some(owned);
+                        if passed.n < MAX_PASSED {
+                            passed.fds[passed.n] = f;
+                            passed.n += 1;
+                        } else {
+                            drop(OwnedFd::from_raw_fd(f));
                         }
-                        // Any further descriptor is dropped (closed) here.
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
@@ -414,7 +531,7 @@ fn exchange(
 
 /// One request/reply with the router. None when the router cannot be asked (then the caller
 /// uses the overlay). The reply is decoded from `buf`.
-pub fn call(req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Option<OwnedFd>)> {
+pub fn call(req: &Request, buf: &mut [u8; MAX_FRAME]) -> Option<(usize, Passed)> {
     call_with_fd(req, None, buf)
 }
 
@@ -423,7 +540,7 @@ pub fn call_with_fd(
     req: &Request,
     attach: Option<i32>,
     buf: &mut [u8; MAX_FRAME],
-) -> Option<(usize, Option<OwnedFd>)> {
+) -> Option<(usize, Passed)> {
     if !available() {
         return None;
     }

@@ -270,7 +270,7 @@ pub fn install(
     );
 }
 
-const ACCEPT_TABLE_TRIES: usize = 20;
+const ACCEPT_TABLE_TRIES: usize = 3;
 
 /// Which overlay connection an accepted host connection stands for: from the router's accept
 /// table if it is there, else asked of the router (which waits for the announcement).
@@ -280,15 +280,11 @@ fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identi
         Some(l) => l,
         None => addr::normalize(addr::local_of(child)?),
     };
-    // The announcement travels router to router while the connection's SYN travels host to
-    // host; it is usually there first, or a few microseconds later: look again a few times,
-    // letting other threads (the router) run in between, before asking the router.
+    // The announcement normally arrives before the connection does (the client announces, then
+    // connects); when it is a little late, give the router a moment before asking it.
     for attempt in 0..ACCEPT_TABLE_TRIES {
         if let Some(e) = link::lookup_accepted(&peer_host, &local_host) {
-            return Some(Identity {
-                local: e.server_overlay,
-                peer: Some(e.client_overlay),
-            });
+            return Some(Identity { local: e.server_overlay, peer: Some(e.client_overlay) });
         }
         if attempt + 1 < ACCEPT_TABLE_TRIES {
             // SAFETY: sched_yield has no preconditions.

@@ -128,18 +128,19 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> nix::Result<Received> {
 async fn send_reply(
     conn: &AsyncFd<OwnedFd>,
     reply: &Reply<'_>,
-    fd: Option<&OwnedFd>,
+    fds: &[OwnedFd],
 ) -> anyhow::Result<()> {
     let mut buf = [0u8; MAX_FRAME];
     let n = reply.encode(&mut buf).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     loop {
         let mut guard = conn.writable().await?;
         let iov = [IoSlice::new(&buf[..n])];
-        let cmsgs: Vec<ControlMessage<'_>> = raw
-            .as_ref()
-            .map(|r| vec![ControlMessage::ScmRights(r)])
-            .unwrap_or_default();
+        let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(&raw)]
+        };
         match sendmsg::<()>(
             conn.get_ref().as_raw_fd(),
             &iov,
@@ -176,7 +177,7 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                         errno: libc::EMSGSIZE,
                         message: "frame too large",
                     };
-                    send_reply(&conn, &r, None).await?;
+                    send_reply(&conn, &r, &[]).await?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -202,7 +203,7 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                         errno: libc::EPROTO,
                         message,
                     },
-                    None,
+                    &[],
                 )
                 .await?;
                 if matches!(e, DecodeError::BadMagic | DecodeError::Version(_)) {
@@ -223,7 +224,7 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                         errno: libc::EPROTO,
                         message: &message,
                     },
-                    None,
+                    &[],
                 )
                 .await?;
                 return Ok(());
@@ -232,25 +233,32 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 Reply::HelloOk {
                     version: PROTO_VERSION,
                 },
-                router
-                    .tables()
-                    .accept_table
-                    .as_ref()
-                    .and_then(|t| t.read_only_fd().try_clone().ok()),
+                router.shared_tables(),
             ),
-            Request::Connect(c) => router.connect(c),
-            Request::Listen(l) => router.listen(l).await,
-            Request::Reattach(l) => (router.reattach(l, passed).await, None),
-            Request::AcceptLookup(a) => (router.accept_lookup(a).await, None),
+            Request::Connect(c) => {
+                let (r, fd) = router.connect(c);
+                (r, fd.into_iter().collect())
+            }
+            Request::Listen(l) => {
+                let (r, fd) = router.listen(l).await;
+                (r, fd.into_iter().collect())
+            }
+            Request::Reattach(l) => (router.reattach(l, passed).await, Vec::new()),
+            Request::AcceptLookup(a) => (router.accept_lookup(a).await, Vec::new()),
             Request::QueryTuple {
                 local_host,
                 peer_host,
-            } => (router.query_tuple(*local_host, *peer_host), None),
+            } => (router.query_tuple(*local_host, *peer_host), Vec::new()),
+            Request::Sockets { family, count } => router.sockets(*family, *count),
+            Request::Announce(a) => {
+                router.client_announce(a);
+                continue;
+            }
             Request::Closed { cookie } => {
                 router.closed(*cookie);
                 continue;
             }
         };
-        send_reply(&conn, &reply, fd.as_ref()).await?;
+        send_reply(&conn, &reply, &fd).await?;
     }
 }

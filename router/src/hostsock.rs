@@ -218,6 +218,49 @@ fn bind_host(fd: RawFd, family: i32, host: IpAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// A host socket bound to `host` and a port of its own, not connected: what a library's socket
+/// pool holds. The port is known before the connect, so the connection can be announced before
+/// its SYN leaves. SO_REUSEADDR lets the port be shared with other connections (to other
+/// destinations) and with TIME_WAIT leftovers, as ports chosen by connect() are; a connect
+/// that would duplicate a live 4-tuple fails with EADDRNOTAVAIL and the library takes another.
+pub fn bound_socket(family: i32, host: IpAddr, ports: (u16, u16), seed: &mut u64) -> io::Result<OwnedFd> {
+    let fd = new_socket(family)?;
+    let raw = fd.as_raw_fd();
+    set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if family == libc::AF_INET6 {
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    let span = (ports.1.saturating_sub(ports.0) as u64).max(1);
+    let mut last = io::Error::from_raw_os_error(libc::EADDRINUSE);
+    for _ in 0..16 {
+        // xorshift: cheap, and good enough to spread ports.
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let port = ports.0 + (*seed % span) as u16;
+        let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
+        // SAFETY: ss holds a valid address of length len.
+        if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
+            return Ok(fd);
+        }
+        last = io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EADDRINUSE) {
+            break;
+        }
+    }
+    Err(last)
+}
+
+/// The ephemeral port range of this network namespace.
+pub fn ephemeral_ports() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) if a < b => (a, b),
+        _ => (32768, 60999),
+    }
+}
+
 /// A host socket whose connect to `dst` has been started (non-blocking), bound to `host`.
 pub struct Started {
     pub fd: OwnedFd,

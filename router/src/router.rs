@@ -17,6 +17,8 @@ use std::time::Duration;
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
 const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
+/// Most pooled sockets handed out in one reply (SCM_RIGHTS carries at most 253).
+const MAX_POOL_BATCH: u8 = 64;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -39,7 +41,7 @@ impl Settings {
     }
 
     /// The address a host listener of an application socket of `family` is bound to.
-    fn listen_host(&self, family: i32) -> Option<IpAddr> {
+    pub fn listen_host(&self, family: i32) -> Option<IpAddr> {
         match (family, self.host_v4, self.host_v6) {
             (_, Some(v4), _) => Some(IpAddr::V4(v4)),
             (libc::AF_INET6, None, Some(v6)) => Some(IpAddr::V6(v6)),
@@ -65,6 +67,8 @@ pub struct Router {
     pub counters: Counters,
     /// A program closed a Slim socket since the last sweep.
     pub sweep_due: std::sync::atomic::AtomicBool,
+    /// Seeds the port choice of pooled sockets.
+    seed: AtomicU64,
 }
 
 impl Router {
@@ -75,6 +79,13 @@ impl Router {
             peers: PeerSet::default(),
             counters: Counters::default(),
             sweep_due: Default::default(),
+            seed: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    ^ std::process::id() as u64,
+            ),
         }
     }
 
@@ -87,6 +98,60 @@ impl Router {
     fn fallback(&self, why: FallbackReason) -> (Reply<'static>, Option<OwnedFd>) {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         (Reply::Fallback(why), None)
+    }
+
+    /// Read-only descriptors of the shared tables, for a library's HelloOk: accept table first,
+    /// then route table.
+    pub fn shared_tables(&self) -> Vec<OwnedFd> {
+        let t = self.tables();
+        [&t.accept_table, &t.route_table]
+            .into_iter()
+            .filter_map(|x| x.as_ref().and_then(|x| x.read_only_fd().try_clone().ok()))
+            .collect()
+    }
+
+    /// Ready host sockets for a library's pool (see `Request::Sockets`).
+    pub fn sockets(&self, family: i32, count: u8) -> (Reply<'static>, Vec<OwnedFd>) {
+        let Some(host) = self.settings.listen_host(family) else {
+            return (Reply::Fallback(FallbackReason::FamilyUnsupported), Vec::new());
+        };
+        let mut out = Vec::new();
+        let ports = hostsock::ephemeral_ports();
+        let mut seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) | 1;
+        for _ in 0..count.min(MAX_POOL_BATCH) {
+            match hostsock::bound_socket(family, host, ports, &mut seed) {
+                Ok(fd) => out.push(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create pooled host sockets");
+                    break;
+                }
+            }
+        }
+        (Reply::SocketsOk { count: out.len() as u8 }, out)
+    }
+
+    /// A library connected a pooled socket: record it and tell the listener's router.
+    pub fn client_announce(&self, a: &Announce) {
+        let a = Announce {
+            client_host: normalize(a.client_host),
+            server_host: normalize(a.server_host),
+            client_overlay: normalize(a.client_overlay),
+            server_overlay: normalize(a.server_overlay),
+        };
+        if !self.settings.in_overlay(a.server_overlay.ip()) {
+            return;
+        }
+        let owner = self.tables().owner_of(&a.server_overlay, &a.server_host);
+        self.tables().set_identity(
+            (a.client_host, a.server_host),
+            Identity { local: a.client_overlay, peer: Some(a.server_overlay) },
+        );
+        match owner {
+            Some(Owner::Local) => self.tables().announce(a),
+            Some(Owner::Peer(conn)) => self.peers.send(conn, PeerMsg::Announce(a)),
+            None => tracing::debug!(server = %a.server_overlay, "announce for a listener no longer known"),
+        }
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connect(&self, req: &ConnectReq) -> (Reply<'static>, Option<OwnedFd>) {

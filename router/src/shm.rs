@@ -1,13 +1,14 @@
-//! The accept table in shared memory (see `slim_uapi::accept_table`): a sealed memfd the router
-//! maps read-write and hands to the preload libraries read-only.
+//! Tables in shared memory (`slim_uapi::accept_table`, `slim_uapi::route_table`): sealed memfds
+//! the router maps read-write and hands to the preload libraries read-only.
 
-use slim_uapi::accept_table::{AcceptTable, Entry, TABLE_BYTES, TABLE_WORDS};
+use slim_uapi::accept_table::{AcceptTable, Entry};
+use slim_uapi::route_table::RouteTable;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
 
-pub struct SharedAcceptTable {
+pub struct SharedTable {
     words: &'static [AtomicU64],
     read_only: OwnedFd,
 }
@@ -20,19 +21,18 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-impl SharedAcceptTable {
-    pub fn create() -> io::Result<Self> {
+impl SharedTable {
+    /// A zeroed table of `words` 64-bit words, named `name` in /proc/PID/maps.
+    pub fn create(name: &std::ffi::CStr, words: usize) -> io::Result<Self> {
+        let bytes = words * 8;
         // SAFETY: memfd_create with a NUL-terminated name; checked below.
         let fd = cvt(unsafe {
-            libc::memfd_create(
-                c"slim-accept-table".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
         })?;
         // SAFETY: fd was just created and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: plain calls on our own descriptor.
-        cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), TABLE_BYTES as libc::off_t) })?;
+        cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as libc::off_t) })?;
         // Readers may rely on the size never changing under their mapping.
         // SAFETY: as above.
         cvt(unsafe {
@@ -46,7 +46,7 @@ impl SharedAcceptTable {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                TABLE_BYTES,
+                bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -56,22 +56,31 @@ impl SharedAcceptTable {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: the mapping is TABLE_BYTES long, page-aligned (so aligned for u64), lives for
-        // the rest of the process (never unmapped), and is only accessed through atomics.
-        let words = unsafe { std::slice::from_raw_parts(p as *const AtomicU64, TABLE_WORDS) };
+        // SAFETY: the mapping is `bytes` long, page-aligned (so aligned for u64), lives for the
+        // rest of the process (never unmapped), and is only accessed through atomics.
+        let words = unsafe { std::slice::from_raw_parts(p as *const AtomicU64, words) };
         // Containers get a read-only descriptor: they can map the table but not write to it.
         let path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
         // SAFETY: path is NUL-terminated.
-        let ro =
-            cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+        let ro = cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
         // SAFETY: ro was just opened and is owned by nobody else.
         let read_only = unsafe { OwnedFd::from_raw_fd(ro) };
-        Ok(SharedAcceptTable { words, read_only })
+        Ok(SharedTable { words, read_only })
     }
 
+    /// As an accept table: publishes an announced connection.
     pub fn insert(&self, client_host: &SocketAddr, server_host: &SocketAddr, e: &Entry) {
         if let Some(t) = AcceptTable::new(self.words) {
             t.insert(client_host, server_host, e);
+        }
+    }
+
+    /// As a route table: sets the host listeners of an overlay endpoint.
+    pub fn set_routes(&self, overlay: &SocketAddr, hosts: &[SocketAddr]) {
+        if let Some(t) = RouteTable::new(self.words) {
+            if !t.set(overlay, hosts) {
+                tracing::warn!(%overlay, "route table full; this endpoint is reached over the overlay");
+            }
         }
     }
 

@@ -56,7 +56,9 @@ pub struct Tables {
     waiters: HashMap<ConnKey, Vec<oneshot::Sender<Announce>>>,
     identities: HashMap<Tuple, (Identity, Instant)>,
     /// Where announcements are published for the preload libraries (None if unavailable).
-    pub accept_table: Option<crate::shm::SharedAcceptTable>,
+    pub accept_table: Option<crate::shm::SharedTable>,
+    /// Where the routes are published for the preload libraries (None if unavailable).
+    pub route_table: Option<crate::shm::SharedTable>,
 }
 
 impl Tables {
@@ -64,6 +66,7 @@ impl Tables {
         let v = self.routes.entry(overlay).or_default();
         v.retain(|r| !(r.cookie == route.cookie && r.owner == route.owner));
         v.push(route);
+        self.publish(&overlay);
     }
 
     pub fn del_route(&mut self, overlay: &SocketAddr, cookie: u64, owner: Owner) {
@@ -73,14 +76,42 @@ impl Tables {
                 self.routes.remove(overlay);
             }
         }
+        self.publish(overlay);
     }
 
     /// Forgets every route learned over one peer connection (it went away).
     pub fn drop_owner(&mut self, owner: Owner) {
-        self.routes.retain(|_, v| {
+        let mut touched = Vec::new();
+        self.routes.retain(|k, v| {
+            let before = v.len();
             v.retain(|r| r.owner != owner);
+            if v.len() != before {
+                touched.push(*k);
+            }
             !v.is_empty()
         });
+        for k in touched {
+            self.publish(&k);
+        }
+    }
+
+    /// Copies the routes of one overlay endpoint to the shared route table (distinct host
+    /// listeners: two peer connections to the same router report the same listener).
+    fn publish(&self, overlay: &SocketAddr) {
+        let Some(t) = &self.route_table else { return };
+        let mut hosts: Vec<SocketAddr> = Vec::new();
+        for r in self.routes.get(overlay).into_iter().flatten() {
+            if !hosts.contains(&r.host) {
+                hosts.push(r.host);
+            }
+        }
+        hosts.truncate(slim_uapi::route_table::MAX_ROUTES);
+        t.set_routes(overlay, &hosts);
+    }
+
+    /// Who told us about the listener `host` serving `overlay`.
+    pub fn owner_of(&self, overlay: &SocketAddr, host: &SocketAddr) -> Option<Owner> {
+        self.routes.get(overlay)?.iter().find(|r| r.host == *host).map(|r| r.owner)
     }
 
     /// Picks a listener for an overlay destination; several listeners on one endpoint

@@ -30,6 +30,8 @@ mod kind {
     pub const QUERY_TUPLE: u16 = 5;
     pub const CLOSED: u16 = 6;
     pub const REATTACH: u16 = 7;
+    pub const ANNOUNCE: u16 = 8;
+    pub const SOCKETS: u16 = 9;
 
     pub const HELLO_OK: u16 = 101;
     pub const CONNECT_OK: u16 = 102;
@@ -38,6 +40,7 @@ mod kind {
     pub const UNKNOWN: u16 = 105;
     pub const FALLBACK: u16 = 106;
     pub const ERROR: u16 = 107;
+    pub const SOCKETS_OK: u16 = 108;
 }
 
 /// A socket option the application set before Slim took the socket over; the router sets it again
@@ -174,6 +177,12 @@ pub enum Request {
     /// because the router restarted and lost its tables. Answered like `Listen`, without a
     /// descriptor.
     Reattach(ListenReq),
+    /// Notification, no reply: the library connected one of its pooled host sockets (see
+    /// `Sockets`) towards a Slim listener; the router records it and tells the listener's router.
+    Announce(crate::peer::Announce),
+    /// Ready host sockets (bound to the host address, not connected) for the library's pool, so
+    /// that a connect needs no round trip: up to `count`, of `family`.
+    Sockets { family: i32, count: u8 },
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -227,6 +236,8 @@ pub enum Reply<'a> {
     Identity(Identity),
     Unknown,
     Fallback(FallbackReason),
+    /// `count` host sockets are attached (`SCM_RIGHTS`), bound, non-blocking, not connected.
+    SocketsOk { count: u8 },
     /// The request was refused; `errno` is what the application's call should fail with.
     Error {
         errno: i32,
@@ -359,6 +370,18 @@ impl Request {
                 header(&mut w, kind::CLOSED)?;
                 w.u64(*cookie)?;
             }
+            Request::Announce(a) => {
+                header(&mut w, kind::ANNOUNCE)?;
+                w.sockaddr(&a.client_host)?;
+                w.sockaddr(&a.server_host)?;
+                w.sockaddr(&a.client_overlay)?;
+                w.sockaddr(&a.server_overlay)?;
+            }
+            Request::Sockets { family, count } => {
+                header(&mut w, kind::SOCKETS)?;
+                w.i32(*family)?;
+                w.u8(*count)?;
+            }
         }
         Ok(w.position())
     }
@@ -433,6 +456,13 @@ impl Request {
                 peer_host: r.sockaddr()?,
             },
             kind::CLOSED => Request::Closed { cookie: r.u64()? },
+            kind::ANNOUNCE => Request::Announce(crate::peer::Announce {
+                client_host: r.sockaddr()?,
+                server_host: r.sockaddr()?,
+                client_overlay: r.sockaddr()?,
+                server_overlay: r.sockaddr()?,
+            }),
+            kind::SOCKETS => Request::Sockets { family: family_ok(r.i32()?)?, count: r.u8()? },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -441,7 +471,7 @@ impl Request {
 
     /// Whether the router answers this message.
     pub fn expects_reply(&self) -> bool {
-        !matches!(self, Request::Closed { .. })
+        !matches!(self, Request::Closed { .. } | Request::Announce(_))
     }
 }
 
@@ -467,6 +497,10 @@ impl<'a> Reply<'a> {
                 write_identity(&mut w, id)?;
             }
             Reply::Unknown => header(&mut w, kind::UNKNOWN)?,
+            Reply::SocketsOk { count } => {
+                header(&mut w, kind::SOCKETS_OK)?;
+                w.u8(*count)?;
+            }
             Reply::Fallback(reason) => {
                 header(&mut w, kind::FALLBACK)?;
                 w.u8(*reason as u8)?;
@@ -504,6 +538,7 @@ impl<'a> Reply<'a> {
             kind::LISTEN_OK => Reply::ListenOk { cookie: r.u64()? },
             kind::IDENTITY => Reply::Identity(read_identity(&mut r)?),
             kind::UNKNOWN => Reply::Unknown,
+            kind::SOCKETS_OK => Reply::SocketsOk { count: r.u8()? },
             kind::FALLBACK => Reply::Fallback(FallbackReason::from_u8(r.u8()?)?),
             kind::ERROR => {
                 let errno = r.i32()?;
@@ -573,6 +608,13 @@ mod tests {
             peer_host: "[::ffff:192.168.77.2]:6000".parse().unwrap(),
         });
         rt(Request::Closed { cookie: 9 });
+        rt(Request::Announce(crate::peer::Announce {
+            client_host: "192.168.77.1:50000".parse().unwrap(),
+            server_host: "192.168.77.2:41000".parse().unwrap(),
+            client_overlay: "10.32.0.1:50000".parse().unwrap(),
+            server_overlay: "10.32.0.2:80".parse().unwrap(),
+        }));
+        rt(Request::Sockets { family: 10, count: 32 });
     }
 
     #[test]
@@ -590,6 +632,7 @@ mod tests {
                 peer: None,
             }),
             Reply::Unknown,
+            Reply::SocketsOk { count: 32 },
             Reply::Fallback(FallbackReason::NoListener),
             Reply::Error {
                 errno: 13,
