@@ -2,14 +2,15 @@
 
 //! `slim_kern`: Slim's secure-mode kernel module, driven by `slim-router --secure` through `/dev/slim`.
 //!
+//! Milestone 2 (`sockops.rs`): `RESTRICT` and the restricted TCP `proto_ops`; see README.md.
+//!
 //! Milestone 1 (this file): the misc device `/dev/slim`, usable only with `CAP_NET_ADMIN` in the
 //! initial user namespace (checked on open AND on every ioctl, so an fd leaked into a container is
 //! useless there), and the `VERSION` and `STATS` ioctls of the shared ABI in `uapi/src/kabi.rs`. The
-//! socket ioctls (`RESTRICT`, `AUTHORIZE_CONNECT`, `SET_CHILD_ADDRS`, `REVOKE`) are recognised and
-//! answered with `EOPNOTSUPP` until the restricted `proto_ops` land; `VERSION` reports which features
-//! exist. Unknown ioctls get `ENOTTY`.
+//! other socket ioctls (`AUTHORIZE_CONNECT`, `SET_CHILD_ADDRS`, `REVOKE`) are recognised and
+//! answered with `EOPNOTSUPP`; `VERSION` reports which features exist. Unknown ioctls get `ENOTTY`.
 //!
-//! Everything here is safe Rust over the kernel crate's abstractions, except the capability check:
+//! Everything in this file is safe Rust over the kernel crate's abstractions, except the capability check:
 //! 7.3's kernel crate has no wrapper for `capable()`, so it is called through `kernel::bindings`.
 
 use kernel::{
@@ -27,6 +28,8 @@ use kernel::{
 mod kabi;
 
 use kabi::{SlimStats, SlimVersion};
+
+mod sockops;
 
 module! {
     type: SlimKern,
@@ -66,18 +69,18 @@ unsafe impl kernel::transmute::FromBytes for kabi::SlimRevoke {}
 unsafe impl kernel::transmute::AsBytes for kabi::SlimRevoke {}
 
 /// Features implemented so far (reported by `VERSION`).
-const FEATURES: u32 = kabi::SLIM_FEAT_STATS;
+const FEATURES: u32 = kabi::SLIM_FEAT_STATS | kabi::SLIM_FEAT_RESTRICT;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
-struct Counters {
-    restricted_live: Atomic<u64>,
-    restricted_total: Atomic<u64>,
-    children_total: Atomic<u64>,
-    revoked_total: Atomic<u64>,
-    refusals: [Atomic<u64>; kabi::SLIM_REFUSAL_SLOTS],
+pub(crate) struct Counters {
+    pub(crate) restricted_live: Atomic<u64>,
+    pub(crate) restricted_total: Atomic<u64>,
+    pub(crate) children_total: Atomic<u64>,
+    pub(crate) revoked_total: Atomic<u64>,
+    pub(crate) refusals: [Atomic<u64>; kabi::SLIM_REFUSAL_SLOTS],
 }
 
-static COUNTERS: Counters = Counters {
+pub(crate) static COUNTERS: Counters = Counters {
     restricted_live: Atomic::new(0),
     restricted_total: Atomic::new(0),
     children_total: Atomic::new(0),
@@ -114,7 +117,9 @@ struct SlimKern {
 }
 
 impl kernel::InPlaceModule for SlimKern {
-    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        // Before the device exists: the restricted tables are only reachable through it.
+        sockops::init(module);
         pr_info!("loading: /dev/{}, kabi version {}\n", kabi::SLIM_DEVICE_NAME, kabi::KABI_VERSION);
         let options = MiscDeviceOptions { name: c"slim" };
         try_pin_init!(Self {
@@ -159,8 +164,14 @@ impl MiscDevice for SlimDev {
                 UserSlice::new(ptr, core::mem::size_of::<SlimStats>()).writer().write(&s)?;
                 Ok(0)
             }
-            kabi::SLIM_IOC_RESTRICT
-            | kabi::SLIM_IOC_AUTHORIZE_CONNECT
+            kabi::SLIM_IOC_RESTRICT => {
+                let req: kabi::SlimRestrict =
+                    UserSlice::new(ptr, core::mem::size_of::<kabi::SlimRestrict>()).reader().read()?;
+                req.validate().map_err(|_| EINVAL)?;
+                sockops::restrict(&req)?;
+                Ok(0)
+            }
+            kabi::SLIM_IOC_AUTHORIZE_CONNECT
             | kabi::SLIM_IOC_SET_CHILD_ADDRS
             | kabi::SLIM_IOC_REVOKE => Err(EOPNOTSUPP),
             _ => Err(ENOTTY),

@@ -5,7 +5,7 @@
 #   guest.sh KO OUT
 #
 # Loads the module KO, checks /dev/slim and its ioctls (VERSION, STATS, unknown -> ENOTTY, bad
-# pointer -> EFAULT), checks that callers without CAP_NET_ADMIN in the initial user namespace are
+# pointer -> EFAULT), runs restrict_test.py (RESTRICT on loopback TCP sockets), checks that callers without CAP_NET_ADMIN in the initial user namespace are
 # refused (unprivileged user, root without the capability, root of a user namespace), unloads the
 # module, then fails on any KASAN / lockdep / BUG / WARNING / oops report in the kernel log. Prints
 # "N passed, M failed"; exits non-zero on any failure.
@@ -48,8 +48,19 @@ expect "STATS: all zero on a fresh module" '^ok live=0 restricted=0 children=0 r
 expect "unknown ioctl -> ENOTTY" '^errno=ENOTTY$' $PROBE unknown
 expect "VERSION number with a wrong size -> ENOTTY" '^errno=ENOTTY$' $PROBE badsize
 expect "VERSION to a NULL pointer -> EFAULT" '^errno=EFAULT$' $PROBE nullptr
-# (Python names errno 95 ENOTSUP; EOPNOTSUPP is the same number on Linux.)
-expect "RESTRICT not implemented yet -> EOPNOTSUPP" '^errno=(EOPNOTSUPP|ENOTSUP)$' $PROBE restrict-stub
+expect "RESTRICT with an all-zero request (no local address) -> EINVAL" '^errno=EINVAL$' $PROBE restrict-stub
+
+# --- RESTRICT on real sockets (vm-tests/restrict_test.py: one "ok"/"FAIL" line per check)
+ip link set lo up 2>/dev/null || true
+while IFS= read -r line; do
+    case $line in
+        "ok   - "*) ok "${line#ok   - }" ;;
+        "FAIL - "*) nok "${line#FAIL - }" ;;
+        "exit status 0") ;;
+        "exit status "*) nok "restrict_test.py ended with $line" ;;
+        *) echo "  restrict_test: $line" ;;
+    esac
+done < <($PY "$HERE/restrict_test.py" 2>&1; echo "exit status $?")
 
 # --- callers without CAP_NET_ADMIN in the initial user namespace
 expect "root without CAP_NET_ADMIN: open refused" '^errno=EPERM$' \
