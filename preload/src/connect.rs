@@ -11,7 +11,9 @@ use crate::real;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use slim_uapi::peer::Announce;
-use slim_uapi::proto::{ConnectReq, Identity, IpList, ListenReq, Reply, Request, SockOpts, MAX_FRAME};
+use slim_uapi::proto::{
+    ConnectReq, Identity, IpList, ListenReq, Reply, Request, SockOpts, MAX_FRAME,
+};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Whether `fd` is a TCP socket (asked of the kernel when socket() was not seen, e.g. after exec).
@@ -99,7 +101,9 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
         Ok(Some(r)) => r,
     };
     let pick = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed) as usize % routes.count;
-    let Some(host_dst) = routes.hosts[pick] else { return Fast::AskRouter };
+    let Some(host_dst) = routes.hosts[pick] else {
+        return Fast::AskRouter;
+    };
     // Pooled sockets are bound to the host's IPv4 address (IPv4-mapped for IPv6 sockets).
     if !host_dst.is_ipv4() {
         return Fast::AskRouter;
@@ -107,18 +111,35 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
     // A pooled socket's 4-tuple may already be in use (its port is shared with connections to
     // other destinations): the connect says so at once, and another socket is tried.
     for _ in 0..3 {
-        let Some(sock) = link::pooled_socket(family) else { return Fast::AskRouter };
+        let Some(sock) = link::pooled_socket(family) else {
+            return Fast::AskRouter;
+        };
         let raw = sock.as_raw_fd();
         for o in opts.iter() {
-            if o.level == libc::IPPROTO_IPV6 && (o.name == libc::IPV6_V6ONLY || o.name == libc::IPV6_ADDRFORM) {
+            if o.level == libc::IPPROTO_IPV6
+                && (o.name == libc::IPV6_V6ONLY || o.name == libc::IPV6_ADDRFORM)
+            {
                 continue;
             }
             let v = o.value();
             // SAFETY: v is a valid buffer of v.len() bytes.
-            unsafe { real::setsockopt(raw, o.level, o.name, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+            unsafe {
+                real::setsockopt(
+                    raw,
+                    o.level,
+                    o.name,
+                    v.as_ptr().cast(),
+                    v.len() as libc::socklen_t,
+                )
+            };
         }
-        let Some(client_host) = addr::local_of(raw).map(normalize) else { return Fast::AskRouter };
-        let id = Identity { local: SocketAddr::new(normalize_ip(src_ip), client_host.port()), peer: Some(dst) };
+        let Some(client_host) = addr::local_of(raw).map(normalize) else {
+            return Fast::AskRouter;
+        };
+        let id = Identity {
+            local: SocketAddr::new(normalize_ip(src_ip), client_host.port()),
+            peer: Some(dst),
+        };
         // Announce first, so the announcement is on its way before the SYN.
         link::send_oneway(&Request::Announce(Announce {
             client_host,
@@ -133,7 +154,11 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
             return Fast::Done(sock, id);
         }
         if errno() != libc::EADDRNOTAVAIL {
-            slog!(DEBUG, "pooled connect to {host_dst} failed (errno {}); asking the router", errno());
+            slog!(
+                DEBUG,
+                "pooled connect to {host_dst} failed (errno {}); asking the router",
+                errno()
+            );
             return Fast::AskRouter;
         }
     }
@@ -190,7 +215,12 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
         Fast::Done(host, id) => (host, id, 0),
         Fast::NoListener => return None,
         Fast::AskRouter => {
-            let req = Request::Connect(ConnectReq { family, src_ip, dst: ndst, opts });
+            let req = Request::Connect(ConnectReq {
+                family,
+                src_ip,
+                dst: ndst,
+                opts,
+            });
             let mut buf = [0u8; MAX_FRAME];
             let (n, mut passed) = link::call(&req, &mut buf)?;
             let (id, cookie) = match Reply::decode(&buf[..n]) {

@@ -56,7 +56,11 @@ pub fn available() -> bool {
 /// conversation), and when the router was replaced (they lead nowhere).
 pub fn forget_pool() {
     // Pooled host sockets too: after fork both processes would connect the same socket.
-    for s in POOL_FDS.iter().chain(SOCKETS_V4.iter()).chain(SOCKETS_V6.iter()) {
+    for s in POOL_FDS
+        .iter()
+        .chain(SOCKETS_V4.iter())
+        .chain(SOCKETS_V6.iter())
+    {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
             discard(fd);
@@ -256,14 +260,18 @@ fn map_table(fd: &OwnedFd, bytes: usize, into: &AtomicPtr<AtomicU64>) {
 /// The host listeners of an overlay endpoint, from the router's route table. `Err(())` when
 /// there is no table (ask the router instead); `Ok(None)` when no Slim listener is known there.
 #[allow(clippy::result_unit_err)]
-pub fn lookup_route(overlay: &core::net::SocketAddr) -> Result<Option<slim_uapi::route_table::Routes>, ()> {
+pub fn lookup_route(
+    overlay: &core::net::SocketAddr,
+) -> Result<Option<slim_uapi::route_table::Routes>, ()> {
     let p = ROUTE_TABLE.load(Ordering::Acquire);
     if p.is_null() || !available() {
         return Err(());
     }
     // SAFETY: p is a live read-only mapping of exactly TABLE_WORDS u64 words (page-aligned),
     // never unmapped; the router writes it only through atomics.
-    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::route_table::TABLE_WORDS) };
+    let words = unsafe {
+        core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::route_table::TABLE_WORDS)
+    };
     let t = slim_uapi::route_table::RouteTable::new(words).ok_or(())?;
     Ok(t.lookup(overlay))
 }
@@ -304,7 +312,13 @@ pub fn pooled_socket(family: i32) -> Option<OwnedFd> {
 
 fn refill(family: i32) -> bool {
     let mut buf = [0u8; MAX_FRAME];
-    let Some((n, mut fds)) = call(&Request::Sockets { family, count: REFILL }, &mut buf) else {
+    let Some((n, mut fds)) = call(
+        &Request::Sockets {
+            family,
+            count: REFILL,
+        },
+        &mut buf,
+    ) else {
         return false;
     };
     if !matches!(Reply::decode(&buf[..n]), Ok(Reply::SocketsOk { count }) if count > 0) {
@@ -314,7 +328,10 @@ fn refill(family: i32) -> bool {
     while let Some(fd) = fds.take() {
         use std::os::fd::IntoRawFd;
         let raw = adopt(fd.into_raw_fd());
-        if !pool.iter().any(|s| s.compare_exchange(-1, raw, Ordering::Release, Ordering::Relaxed).is_ok()) {
+        if !pool.iter().any(|s| {
+            s.compare_exchange(-1, raw, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+        }) {
             discard(raw);
         }
     }
@@ -414,7 +431,11 @@ const MAX_PASSED: usize = 64;
 
 impl Passed {
     fn new() -> Passed {
-        Passed { fds: [-1; MAX_PASSED], n: 0, next: 0 }
+        Passed {
+            fds: [-1; MAX_PASSED],
+            n: 0,
+            next: 0,
+        }
     }
 
     /// The next descriptor, owned by the caller.

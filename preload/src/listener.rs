@@ -284,7 +284,10 @@ fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identi
     // connects); when it is a little late, give the router a moment before asking it.
     for attempt in 0..ACCEPT_TABLE_TRIES {
         if let Some(e) = link::lookup_accepted(&peer_host, &local_host) {
-            return Some(Identity { local: e.server_overlay, peer: Some(e.client_overlay) });
+            return Some(Identity {
+                local: e.server_overlay,
+                peer: Some(e.client_overlay),
+            });
         }
         if attempt + 1 < ACCEPT_TABLE_TRIES {
             // SAFETY: sched_yield has no preconditions.

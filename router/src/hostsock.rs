@@ -223,7 +223,12 @@ fn bind_host(fd: RawFd, family: i32, host: IpAddr) -> io::Result<()> {
 /// its SYN leaves. SO_REUSEADDR lets the port be shared with other connections (to other
 /// destinations) and with TIME_WAIT leftovers, as ports chosen by connect() are; a connect
 /// that would duplicate a live 4-tuple fails with EADDRNOTAVAIL and the library takes another.
-pub fn bound_socket(family: i32, host: IpAddr, ports: (u16, u16), seed: &mut u64) -> io::Result<OwnedFd> {
+pub fn bound_socket(
+    family: i32,
+    host: IpAddr,
+    ports: (u16, u16),
+    seed: &mut u64,
+) -> io::Result<OwnedFd> {
     let fd = new_socket(family)?;
     let raw = fd.as_raw_fd();
     set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -253,8 +258,11 @@ pub fn bound_socket(family: i32, host: IpAddr, ports: (u16, u16), seed: &mut u64
 
 /// The ephemeral port range of this network namespace.
 pub fn ephemeral_ports() -> (u16, u16) {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|x| x.parse::<u16>().ok());
     match (it.next(), it.next()) {
         (Some(a), Some(b)) if a < b => (a, b),
         _ => (32768, 60999),

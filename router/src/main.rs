@@ -138,11 +138,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let router = Arc::new(router::Router::new(settings));
     match shm::SharedTable::create(c"slim-accept-table", slim_uapi::accept_table::TABLE_WORDS) {
         Ok(t) => router.tables().accept_table = Some(t),
-        Err(e) => tracing::warn!(error = %e, "no shared accept table; every accept asks the router"),
+        Err(e) => {
+            tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
+        }
     }
     match shm::SharedTable::create(c"slim-route-table", slim_uapi::route_table::TABLE_WORDS) {
         Ok(t) => router.tables().route_table = Some(t),
-        Err(e) => tracing::warn!(error = %e, "no shared route table; every connect asks the router"),
+        Err(e) => {
+            tracing::warn!(error = %e, "no shared route table; every connect asks the router")
+        }
     }
     let listener = clients::bind_socket(&args.socket, args.socket_mode)?;
     peers::listen(router.clone(), peer_listen).await?;

@@ -113,11 +113,17 @@ impl Router {
     /// Ready host sockets for a library's pool (see `Request::Sockets`).
     pub fn sockets(&self, family: i32, count: u8) -> (Reply<'static>, Vec<OwnedFd>) {
         let Some(host) = self.settings.listen_host(family) else {
-            return (Reply::Fallback(FallbackReason::FamilyUnsupported), Vec::new());
+            return (
+                Reply::Fallback(FallbackReason::FamilyUnsupported),
+                Vec::new(),
+            );
         };
         let mut out = Vec::new();
         let ports = hostsock::ephemeral_ports();
-        let mut seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) | 1;
+        let mut seed = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            | 1;
         for _ in 0..count.min(MAX_POOL_BATCH) {
             match hostsock::bound_socket(family, host, ports, &mut seed) {
                 Ok(fd) => out.push(fd),
@@ -127,7 +133,12 @@ impl Router {
                 }
             }
         }
-        (Reply::SocketsOk { count: out.len() as u8 }, out)
+        (
+            Reply::SocketsOk {
+                count: out.len() as u8,
+            },
+            out,
+        )
     }
 
     /// A library connected a pooled socket: record it and tell the listener's router.
@@ -144,12 +155,17 @@ impl Router {
         let owner = self.tables().owner_of(&a.server_overlay, &a.server_host);
         self.tables().set_identity(
             (a.client_host, a.server_host),
-            Identity { local: a.client_overlay, peer: Some(a.server_overlay) },
+            Identity {
+                local: a.client_overlay,
+                peer: Some(a.server_overlay),
+            },
         );
         match owner {
             Some(Owner::Local) => self.tables().announce(a),
             Some(Owner::Peer(conn)) => self.peers.send(conn, PeerMsg::Announce(a)),
-            None => tracing::debug!(server = %a.server_overlay, "announce for a listener no longer known"),
+            None => {
+                tracing::debug!(server = %a.server_overlay, "announce for a listener no longer known")
+            }
         }
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
     }

@@ -62,7 +62,8 @@ impl SharedTable {
         // Containers get a read-only descriptor: they can map the table but not write to it.
         let path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
         // SAFETY: path is NUL-terminated.
-        let ro = cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+        let ro =
+            cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
         // SAFETY: ro was just opened and is owned by nobody else.
         let read_only = unsafe { OwnedFd::from_raw_fd(ro) };
         Ok(SharedTable { words, read_only })

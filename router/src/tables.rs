@@ -111,7 +111,11 @@ impl Tables {
 
     /// Who told us about the listener `host` serving `overlay`.
     pub fn owner_of(&self, overlay: &SocketAddr, host: &SocketAddr) -> Option<Owner> {
-        self.routes.get(overlay)?.iter().find(|r| r.host == *host).map(|r| r.owner)
+        self.routes
+            .get(overlay)?
+            .iter()
+            .find(|r| r.host == *host)
+            .map(|r| r.owner)
     }
 
     /// Picks a listener for an overlay destination; several listeners on one endpoint

@@ -182,7 +182,10 @@ pub enum Request {
     Announce(crate::peer::Announce),
     /// Ready host sockets (bound to the host address, not connected) for the library's pool, so
     /// that a connect needs no round trip: up to `count`, of `family`.
-    Sockets { family: i32, count: u8 },
+    Sockets {
+        family: i32,
+        count: u8,
+    },
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -237,7 +240,9 @@ pub enum Reply<'a> {
     Unknown,
     Fallback(FallbackReason),
     /// `count` host sockets are attached (`SCM_RIGHTS`), bound, non-blocking, not connected.
-    SocketsOk { count: u8 },
+    SocketsOk {
+        count: u8,
+    },
     /// The request was refused; `errno` is what the application's call should fail with.
     Error {
         errno: i32,
@@ -462,7 +467,10 @@ impl Request {
                 client_overlay: r.sockaddr()?,
                 server_overlay: r.sockaddr()?,
             }),
-            kind::SOCKETS => Request::Sockets { family: family_ok(r.i32()?)?, count: r.u8()? },
+            kind::SOCKETS => Request::Sockets {
+                family: family_ok(r.i32()?)?,
+                count: r.u8()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -614,7 +622,10 @@ mod tests {
             client_overlay: "10.32.0.1:50000".parse().unwrap(),
             server_overlay: "10.32.0.2:80".parse().unwrap(),
         }));
-        rt(Request::Sockets { family: 10, count: 32 });
+        rt(Request::Sockets {
+            family: 10,
+            count: 32,
+        });
     }
 
     #[test]

@@ -27,7 +27,11 @@ fn pack(a: &SocketAddr) -> [u64; 3] {
     let mut lo = [0u8; 8];
     hi.copy_from_slice(&o[..8]);
     lo.copy_from_slice(&o[8..]);
-    [u64::from_le_bytes(hi), u64::from_le_bytes(lo), a.port() as u64 | fam << 16]
+    [
+        u64::from_le_bytes(hi),
+        u64::from_le_bytes(lo),
+        a.port() as u64 | fam << 16,
+    ]
 }
 
 fn unpack(w: &[u64; 3]) -> Option<SocketAddr> {
@@ -37,7 +41,10 @@ fn unpack(w: &[u64; 3]) -> Option<SocketAddr> {
     let ip = Ipv6Addr::from(o);
     let port = w[2] as u16;
     match (w[2] >> 16) & 0xff {
-        4 => Some(SocketAddr::V4(SocketAddrV4::new(ip.to_ipv4_mapped()?, port))),
+        4 => Some(SocketAddr::V4(SocketAddrV4::new(
+            ip.to_ipv4_mapped()?,
+            port,
+        ))),
         6 => Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))),
         _ => None,
     }
@@ -74,7 +81,11 @@ impl<'a> RouteTable<'a> {
     }
 
     fn key_of(s: &[AtomicU64]) -> [u64; 3] {
-        [s[1].load(Ordering::Relaxed), s[2].load(Ordering::Relaxed), s[3].load(Ordering::Relaxed)]
+        [
+            s[1].load(Ordering::Relaxed),
+            s[2].load(Ordering::Relaxed),
+            s[3].load(Ordering::Relaxed),
+        ]
     }
 
     /// Sets the routes of `overlay` (an empty list removes them). One writer at a time. Returns
@@ -191,8 +202,14 @@ mod tests {
         let k6 = sa("[fd00:32::2]:80");
         assert!(t.set(&k6, &[sa("192.168.77.2:41002")]));
         assert!(t.set(&k, &[sa("192.168.77.2:41003")]));
-        assert_eq!(t.lookup(&k6).unwrap().hosts[0], Some(sa("192.168.77.2:41002")));
-        assert_eq!(t.lookup(&k).unwrap().hosts[0], Some(sa("192.168.77.2:41003")));
+        assert_eq!(
+            t.lookup(&k6).unwrap().hosts[0],
+            Some(sa("192.168.77.2:41002"))
+        );
+        assert_eq!(
+            t.lookup(&k).unwrap().hosts[0],
+            Some(sa("192.168.77.2:41003"))
+        );
         for p in 1..3000u16 {
             let key = SocketAddr::new("10.32.0.9".parse().unwrap(), p);
             assert!(t.set(&key, &[SocketAddr::new("192.168.77.2".parse().unwrap(), p)]));
