@@ -271,6 +271,7 @@ pub fn install(
 }
 
 const ACCEPT_TABLE_TRIES: usize = 3;
+const OVERLAY_FIRST_EVERY: u32 = 8;
 
 /// Which overlay connection an accepted host connection stands for: from the router's accept
 /// table if it is there, else asked of the router (which waits for the announcement).
@@ -353,9 +354,8 @@ fn try_host(
                 if let Some(s) = fdtable::get_or_alloc(c) {
                     s.set_conn(
                         family,
-                        crate::hooks::cookie_of(c).unwrap_or(0),
-                        id.local,
-                        id.peer,
+                        // Learned on the first getsockname/getpeername, if there is one.
+                        0, id.local, id.peer,
                     );
                 }
                 if let Some(p) = id.peer {
@@ -453,7 +453,12 @@ pub fn accept(
     let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
     loop {
-        let host_first = r.turn.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+        // Slim connections first, and now and then the overlay first, so that a steady stream of
+        // one kind never starves the other; trying the empty queue costs a system call.
+        let host_first = !r
+            .turn
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(OVERLAY_FIRST_EVERY);
         let got = if host_first {
             try_host(r, family, out, outlen, flags).or_else(|| try_overlay(r, out, outlen, flags))
         } else {
