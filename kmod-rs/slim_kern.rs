@@ -2,7 +2,8 @@
 
 //! `slim_kern`: Slim's secure-mode kernel module, driven by `slim-router --secure` through `/dev/slim`.
 //!
-//! Milestone 2 (`sockops.rs`): `RESTRICT` and the restricted TCP `proto_ops`; see README.md.
+//! Milestone 2 (`sockops.rs`): `RESTRICT` and the restricted TCP `proto_ops` (with the setsockopt and
+//! ioctl filters); see README.md.
 //!
 //! Milestone 1 (this file): the misc device `/dev/slim`, usable only with `CAP_NET_ADMIN` in the
 //! initial user namespace (checked on open AND on every ioctl, so an fd leaked into a container is

@@ -6,9 +6,10 @@
 //! `inet6_stream_ops`) for a restricted copy of that table. There is one copy per original table, a
 //! `static` written once by [`init`] (before `/dev/slim` exists) and read-only afterwards; its
 //! `owner` is this module. The copy refuses `connect`, `bind`, `listen` and `sendmsg(MSG_FASTOPEN)`
-//! with `EPERM`, wraps `release` (forgets the socket) and `accept` (children inherit the copy, as
-//! `net/socket.c: do_accept` copies `sock->ops`, and are recorded), and keeps every other entry of
-//! the original table as it is.
+//! with `EPERM`, filters `setsockopt` (with `SOCK_CUSTOM_SOCKOPT` set on the socket, so SOL_SOCKET
+//! options reach it too) and `ioctl`/`compat_ioctl` (see README.md for the rules), wraps `release`
+//! (forgets the socket) and `accept` (children inherit the copy, as `net/socket.c: do_accept` copies
+//! `sock->ops`, and are recorded), and keeps every other entry of the original table as it is.
 //!
 //! Module reference counting: `__sock_release()` ends with `module_put(sock->ops->owner)` and
 //! `do_accept()` takes `__module_get(ops->owner)` for the child. RESTRICT therefore takes one
@@ -41,6 +42,24 @@ use crate::{kabi, COUNTERS};
 extern "C" {
     static inet_stream_ops: bindings::proto_ops;
     static inet6_stream_ops: bindings::proto_ops;
+}
+
+// `sock_setsockopt()` (`net/core/sock.c`, `EXPORT_SYMBOL`): the generic SOL_SOCKET handler, which
+// `do_sock_setsockopt` calls instead of `ops->setsockopt` when `SOCK_CUSTOM_SOCKOPT` is clear.
+// Declared here because `net/sock.h` is not part of the bindings; the prototype is
+// `int sock_setsockopt(struct socket *sock, int level, int op, sockptr_t optval, unsigned int optlen)`
+// (`sockptr_t` is the bindings' `repr(C)` struct, passed by value as in C). `improper_ctypes`: the
+// same lint noise as above, about opaque structs deep inside `struct socket` (only its address is
+// passed).
+#[allow(improper_ctypes)]
+extern "C" {
+    fn sock_setsockopt(
+        sock: *mut bindings::socket,
+        level: c_int,
+        op: c_int,
+        optval: bindings::sockptr_t,
+        optlen: c_uint,
+    ) -> c_int;
 }
 
 /// A restricted copy of one original table. `ops` is the first field of a `repr(C)` struct, so a
@@ -107,6 +126,11 @@ pub(crate) fn init(module: &'static ThisModule) {
         ops.listen = Some(slim_listen);
         ops.sendmsg = Some(slim_sendmsg);
         ops.getname = Some(slim_getname);
+        ops.setsockopt = Some(slim_setsockopt);
+        ops.ioctl = Some(slim_ioctl);
+        // Called first by `compat_sock_ioctl` (32-bit callers), before its own translation table
+        // (which would reach `dev_ioctl` without `ops->ioctl` for SIOCETHTOOL, SIOCWANDEV, ...).
+        ops.compat_ioctl = Some(slim_compat_ioctl);
         // SAFETY: see `OpsCell`'s `Sync`: nothing else can access the cell yet (no socket points
         // at it and the device does not exist), so this write is exclusive.
         unsafe { (*cell.0.get()).write(RestrictedOps { ops, orig }) };
@@ -176,6 +200,11 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict) -> Result {
     // reference). Other CPUs read `sock->ops` with READ_ONCE; a syscall already running keeps using
     // the original ops, which stay valid (kernel statics).
     unsafe { core::ptr::write_volatile(&raw mut (*sock).ops, new_ops) };
+    // After the swap (still under TABLE): from now on SOL_SOCKET options reach our `setsockopt`.
+    // Before this point a concurrent SOL_SOCKET setsockopt still goes to `sock_setsockopt` directly,
+    // i.e. it is ordered before the restriction (never a spurious error from the original ops).
+    // SAFETY: `sock` is live (see above).
+    unsafe { set_custom_sockopt(sock) };
     drop(table);
     COUNTERS.restricted_live.fetch_add(1, Relaxed);
     COUNTERS.restricted_total.fetch_add(1, Relaxed);
@@ -248,6 +277,10 @@ unsafe extern "C" fn slim_accept(
     arg: *mut bindings::proto_accept_arg,
 ) -> c_int {
     // `do_accept` has already set `newsock->ops` to our table and taken a module reference for it.
+    // It does not copy `sock->flags`: the child needs SOCK_CUSTOM_SOCKOPT too, set before it is
+    // installed in any fd table (as `mptcp_stream_accept` / `unix_accept` do).
+    // SAFETY: `newsock` is the live, not yet published socket `do_accept` allocated.
+    unsafe { set_custom_sockopt(newsock) };
     // Record the child first (allocation may fail: then refuse the accept; the child is released
     // through our `release`, which tolerates a missing entry).
     let mut table = TABLE.lock();
@@ -335,4 +368,170 @@ unsafe extern "C" fn slim_getname(
     // `sockaddr_storage`). `a.raw` is a local array, so the ranges cannot overlap.
     unsafe { core::ptr::copy_nonoverlapping(a.raw.as_ptr(), addr.cast::<u8>(), len) };
     len as c_int
+}
+
+/// Sets `SOCK_CUSTOM_SOCKOPT` in `sock->flags`, so that `do_sock_setsockopt` passes SOL_SOCKET options
+/// to `ops->setsockopt` (ours) instead of calling `sock_setsockopt` itself (`net/socket.c`).
+/// `sock->flags` holds other bits changed concurrently with atomic bitops (`SOCK_NOSPACE`, ...),
+/// so this is the kernel's atomic `set_bit` (through its Rust helper), never a plain read-modify-write.
+///
+/// # Safety
+/// `sock` must be a live socket.
+unsafe fn set_custom_sockopt(sock: *mut bindings::socket) {
+    // SAFETY: `sock` is live, so `&sock->flags` is a valid `unsigned long`; `set_bit` is atomic.
+    unsafe {
+        bindings::set_bit(
+            bindings::socket_flags_SOCK_CUSTOM_SOCKOPT as c_ulong,
+            (&raw mut (*sock).flags).cast::<c_ulong>(),
+        )
+    };
+}
+
+// Option numbers (Linux uapi, the same on every architecture for these; asm-generic/socket.h,
+// linux/in.h, linux/in6.h). Not all of them are in the bindings.
+const SO_PRIORITY: c_int = 12;
+const SO_BINDTODEVICE: c_int = 25;
+const SO_MARK: c_int = 36;
+const SO_BINDTOIFINDEX: c_int = 62;
+const IP_TOS: c_int = 1;
+const IP_FREEBIND: c_int = 15;
+const IP_TRANSPARENT: c_int = 19;
+const IPV6_ADDRFORM: c_int = 1;
+const IPV6_TCLASS: c_int = 67;
+const IPV6_TRANSPARENT: c_int = 75;
+const IPV6_FREEBIND: c_int = 78;
+const _: () = {
+    assert!(SO_MARK as u32 == bindings::SO_MARK);
+    assert!(IP_TRANSPARENT as u32 == bindings::IP_TRANSPARENT);
+    assert!(IPV6_ADDRFORM as u32 == bindings::IPV6_ADDRFORM);
+};
+
+/// The highest `SO_PRIORITY` a restricted socket may set: 0..=6 is what `sk_setsockopt` allows
+/// without CAP_NET_ADMIN/CAP_NET_RAW anyway; anything else (higher or negative) is refused.
+const MAX_PRIORITY: c_int = 6;
+/// IP precedence bits of a TOS / traffic class byte (IPTOS_PREC_MASK). A restricted socket may set
+/// the low bits (ECN, the old low-delay/throughput/reliability bits) but never a precedence/DSCP
+/// class above best effort (CS1..CS7, AF*, EF all have one of these bits set).
+const TOS_PREC_MASK: c_int = 0xE0;
+
+/// Reads an option value the way `ip_setsockopt` does: an `int` if `optlen >= 4`, else one byte
+/// if `optlen >= 1`; `None` when `optlen == 0` (or < 4 with `int_only`): then the original handler
+/// decides (it answers EINVAL or treats it as 0, never a raise).
+fn read_optval(optval: &bindings::sockptr_t, optlen: c_uint, int_only: bool) -> Result<Option<c_int>> {
+    let len = if optlen >= 4 { 4 } else if optlen >= 1 && !int_only { 1 } else { return Ok(None) };
+    let mut buf = [0u8; 4];
+    if optval.is_kernel() {
+        // SAFETY: a kernel sockptr (io_uring, a BPF-rewritten option) points at `optlen` readable
+        // bytes; `len <= optlen`; `buf` is a local array, so the ranges do not overlap.
+        unsafe {
+            let p = optval.__bindgen_anon_1.kernel.cast::<u8>();
+            core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), len);
+        }
+    } else {
+        // SAFETY: reading the union field as the user pointer is what `copy_from_sockptr` does when
+        // `is_kernel` is false; the pointer itself is only used through the checked `UserSlice`.
+        let p = unsafe { optval.__bindgen_anon_1.user } as usize;
+        kernel::uaccess::UserSlice::new(UserPtr::from_addr(p), len)
+            .reader()
+            .read_slice(&mut buf[..len])?;
+    }
+    Ok(Some(if len == 4 { c_int::from_ne_bytes(buf) } else { c_int::from(buf[0]) }))
+}
+
+/// Whether a restricted socket may set this option (`Ok(false)`: refuse with EPERM).
+fn setsockopt_allowed(level: c_int, optname: c_int, optval: &bindings::sockptr_t, optlen: c_uint) -> Result<bool> {
+    const SOL_SOCKET: c_int = bindings::SOL_SOCKET as c_int;
+    const SOL_IP: c_int = bindings::SOL_IP as c_int;
+    const SOL_IPV6: c_int = bindings::SOL_IPV6 as c_int;
+    // By level, whatever the socket's family: an IPv6 socket also accepts SOL_IP options.
+    Ok(match (level, optname) {
+        (SOL_SOCKET, SO_BINDTODEVICE | SO_BINDTOIFINDEX | SO_MARK) => false,
+        (SOL_SOCKET, SO_PRIORITY) => match read_optval(optval, optlen, true)? {
+            Some(v) => (0..=MAX_PRIORITY).contains(&v),
+            None => true,
+        },
+        (SOL_IP, IP_TRANSPARENT | IP_FREEBIND) => false,
+        (SOL_IP, IP_TOS) => match read_optval(optval, optlen, false)? {
+            Some(v) => v & TOS_PREC_MASK == 0 || !(0..=255).contains(&v),
+            None => true,
+        },
+        (SOL_IPV6, IPV6_ADDRFORM | IPV6_TRANSPARENT | IPV6_FREEBIND) => false,
+        // -1 means "the default" (0); values outside -1..=255 get EINVAL from ipv6_setsockopt.
+        (SOL_IPV6, IPV6_TCLASS) => match read_optval(optval, optlen, true)? {
+            Some(v) => v & TOS_PREC_MASK == 0 || !(0..=255).contains(&v),
+            None => true,
+        },
+        _ => true,
+    })
+}
+
+unsafe extern "C" fn slim_setsockopt(
+    sock: *mut bindings::socket,
+    level: c_int,
+    optname: c_int,
+    optval: bindings::sockptr_t,
+    optlen: c_uint,
+) -> c_int {
+    match setsockopt_allowed(level, optname, &optval, optlen) {
+        Ok(true) => {}
+        Ok(false) => return refuse(kabi::SLIM_REFUSED_SETSOCKOPT),
+        Err(e) => return e.to_errno(),
+    }
+    if level == bindings::SOL_SOCKET as c_int {
+        // What `do_sock_setsockopt` would have called without SOCK_CUSTOM_SOCKOPT (the inet
+        // tables' own `sock_common_setsockopt` only handles the protocol levels).
+        // SAFETY: `sock` is live (we are called from its setsockopt); arguments unchanged.
+        return unsafe { sock_setsockopt(sock, level, optname, optval, optlen) };
+    }
+    // SAFETY: wrapper contract (see `orig_ops`); the arguments are passed on unchanged.
+    unsafe {
+        match orig_ops(sock).setsockopt {
+            Some(f) => f(sock, level, optname, optval, optlen),
+            None => -(bindings::ENOPROTOOPT as c_int),
+        }
+    }
+}
+
+/// Socket ioctls a restricted socket may not use: the interface / routing / ARP / bridge / device
+/// range `SIOCADDRT` (0x890B) ..= `SIOCDEVPRIVATE + 15` (0x89FF), which covers every SIOCGIF* and
+/// SIOCSIF*, SIOCGIFINDEX, SIOCGIFNAME, SIOCGARP, SIOCETHTOOL, SIOCGMIIPHY, SIOCGHWTSTAMP, ...: they
+/// act on the host's network namespace (`sock_net(sk)`). Except `SIOCOUTQNSD` (0x894B, this socket's
+/// unsent bytes). FIONREAD/SIOCINQ (0x541B), SIOCOUTQ (0x5411), SIOCATMARK (0x8905) and the
+/// timestamp ioctls are outside the range and delegated.
+///
+/// Not reachable here (64-bit callers): `sock_ioctl` (`net/socket.c`) answers SIOCGIFCONF
+/// (`dev_ifconf`), SIOCGIFBR/SIOCSIFBR and the SIOCBR* bridge ioctls, SIOCGIFVLAN/SIOCSIFVLAN,
+/// SIOCGSKNS (CAP_NET_ADMIN), SIOCDEVPRIVATE.. (CAP_NET_ADMIN in dev_ioctl) and the wireless-extension
+/// range itself, before `ops->ioctl`. 32-bit callers go through `ops->compat_ioctl` first, where
+/// all of these in the range are refused.
+fn ioctl_refused(cmd: c_uint) -> bool {
+    const SIOCADDRT: c_uint = 0x890B;
+    const LAST: c_uint = 0x89FF;
+    (SIOCADDRT..=LAST).contains(&cmd) && cmd != bindings::SIOCOUTQNSD
+}
+
+unsafe extern "C" fn slim_ioctl(sock: *mut bindings::socket, cmd: c_uint, arg: c_ulong) -> c_int {
+    if ioctl_refused(cmd) {
+        return refuse(kabi::SLIM_REFUSED_IOCTL);
+    }
+    // SAFETY: wrapper contract; arguments passed on unchanged.
+    unsafe {
+        match orig_ops(sock).ioctl {
+            Some(f) => f(sock, cmd, arg),
+            None => -(bindings::ENOIOCTLCMD as c_int),
+        }
+    }
+}
+
+unsafe extern "C" fn slim_compat_ioctl(sock: *mut bindings::socket, cmd: c_uint, arg: c_ulong) -> c_int {
+    if ioctl_refused(cmd) {
+        return refuse(kabi::SLIM_REFUSED_IOCTL);
+    }
+    // SAFETY: wrapper contract; arguments passed on unchanged.
+    unsafe {
+        match orig_ops(sock).compat_ioctl {
+            Some(f) => f(sock, cmd, arg),
+            None => -(bindings::ENOIOCTLCMD as c_int),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""SLIM_IOC_RESTRICT end to end, run as root inside the test VM by guest.sh (module loaded, lo up).
+"""SLIM_IOC_RESTRICT end to end, run as root inside the test VM by guest.sh (module loaded, lo up):
+the refused operations, the setsockopt and ioctl filters, dup/fork/accepted children, STATS.
 
 Prints one "ok   - ..." or "FAIL - ..." line per check and exits non-zero on any failure. Every
 socket it restricts is closed before it exits, so guest.sh can then check that rmmod succeeds.
@@ -22,7 +23,39 @@ def ioc(d, nr, size):
 
 IOC_RESTRICT = ioc(IOC_WRITE, 1, 72)
 IOC_STATS = ioc(IOC_READ, 5, 160)
-REF_CONNECT, REF_BIND, REF_LISTEN, REF_SENDMSG_ADDR, REF_FASTOPEN = range(5)
+REF_CONNECT, REF_BIND, REF_LISTEN, REF_SENDMSG_ADDR, REF_FASTOPEN, REF_SETSOCKOPT, REF_IOCTL = range(7)
+
+# Option and ioctl numbers (x86-64 Linux uapi) not all exported by Python's socket module.
+SO_PRIORITY, SO_BINDTODEVICE, SO_MARK, SO_BINDTOIFINDEX, SO_LINGER, SO_SNDTIMEO = 12, 25, 36, 62, 13, 21
+IP_TOS, IP_FREEBIND, IP_TRANSPARENT = 1, 15, 19
+IPV6_ADDRFORM, IPV6_TCLASS, IPV6_TRANSPARENT, IPV6_FREEBIND = 1, 67, 75, 78
+FIONREAD, SIOCOUTQ = 0x541B, 0x5411
+SIOCGIFNAME, SIOCGIFCONF, SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCGIFADDR = 0x8910, 0x8912, 0x8913, 0x8914, 0x8915
+SIOCGIFMTU, SIOCGIFHWADDR, SIOCGIFINDEX, SIOCETHTOOL, SIOCGARP = 0x8921, 0x8927, 0x8933, 0x8946, 0x8954
+IFREQ_LO = struct.pack("16s24x", b"lo")  # struct ifreq (40 bytes) naming "lo"
+IFREQ_IDX1 = struct.pack("16xi20x", 1)   # struct ifreq with ifr_ifindex = 1 (for SIOCGIFNAME)
+IFCONF_NULL = struct.pack("=i4xQ", 0, 0)  # struct ifconf { len 0, buf NULL }: asks the needed size
+
+
+def setopt(sk, level, name, val):
+    return lambda: sk.setsockopt(level, name, val)
+
+
+def int_ioctl(sk, cmd):
+    return struct.unpack("i", fcntl.ioctl(sk.fileno(), cmd, bytes(4)))[0]
+
+
+# The refused ioctls, each with an argument that the unrestricted socket accepts.
+REFUSED_IOCTLS = [
+    ("SIOCGIFINDEX", SIOCGIFINDEX, IFREQ_LO),
+    ("SIOCGIFNAME", SIOCGIFNAME, IFREQ_IDX1),
+    ("SIOCGIFFLAGS", SIOCGIFFLAGS, IFREQ_LO),
+    ("SIOCGIFADDR", SIOCGIFADDR, IFREQ_LO),
+    ("SIOCGIFMTU", SIOCGIFMTU, IFREQ_LO),
+    ("SIOCGIFHWADDR", SIOCGIFHWADDR, IFREQ_LO),
+    ("SIOCSIFFLAGS", SIOCSIFFLAGS, IFREQ_LO),
+    ("SIOCETHTOOL", SIOCETHTOOL, IFREQ_LO),
+]
 
 failures = 0
 
@@ -126,6 +159,94 @@ e = errname(lambda: cli.sendto(b"x", socket.MSG_FASTOPEN, ("127.0.0.1", port)))
 want[REF_FASTOPEN] += 1
 check("sendto(MSG_FASTOPEN) -> EPERM", e == "EPERM", e)
 
+# --- the same options / ioctls work on the unrestricted peer (so the refusals below are the module's)
+ctl_ok = all(errname(setopt(srv, *a)) is None for a in [
+    (socket.SOL_SOCKET, SO_MARK, 0), (socket.SOL_SOCKET, SO_PRIORITY, 7), (socket.SOL_IP, IP_TOS, 0xB8),
+    (socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo"), (socket.SOL_IP, IP_FREEBIND, 1)])
+srv.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"")
+check("control: unrestricted socket may set SO_MARK, SO_PRIORITY 7, IP_TOS 0xb8, SO_BINDTODEVICE, IP_FREEBIND", ctl_ok)
+ctl = {n: errname(lambda: fcntl.ioctl(srv.fileno(), c, a)) for n, c, a in REFUSED_IOCTLS if n not in ("SIOCSIFFLAGS", "SIOCETHTOOL")}
+check("control: unrestricted socket may use SIOCGIF* (lo)", all(v is None for v in ctl.values()), ctl)
+
+# --- setsockopt: refused options (EPERM), counted under SLIM_REFUSED_SETSOCKOPT
+want[REF_SETSOCKOPT] = 0
+want[REF_IOCTL] = 0
+for name, lvl, opt, val in [
+    ("SO_BINDTODEVICE lo", socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo"),
+    ("SO_BINDTODEVICE '' (unbind)", socket.SOL_SOCKET, SO_BINDTODEVICE, b""),
+    ("SO_BINDTOIFINDEX 1", socket.SOL_SOCKET, SO_BINDTOIFINDEX, 1),
+    ("SO_MARK 1", socket.SOL_SOCKET, SO_MARK, 1),
+    ("SO_PRIORITY 7", socket.SOL_SOCKET, SO_PRIORITY, 7),
+    ("SO_PRIORITY -1", socket.SOL_SOCKET, SO_PRIORITY, -1),
+    ("IP_TRANSPARENT 1", socket.SOL_IP, IP_TRANSPARENT, 1),
+    ("IP_FREEBIND 1", socket.SOL_IP, IP_FREEBIND, 1),
+    ("IP_TOS 0xb8 (EF)", socket.SOL_IP, IP_TOS, 0xB8),
+    ("IP_TOS 0x20 (CS1), one-byte optval", socket.SOL_IP, IP_TOS, b"\x20"),
+    ("IPV6_ADDRFORM on an IPv4 socket", socket.IPPROTO_IPV6, IPV6_ADDRFORM, socket.AF_INET),
+]:
+    e = errname(setopt(cli, lvl, opt, val))
+    want[REF_SETSOCKOPT] += 1
+    check(f"setsockopt {name} -> EPERM", e == "EPERM", e)
+check("SO_MARK unchanged (0)", cli.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0, cli.getsockopt(socket.SOL_SOCKET, SO_MARK))
+
+# --- setsockopt: harmless options still work (SOL_SOCKET ones through sock_setsockopt)
+cli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+v = cli.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+check("SO_RCVBUF set 65536 -> get 131072 (doubled by the kernel)", v == 131072, v)
+cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+check("SO_KEEPALIVE set+get", cli.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1)
+cli.setsockopt(socket.SOL_SOCKET, SO_LINGER, struct.pack("ii", 1, 5))
+v = struct.unpack("ii", cli.getsockopt(socket.SOL_SOCKET, SO_LINGER, 8))
+check("SO_LINGER set+get", v == (1, 5), v)
+cli.setsockopt(socket.SOL_SOCKET, SO_SNDTIMEO, struct.pack("qq", 3, 0))
+v = struct.unpack("qq", cli.getsockopt(socket.SOL_SOCKET, SO_SNDTIMEO, 16))
+check("SO_SNDTIMEO set+get", v == (3, 0), v)
+cli.setsockopt(socket.SOL_SOCKET, SO_PRIORITY, 6)
+check("SO_PRIORITY 6 (unprivileged range) allowed", cli.getsockopt(socket.SOL_SOCKET, SO_PRIORITY) == 6)
+cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+check("TCP_NODELAY set+get", cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1)
+cli.setsockopt(socket.SOL_IP, IP_TOS, 0x10)
+v = cli.getsockopt(socket.SOL_IP, IP_TOS)
+check("IP_TOS 0x10 (no precedence bits) allowed", v == 0x10, v)
+e = errname(setopt(cli, socket.SOL_SOCKET, socket.SO_RCVBUF, b"x"))
+check("short SO_RCVBUF optval -> EINVAL from the kernel (delegated)", e == "EINVAL", e)
+e = errname(setopt(cli, socket.SOL_SOCKET, 9999, 1))
+check("unknown SOL_SOCKET option -> ENOPROTOOPT (delegated)", e == "ENOPROTOOPT", e)
+
+import ctypes as _ct
+_libc = _ct.CDLL(None, use_errno=True)
+
+
+def raw_setsockopt(sk, level, name, ptr, length):
+    if _libc.setsockopt(sk.fileno(), level, name, _ct.c_void_p(ptr), length) != 0:
+        raise OSError(_ct.get_errno(), "setsockopt")
+
+
+e = errname(lambda: raw_setsockopt(cli, socket.SOL_SOCKET, SO_PRIORITY, 0, 4))
+check("SO_PRIORITY from a NULL optval -> EFAULT (read by the filter)", e == "EFAULT", e)
+e = errname(lambda: raw_setsockopt(cli, socket.SOL_IP, IP_TOS, 0xFFFF888000000000, 4))
+check("IP_TOS from a kernel-half optval -> EFAULT", e == "EFAULT", e)
+e = errname(lambda: raw_setsockopt(cli, socket.SOL_SOCKET, socket.SO_RCVBUF, 0, 4))
+check("SO_RCVBUF from a NULL optval -> EFAULT (delegated)", e == "EFAULT", e)
+
+# --- ioctl: SIOCGIF* & co refused (EPERM), FIONREAD / SIOCOUTQ work
+for n, c, a in REFUSED_IOCTLS:
+    e = errname(lambda: fcntl.ioctl(cli.fileno(), c, a))
+    want[REF_IOCTL] += 1
+    check(f"ioctl {n} -> EPERM", e == "EPERM", e)
+# Known gap, not a check: 64-bit SIOCGIFCONF is answered by net/socket.c's sock_ioctl (dev_ifconf)
+# before proto_ops->ioctl, so the module cannot refuse it there (the 32-bit path goes through
+# ops->compat_ioctl first and is refused). Printed so the log shows the current state.
+e = errname(lambda: fcntl.ioctl(cli.fileno(), SIOCGIFCONF, IFCONF_NULL))
+print(f"note: KNOWN GAP: native SIOCGIFCONF on a restricted socket -> {e or 'succeeds (not filterable via proto_ops)'}")
+srv.sendall(b"12345")
+import time
+time.sleep(0.2)
+v = int_ioctl(cli, FIONREAD)
+check("ioctl FIONREAD -> 5 bytes queued", v == 5, v)
+check("ioctl SIOCOUTQ -> 0", int_ioctl(cli, SIOCOUTQ) == 0)
+check("data read after FIONREAD", cli.recv(16) == b"12345")
+
 # --- dup() and fork() see the same socket, so the same restriction
 d = socket.socket(fileno=os.dup(cli.fileno()))
 e = errname(lambda: d.connect(("127.0.0.1", port)))
@@ -133,6 +254,16 @@ want[REF_CONNECT] += 1
 check("dup()ed fd: connect -> EPERM", e == "EPERM", e)
 e = errname(lambda: restrict(d.fileno()))
 check("RESTRICT again (via the dup) -> EEXIST", e == "EEXIST", e)
+e = errname(setopt(d, socket.SOL_SOCKET, SO_MARK, 2))
+want[REF_SETSOCKOPT] += 1
+check("dup()ed fd: SO_MARK -> EPERM", e == "EPERM", e)
+e = errname(lambda: fcntl.ioctl(d.fileno(), SIOCGIFINDEX, IFREQ_LO))
+want[REF_IOCTL] += 1
+check("dup()ed fd: SIOCGIFINDEX -> EPERM", e == "EPERM", e)
+d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+check("dup()ed fd: SO_RCVBUF set+get", d.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 65536)
+d.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+check("dup()ed fd: TCP_NODELAY set+get", d.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0)
 d.close()
 pid = os.fork()
 if pid == 0:
@@ -145,11 +276,26 @@ if pid == 0:
         cli.sendall(b"child")
     except OSError:
         rc |= 4
+    if errname(setopt(cli, socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo")) != "EPERM":
+        rc |= 8
+    if errname(setopt(cli, socket.SOL_IP, IP_TRANSPARENT, 1)) != "EPERM":
+        rc |= 16
+    if errname(lambda: fcntl.ioctl(cli.fileno(), SIOCGIFINDEX, IFREQ_LO)) != "EPERM":
+        rc |= 32
+    try:
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        if cli.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0 or int_ioctl(cli, FIONREAD) != 0:
+            rc |= 64
+    except OSError:
+        rc |= 64
     os._exit(rc)
 _, status = os.waitpid(pid, 0)
 want[REF_CONNECT] += 1
 want[REF_BIND] += 1
-check("fork()ed child: connect and bind -> EPERM, send works", os.waitstatus_to_exitcode(status) == 0, status)
+want[REF_SETSOCKOPT] += 2
+want[REF_IOCTL] += 1
+check("fork()ed child: connect, bind, SO_BINDTODEVICE, IP_TRANSPARENT, SIOCGIFINDEX -> EPERM; "
+      "send, SO_KEEPALIVE, FIONREAD work", os.waitstatus_to_exitcode(status) == 0, status)
 got = srv.recv(16)
 check("data sent by the child arrives", got == b"child", got)
 
@@ -209,6 +355,27 @@ e = errname(lambda: v6.getpeername())
 check("IPv6 getpeername without a recorded peer -> ENOTCONN", e == "ENOTCONN", e)
 e = errname(lambda: v6.connect(("::1", 1)))
 check("IPv6 restricted: connect -> EPERM", e == "EPERM", e)
+s6 = stats()["ref"]
+for name, lvl, opt, val in [
+    ("IPV6_ADDRFORM AF_INET", socket.IPPROTO_IPV6, IPV6_ADDRFORM, socket.AF_INET),
+    ("IPV6_TRANSPARENT 1", socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1),
+    ("IPV6_FREEBIND 1", socket.IPPROTO_IPV6, IPV6_FREEBIND, 1),
+    ("IPV6_TCLASS 0xb8", socket.IPPROTO_IPV6, IPV6_TCLASS, 0xB8),
+    ("IP_TRANSPARENT (SOL_IP on IPv6)", socket.SOL_IP, IP_TRANSPARENT, 1),
+    ("SO_MARK 1", socket.SOL_SOCKET, SO_MARK, 1),
+]:
+    e = errname(setopt(v6, lvl, opt, val))
+    check(f"IPv6 restricted: setsockopt {name} -> EPERM", e == "EPERM", e)
+v6.setsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS, 0x04)
+check("IPv6 restricted: IPV6_TCLASS 0x04 allowed", v6.getsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS) == 0x04)
+v6.setsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS, -1)
+check("IPv6 restricted: IPV6_TCLASS -1 (default) allowed", v6.getsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS) == 0)
+v6.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+check("IPv6 restricted: SO_KEEPALIVE set+get", v6.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1)
+e = errname(lambda: fcntl.ioctl(v6.fileno(), SIOCGIFINDEX, IFREQ_LO))
+check("IPv6 restricted: SIOCGIFINDEX -> EPERM", e == "EPERM", e)
+d6 = [a - b for a, b in zip(stats()["ref"], s6)]
+check("IPv6: STATS counts 6 setsockopt and 1 ioctl refusals", d6[REF_SETSOCKOPT] == 6 and d6[REF_IOCTL] == 1, d6)
 v6.close()
 
 e = errname(lambda: restrict(lst.fileno(), flags=1))
@@ -220,6 +387,14 @@ check("accept() on the restricted listener: peer address all-zero (not recorded 
 check("accepted child: getsockname -> the listener's virtual address", child.getsockname() == ("10.32.0.2", 40000), child.getsockname())
 e = errname(lambda: child.connect(("127.0.0.1", port)))
 check("accepted child inherits the restriction: connect -> EPERM", e == "EPERM", e)
+e = errname(setopt(child, socket.SOL_SOCKET, SO_MARK, 1))
+check("accepted child: SO_MARK -> EPERM (SOCK_CUSTOM_SOCKOPT set on the child)", e == "EPERM", e)
+e = errname(setopt(child, socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo"))
+check("accepted child: SO_BINDTODEVICE -> EPERM", e == "EPERM", e)
+e = errname(lambda: fcntl.ioctl(child.fileno(), SIOCGIFADDR, IFREQ_LO))
+check("accepted child: SIOCGIFADDR -> EPERM", e == "EPERM", e)
+child.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+check("accepted child: SO_RCVBUF set+get", child.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 131072)
 child.sendall(b"hi")
 check("accepted child carries data", c2.recv(16) == b"hi")
 s = stats()
