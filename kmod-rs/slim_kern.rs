@@ -4,12 +4,12 @@
 //!
 //! Milestone 2 (`sockops.rs`): `RESTRICT` and the restricted TCP `proto_ops` (with the setsockopt and
 //! ioctl filters); see README.md.
+//! Milestone 3 (`sockops.rs`): `AUTHORIZE_CONNECT`, `SET_CHILD_ADDRS` and `REVOKE`.
 //!
 //! Milestone 1 (this file): the misc device `/dev/slim`, usable only with `CAP_NET_ADMIN` in the
 //! initial user namespace (checked on open AND on every ioctl, so an fd leaked into a container is
-//! useless there), and the `VERSION` and `STATS` ioctls of the shared ABI in `uapi/src/kabi.rs`. The
-//! other socket ioctls (`AUTHORIZE_CONNECT`, `SET_CHILD_ADDRS`, `REVOKE`) are recognised and
-//! answered with `EOPNOTSUPP`; `VERSION` reports which features exist. Unknown ioctls get `ENOTTY`.
+//! useless there), and the `VERSION` and `STATS` ioctls of the shared ABI in `uapi/src/kabi.rs`;
+//! `VERSION` reports which features exist. Unknown ioctls get `ENOTTY`.
 //!
 //! Everything in this file is safe Rust over the kernel crate's abstractions, except the capability check:
 //! 7.3's kernel crate has no wrapper for `capable()`, so it is called through `kernel::bindings`.
@@ -70,7 +70,11 @@ unsafe impl kernel::transmute::FromBytes for kabi::SlimRevoke {}
 unsafe impl kernel::transmute::AsBytes for kabi::SlimRevoke {}
 
 /// Features implemented so far (reported by `VERSION`).
-const FEATURES: u32 = kabi::SLIM_FEAT_STATS | kabi::SLIM_FEAT_RESTRICT;
+const FEATURES: u32 = kabi::SLIM_FEAT_STATS
+    | kabi::SLIM_FEAT_RESTRICT
+    | kabi::SLIM_FEAT_AUTHORIZE
+    | kabi::SLIM_FEAT_CHILD_ADDRS
+    | kabi::SLIM_FEAT_REVOKE;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
 pub(crate) struct Counters {
@@ -172,9 +176,29 @@ impl MiscDevice for SlimDev {
                 sockops::restrict(&req)?;
                 Ok(0)
             }
-            kabi::SLIM_IOC_AUTHORIZE_CONNECT
-            | kabi::SLIM_IOC_SET_CHILD_ADDRS
-            | kabi::SLIM_IOC_REVOKE => Err(EOPNOTSUPP),
+            kabi::SLIM_IOC_AUTHORIZE_CONNECT => {
+                let req: kabi::SlimAuthorizeConnect =
+                    UserSlice::new(ptr, core::mem::size_of::<kabi::SlimAuthorizeConnect>()).reader().read()?;
+                req.validate().map_err(|_| EINVAL)?;
+                sockops::authorize_connect(&req)?;
+                Ok(0)
+            }
+            kabi::SLIM_IOC_SET_CHILD_ADDRS => {
+                let req: kabi::SlimChildAddrs =
+                    UserSlice::new(ptr, core::mem::size_of::<kabi::SlimChildAddrs>()).reader().read()?;
+                req.validate().map_err(|_| EINVAL)?;
+                sockops::set_child_addrs(&req)?;
+                Ok(0)
+            }
+            kabi::SLIM_IOC_REVOKE => {
+                let slice = UserSlice::new(ptr, core::mem::size_of::<kabi::SlimRevoke>());
+                let (mut reader, mut writer) = slice.reader_writer();
+                let mut req: kabi::SlimRevoke = reader.read()?;
+                req.validate().map_err(|_| EINVAL)?;
+                req.revoked = sockops::revoke(req.tag);
+                writer.write(&req)?;
+                Ok(0)
+            }
             _ => Err(ENOTTY),
         }
     }

@@ -5,8 +5,8 @@
 //! `SLIM_IOC_RESTRICT` swaps `sock->ops` of a TCP socket (ops exactly `inet_stream_ops` or
 //! `inet6_stream_ops`) for a restricted copy of that table. There is one copy per original table, a
 //! `static` written once by [`init`] (before `/dev/slim` exists) and read-only afterwards; its
-//! `owner` is this module. The copy refuses `connect`, `bind`, `listen` and `sendmsg(MSG_FASTOPEN)`
-//! with `EPERM`, filters `setsockopt` (with `SOCK_CUSTOM_SOCKOPT` set on the socket, so SOL_SOCKET
+//! `owner` is this module. The copy refuses `bind`, `listen`, `sendmsg(MSG_FASTOPEN)` and every
+//! `connect` except to the endpoint of `AUTHORIZE_CONNECT` with `EPERM`, filters `setsockopt` (with `SOCK_CUSTOM_SOCKOPT` set on the socket, so SOL_SOCKET
 //! options reach it too) and `ioctl`/`compat_ioctl` (see README.md for the rules), wraps `release`
 //! (forgets the socket) and `accept` (children inherit the copy, as `net/socket.c: do_accept` copies
 //! `sock->ops`, and are recorded), and keeps every other entry of the original table as it is.
@@ -20,13 +20,15 @@
 //! Per-socket state (tag, virtual addresses) is kept in a global table keyed by the `struct socket`
 //! pointer (the bindings cannot reach `struct sock`'s `sk_user_data`, see README.md). An entry is
 //! added under the table lock together with the `sock->ops` swap and removed by the wrapped
-//! `release`, which runs exactly once per socket (`__sock_release`).
+//! `release` (before the original release runs, so REVOKE may shut down any entry while it holds the
+//! lock), which runs exactly once per socket (`__sock_release`).
 
 use core::{cell::UnsafeCell, mem::MaybeUninit};
 
 use kernel::{
     bindings,
     fs::LocalFile,
+    sync::aref::ARef,
     prelude::*,
     sync::atomic::Relaxed,
 };
@@ -93,8 +95,14 @@ struct Entry {
     sock: usize,
     /// Accepted on a restricted listener (its peer is unknown until SET_CHILD_ADDRS).
     child: bool,
-    #[allow(dead_code)]
+    /// Restricted with `SLIM_RESTRICT_LISTENER` (AUTHORIZE_CONNECT refuses it).
+    listener: bool,
+    /// Shut down by REVOKE: every later `connect` is refused, whatever the authorization.
+    revoked: bool,
+    /// REVOKE shuts down every socket of a tag.
     tag: u64,
+    /// The one host endpoint `connect` may reach (AUTHORIZE_CONNECT), or NONE.
+    auth: kabi::SlimAddr,
     /// Virtual local address (validated: a family of this socket).
     local: kabi::SlimAddr,
     /// Virtual peer address, or NONE.
@@ -186,7 +194,10 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict) -> Result {
     let entry = Entry {
         sock: sock as usize,
         child: false,
+        listener: req.flags & kabi::SLIM_RESTRICT_LISTENER != 0,
+        revoked: false,
         tag: req.tag,
+        auth: kabi::SlimAddr::NONE,
         local: req.local,
         peer: req.peer,
     };
@@ -230,13 +241,163 @@ fn refuse(kind: usize) -> c_int {
     -(bindings::EPERM as c_int)
 }
 
+/// A connect destination reduced to what decides where the connection goes: IPv4 (also an IPv6
+/// v4-mapped `::ffff:a.b.c.d`, which `tcp_v6_connect` hands to `tcp_v4_connect`), or IPv6 address
+/// and scope id (the scope picks the interface of a link-local address). Flow info is ignored.
+#[derive(PartialEq, Eq)]
+struct Dest {
+    v4: bool,
+    ip: [u8; 16],
+    port: [u8; 2],
+    scope: [u8; 4],
+}
+
+/// `b`: the first `min(len, 28)` bytes of a `sockaddr_in`/`sockaddr_in6` (kabi `SlimAddr` layout).
+/// `None` for another family or a length the kernel's connect would refuse anyway.
+fn dest_of(b: &[u8]) -> Option<Dest> {
+    if b.len() < 2 {
+        return None;
+    }
+    let mut d = Dest { v4: true, ip: [0; 16], port: [b.get(2).copied()?, b.get(3).copied()?], scope: [0; 4] };
+    match u16::from_ne_bytes([b[0], b[1]]) {
+        kabi::AF_INET if b.len() >= kabi::SOCKADDR_IN_LEN => d.ip[..4].copy_from_slice(&b[4..8]),
+        // SIN6_LEN_RFC2133 (24): the shortest sockaddr_in6 `tcp_v6_connect` accepts (no scope id).
+        kabi::AF_INET6 if b.len() >= 24 => {
+            let ip = &b[8..24];
+            if ip[..10].iter().all(|&x| x == 0) && ip[10] == 0xff && ip[11] == 0xff {
+                d.ip[..4].copy_from_slice(&ip[12..16]);
+            } else {
+                d.v4 = false;
+                d.ip.copy_from_slice(ip);
+                if b.len() >= kabi::SOCKADDR_IN6_LEN {
+                    d.scope.copy_from_slice(&b[24..28]);
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
+/// `connect`: allowed only to the endpoint authorized by AUTHORIZE_CONNECT (then delegated to the
+/// original `connect`, so blocking / non-blocking semantics, EINPROGRESS, EALREADY and EISCONN are
+/// the kernel's); anything else (no authorization, another address, AF_UNSPEC "disconnect", a
+/// revoked socket) is refused with EPERM.
 unsafe extern "C" fn slim_connect(
-    _sock: *mut bindings::socket,
-    _addr: *mut bindings::sockaddr_unsized,
-    _len: c_int,
-    _flags: c_int,
+    sock: *mut bindings::socket,
+    addr: *mut bindings::sockaddr_unsized,
+    len: c_int,
+    flags: c_int,
 ) -> c_int {
-    refuse(kabi::SLIM_REFUSED_CONNECT)
+    let n = usize::try_from(len).unwrap_or(0).min(kabi::SOCKADDR_IN6_LEN);
+    let mut buf = [0u8; kabi::SOCKADDR_IN6_LEN];
+    if !addr.is_null() {
+        // SAFETY: the socket layer passes the kernel copy of the caller's address (`move_addr_to_kernel`
+        // into a `sockaddr_storage`), valid for `len` bytes; we read at most `min(len, 28)` of them
+        // into a local array.
+        unsafe { core::ptr::copy_nonoverlapping(addr.cast::<u8>(), buf.as_mut_ptr(), n) };
+    }
+    let want = dest_of(&buf[..n]);
+    let allowed = {
+        let table = TABLE.lock();
+        match table.iter().find(|e| e.sock == sock as usize) {
+            Some(e) if !e.revoked && !e.auth.is_none() => {
+                want.is_some() && want == dest_of(&e.auth.raw[..e.auth.sockaddr_len().unwrap_or(0)])
+            }
+            _ => false,
+        }
+    };
+    if !allowed {
+        return refuse(kabi::SLIM_REFUSED_CONNECT);
+    }
+    // SAFETY: wrapper contract (see `orig_ops`); the arguments are passed on unchanged.
+    unsafe {
+        match orig_ops(sock).connect {
+            Some(f) => f(sock, addr, len, flags),
+            None => -(bindings::EOPNOTSUPP as c_int),
+        }
+    }
+}
+
+/// The restricted socket of `fd` (holding the file) and the family of its restricted table.
+/// `ENOENT` if `fd` is a socket that is not restricted.
+fn restricted_sock(fd: i32) -> Result<(ARef<LocalFile>, *mut bindings::socket, c_int)> {
+    let fd = u32::try_from(fd).map_err(|_| EBADF)?;
+    let file = LocalFile::fget(fd)?;
+    // SAFETY: `file.as_ptr()` is a valid `struct file` for as long as `file` lives.
+    let sock = unsafe { bindings::sock_from_file(file.as_ptr()) };
+    if sock.is_null() {
+        return Err(ENOTSOCK);
+    }
+    // SAFETY: `sock` is live while we hold `file`; `ops` is only swapped by RESTRICT (to one of
+    // our 'static tables) and cleared in `__sock_release` (impossible while we hold the file).
+    let ops = unsafe { core::ptr::read_volatile(&raw const (*sock).ops) };
+    if !is_restricted_ops(ops) {
+        return Err(ENOENT);
+    }
+    // SAFETY: `ops` is one of our initialised 'static tables.
+    let family = unsafe { (*ops).family };
+    Ok((file, sock, family))
+}
+
+/// `SLIM_IOC_AUTHORIZE_CONNECT` (`req` validated): the one endpoint `fd` may connect to.
+pub(crate) fn authorize_connect(req: &kabi::SlimAuthorizeConnect) -> Result {
+    let (_file, sock, family) = restricted_sock(req.fd)?;
+    // An IPv4 socket can only reach an IPv4 endpoint; an IPv6 one either (v4-mapped for IPv4).
+    if family == c_int::from(kabi::AF_INET) && req.host.family() != kabi::AF_INET {
+        return Err(EINVAL);
+    }
+    let mut table = TABLE.lock();
+    let e = table.iter_mut().find(|e| e.sock == sock as usize).ok_or(ENOENT)?;
+    if e.listener {
+        return Err(EINVAL);
+    }
+    // SAFETY: `sock` is live (we hold its file); `state` is an int the socket layer updates under
+    // the socket lock; a racy read only decides between EISCONN and a (harmless) re-authorization.
+    let state = unsafe { core::ptr::read_volatile(&raw const (*sock).state) };
+    if e.child || state != bindings::socket_state_SS_UNCONNECTED {
+        return Err(EISCONN);
+    }
+    e.auth = req.host;
+    Ok(())
+}
+
+/// `SLIM_IOC_SET_CHILD_ADDRS` (`req` validated): the virtual addresses of an accepted child.
+pub(crate) fn set_child_addrs(req: &kabi::SlimChildAddrs) -> Result {
+    let (_file, sock, family) = restricted_sock(req.fd)?;
+    if c_int::from(req.local.family()) != family || c_int::from(req.peer.family()) != family {
+        return Err(EINVAL);
+    }
+    let mut table = TABLE.lock();
+    let e = table.iter_mut().find(|e| e.sock == sock as usize).ok_or(ENOENT)?;
+    if !e.child {
+        return Err(EINVAL);
+    }
+    e.local = req.local;
+    e.peer = req.peer;
+    Ok(())
+}
+
+/// `SLIM_IOC_REVOKE` (`req` validated): shuts down (both directions) every restricted socket of
+/// `tag`; returns how many.
+pub(crate) fn revoke(tag: u64) -> u32 {
+    let mut n = 0u32;
+    let mut table = TABLE.lock();
+    for e in table.iter_mut().filter(|e| e.tag == tag) {
+        e.revoked = true;
+        // SAFETY: an entry names a live socket: entries are removed by `slim_release` before the
+        // original release frees anything, and that removal needs TABLE, which we hold. The
+        // socket's ops are our table, whose `shutdown` is the original `inet_shutdown` (takes the
+        // socket lock; TABLE -> socket lock is the only order between the two). Its result is not
+        // needed: an unconnected socket answers ENOTCONN but still gets `sk_shutdown` set.
+        let _ = unsafe {
+            bindings::kernel_sock_shutdown(e.sock as *mut bindings::socket, bindings::sock_shutdown_cmd_SHUT_RDWR)
+        };
+        n += 1;
+    }
+    drop(table);
+    COUNTERS.revoked_total.fetch_add(u64::from(n), Relaxed);
+    n
 }
 
 unsafe extern "C" fn slim_bind(
@@ -303,7 +464,10 @@ unsafe extern "C" fn slim_accept(
         let child = Entry {
             sock: newsock as usize,
             child: true,
+            listener: false,
+            revoked: false,
             tag,
+            auth: kabi::SlimAddr::NONE,
             local,
             peer: kabi::SlimAddr::NONE,
         };
@@ -318,21 +482,25 @@ unsafe extern "C" fn slim_accept(
 }
 
 unsafe extern "C" fn slim_release(sock: *mut bindings::socket) -> c_int {
-    // SAFETY: wrapper contract; `__sock_release` calls this exactly once, then sets `sock->ops` to
-    // NULL and drops the module reference (after we return).
-    let err = unsafe {
-        match orig_ops(sock).release {
-            Some(f) => f(sock),
-            None => 0,
-        }
-    };
+    // Forget the socket BEFORE the original release frees `sock->sk`: REVOKE calls
+    // `kernel_sock_shutdown` on table entries while holding TABLE, so an entry must never name a
+    // socket whose `sk` is gone (or going). Lock order: inode lock (held by `__sock_release`) ->
+    // TABLE here; TABLE -> socket lock in REVOKE; nothing takes TABLE under the socket lock.
     let mut table = TABLE.lock();
     if let Some(i) = table.iter().position(|e| e.sock == sock as usize) {
         // Order does not matter; `swap_remove` would be enough but KVec's `remove` is fine too.
         let _ = table.remove(i);
         COUNTERS.restricted_live.fetch_sub(1, Relaxed);
     }
-    err
+    drop(table);
+    // SAFETY: wrapper contract; `__sock_release` calls this exactly once, then sets `sock->ops` to
+    // NULL and drops the module reference (after we return).
+    unsafe {
+        match orig_ops(sock).release {
+            Some(f) => f(sock),
+            None => 0,
+        }
+    }
 }
 
 /// `getsockname` (`peer == 0`), `getpeername` (1) and `SO_PEERNAME` / `accept`'s address (2): the

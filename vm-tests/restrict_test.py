@@ -400,11 +400,202 @@ check("accepted child carries data", c2.recv(16) == b"hi")
 s = stats()
 check("STATS: children_total=1, live=3 (client, listener, child)", s["children"] == 1 and s["live"] == 3, s)
 
+
+# --- SET_CHILD_ADDRS: the router records the accepted child's virtual addresses
+IOC_AUTHORIZE = ioc(IOC_WRITE, 2, 40)
+IOC_CHILD = ioc(IOC_WRITE, 3, 64)
+IOC_REVOKE = ioc(IOC_READ | IOC_WRITE, 4, 16)
+
+
+def child_addrs(fd, local=addr4([10, 32, 0, 2], 40000), peer=addr4([10, 32, 0, 9], 5555), flags=0):
+    fcntl.ioctl(dev, IOC_CHILD, struct.pack("=iI", fd, flags) + local + peer)
+
+
+def authorize(fd, host, flags=0, reserved=0):
+    fcntl.ioctl(dev, IOC_AUTHORIZE, struct.pack("=iI", fd, flags) + host + struct.pack("=I", reserved))
+
+
+def revoke(tag, flags=0, revoked=0):
+    buf = bytearray(struct.pack("=QII", tag, flags, revoked))
+    fcntl.ioctl(dev, IOC_REVOKE, buf, True)
+    return struct.unpack("=QII", buf)[2]
+
+
+e = errname(lambda: child_addrs(child.fileno()))
+check("SET_CHILD_ADDRS on the accepted child", e is None, e if e else "")
+check("child getpeername -> the recorded virtual peer", child.getpeername() == ("10.32.0.9", 5555), child.getpeername())
+check("child getsockname -> the recorded virtual local", child.getsockname() == ("10.32.0.2", 40000), child.getsockname())
+raw = child.getsockopt(socket.SOL_SOCKET, 28, 16)
+check("child SO_PEERNAME -> the recorded virtual peer", raw[:8] == addr4([10, 32, 0, 9], 5555)[:8], raw.hex())
+e = errname(lambda: child_addrs(child.fileno(), peer=bytes(28)))
+check("SET_CHILD_ADDRS without a peer -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: child_addrs(child.fileno(), flags=1))
+check("SET_CHILD_ADDRS with flags -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: child_addrs(child.fileno(), local=addr6(ip6, 1), peer=addr6(ip6, 2)))
+check("SET_CHILD_ADDRS IPv6 addresses on an IPv4 child -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: child_addrs(cli.fileno()))
+check("SET_CHILD_ADDRS on a restricted non-child -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: child_addrs(srv.fileno()))
+check("SET_CHILD_ADDRS on an unrestricted socket -> ENOENT", e == "ENOENT", e)
+e = errname(lambda: child_addrs(-1))
+check("SET_CHILD_ADDRS fd -1 -> EBADF", e == "EBADF", e)
+e = errname(lambda: fcntl.ioctl(dev, IOC_CHILD, 0))
+check("SET_CHILD_ADDRS from a NULL pointer -> EFAULT", e == "EFAULT", e)
+check("child still carries data after SET_CHILD_ADDRS", (child.sendall(b"ok"), c2.recv(16))[1] == b"ok")
+
+# --- AUTHORIZE_CONNECT: the one host endpoint a restricted, unconnected socket may connect to
+lst2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # an ordinary (unrestricted) host listener
+lst2.bind(("127.0.0.1", 0))
+lst2.listen(8)
+port2 = lst2.getsockname()[1]
+ra = stats()["ref"][REF_CONNECT]
+ta = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+restrict(ta.fileno(), tag=100, peer=bytes(28))
+e = errname(lambda: ta.connect(("127.0.0.1", port2)))
+check("restricted unconnected socket, no authorization: connect -> EPERM", e == "EPERM", e)
+plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+e = errname(lambda: authorize(plain.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE an unrestricted socket -> ENOENT", e == "ENOENT", e)
+plain.close()
+e = errname(lambda: authorize(lst.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE a restricted listener -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: authorize(cli.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE a connected restricted socket -> EISCONN", e == "EISCONN", e)
+e = errname(lambda: authorize(child.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE an accepted child -> EISCONN", e == "EISCONN", e)
+null = os.open("/dev/null", os.O_RDONLY)
+e = errname(lambda: authorize(null, addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE /dev/null -> ENOTSOCK", e == "ENOTSOCK", e)
+os.close(null)
+e = errname(lambda: authorize(-1, addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE fd -1 -> EBADF", e == "EBADF", e)
+e = errname(lambda: authorize(ta.fileno(), addr4([127, 0, 0, 1], port2), reserved=1))
+check("AUTHORIZE with reserved != 0 -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: authorize(ta.fileno(), addr4([127, 0, 0, 1], port2), flags=1))
+check("AUTHORIZE with flags -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: authorize(ta.fileno(), bytes(28)))
+check("AUTHORIZE without an address -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: authorize(ta.fileno(), addr6(bytes(15) + b"\x01", port2)))
+check("AUTHORIZE an IPv6 endpoint for an IPv4 socket -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: fcntl.ioctl(dev, IOC_AUTHORIZE, 0))
+check("AUTHORIZE from a NULL pointer -> EFAULT", e == "EFAULT", e)
+e = errname(lambda: authorize(ta.fileno(), addr4([127, 0, 0, 1], 1)))
+check("AUTHORIZE 127.0.0.1:1", e is None, e if e else "")
+e = errname(lambda: authorize(ta.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE again replaces it (127.0.0.1:listener)", e is None, e if e else "")
+e = errname(lambda: ta.connect(("127.0.0.1", 1)))
+check("connect to the replaced authorization -> EPERM", e == "EPERM", e)
+e = errname(lambda: ta.connect(("127.0.0.2", port2)))
+check("connect to another address, authorized port -> EPERM", e == "EPERM", e)
+e = errname(lambda: ta.connect(("127.0.0.1", port2 + 1 if port2 < 65535 else 1)))
+check("connect to the authorized address, another port -> EPERM", e == "EPERM", e)
+
+
+def raw_connect(sk, sa):
+    b = ctypes.create_string_buffer(bytes(sa), len(sa))
+    if libc.connect(sk.fileno(), b, len(sa)) != 0:
+        raise OSError(ctypes.get_errno(), "connect")
+
+
+e = errname(lambda: raw_connect(ta, struct.pack("=H", 0) + bytes(14)))
+check("connect AF_UNSPEC -> EPERM", e == "EPERM", e)
+e = errname(lambda: raw_connect(ta, addr4([127, 0, 0, 1], port2)[:12]))
+check("connect with a short sockaddr_in (12 bytes) -> EPERM", e == "EPERM", e)
+ta.setblocking(False)
+rc = ta.connect_ex(("127.0.0.1", port2))
+check("non-blocking connect to the authorized endpoint -> EINPROGRESS (or 0)", rc in (0, errno.EINPROGRESS),
+      errno.errorcode.get(rc, rc))
+import select
+select.select([], [ta], [], 10)
+check("connect completed (SO_ERROR 0)", ta.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+rc = ta.connect_ex(("127.0.0.1", port2))
+# The kernel's own answers (__inet_stream_connect): the first connect after a non-blocking one has
+# completed moves SS_CONNECTING to SS_CONNECTED and returns 0; every later one EISCONN.
+check("second connect to the authorized endpoint -> the kernel's 0 (completes SS_CONNECTING)", rc == 0,
+      errno.errorcode.get(rc, rc))
+rc = ta.connect_ex(("127.0.0.1", port2))
+check("third connect to the authorized endpoint -> the kernel's EISCONN", rc == errno.EISCONN,
+      errno.errorcode.get(rc, rc))
+rc = ta.connect_ex(("127.0.0.1", 1))
+check("connect elsewhere after success -> EPERM", rc == errno.EPERM, errno.errorcode.get(rc, rc))
+e = errname(lambda: authorize(ta.fileno(), addr4([127, 0, 0, 1], 1)))
+check("AUTHORIZE after the socket connected -> EISCONN", e == "EISCONN", e)
+ta.setblocking(True)
+tpeer, _ = lst2.accept()
+ta.sendall(b"authorized")
+got = tpeer.recv(32)
+check("data flows over the authorized connection (restricted -> host)", got == b"authorized", got)
+tpeer.sendall(b"back")
+got = ta.recv(32)
+check("data flows back (host -> restricted)", got == b"back", got)
+check("authorized socket: getsockname still the virtual address", ta.getsockname() == ("10.32.0.2", 40000), ta.getsockname())
+
+# IPv6 socket: an IPv4 authorization is reached through the v4-mapped address
+t6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+restrict(t6.fileno(), tag=100, local=addr6(ip6, 443), peer=bytes(28))
+e = errname(lambda: authorize(t6.fileno(), addr4([127, 0, 0, 1], port2)))
+check("AUTHORIZE an IPv4 endpoint for an IPv6 socket", e is None, e if e else "")
+e = errname(lambda: t6.connect(("::1", port2)))
+check("IPv6: connect to ::1 (not the authorized endpoint) -> EPERM", e == "EPERM", e)
+e = errname(lambda: t6.connect(("::ffff:127.0.0.2", port2)))
+check("IPv6: connect to another v4-mapped address -> EPERM", e == "EPERM", e)
+e = errname(lambda: t6.connect(("::ffff:127.0.0.1", port2)))
+check("IPv6: connect to the v4-mapped authorized endpoint", e is None, e if e else "")
+t6peer, _ = lst2.accept()
+t6.sendall(b"v6")
+check("IPv6 (v4-mapped) authorized connection carries data", t6peer.recv(8) == b"v6")
+dc = stats()["ref"][REF_CONNECT] - ra
+check("STATS: 9 connect refusals in the AUTHORIZE tests", dc == 9, dc)
+
+# --- REVOKE: shut down every restricted socket of a tag
+pairs = []
+for tag in (555, 555, 556):
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.connect(("127.0.0.1", port2))
+    p, _ = lst2.accept()
+    restrict(c.fileno(), tag=tag)
+    pairs.append((c, p))
+s1 = stats()
+e = errname(lambda: revoke(555, flags=1))
+check("REVOKE with flags -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: revoke(555, revoked=3))
+check("REVOKE with a non-zero out field -> EINVAL", e == "EINVAL", e)
+e = errname(lambda: fcntl.ioctl(dev, IOC_REVOKE, 0))
+check("REVOKE from a NULL pointer -> EFAULT", e == "EFAULT", e)
+n = revoke(987654321)
+check("REVOKE an unknown tag -> 0 sockets", n == 0, n)
+n = revoke(555)
+check("REVOKE tag 555 -> 2 sockets shut down", n == 2, n)
+check("STATS: revoked_total +2", stats()["revoked"] - s1["revoked"] == 2, stats()["revoked"] - s1["revoked"])
+for i, (c, p) in enumerate(pairs[:2]):
+    c.settimeout(5)
+    try:
+        got = c.recv(16)
+    except OSError as x:
+        got = errno.errorcode.get(x.errno, x.errno)
+    check(f"revoked socket {i}: recv -> EOF", got == b"", got)
+    e = errname(lambda: c.send(b"x"))
+    check(f"revoked socket {i}: send -> EPIPE", e == "EPIPE", e)
+    p.settimeout(5)
+    check(f"revoked socket {i}: its host peer sees EOF", p.recv(16) == b"")
+c3, p3 = pairs[2]
+c3.sendall(b"alive")
+check("socket of another tag (556) not revoked: send works", p3.recv(16) == b"alive")
+p3.sendall(b"still")
+check("socket of another tag (556) not revoked: recv works", c3.recv(16) == b"still")
+n = revoke(100)
+check("REVOKE tag 100 (two authorized, connected sockets) -> 2", n == 2, n)
+rc = ta.connect_ex(("127.0.0.1", port2))
+check("revoked authorized socket: connect -> EPERM", rc == errno.EPERM, errno.errorcode.get(rc, rc))
+check("revoked authorized socket: recv -> EOF", ta.recv(16) == b"")
+for sk in [ta, tpeer, t6, t6peer, lst2] + [x for pr in pairs for x in pr]:
+    sk.close()
+
 # --- closing brings restricted_live back to 0 and frees the module references
 for sk in (child, c2, lst, cli, srv):
     sk.close()
 s = stats()
-check("STATS after close: restricted_live=0, restricted_total=3", s["live"] == 0 and s["total"] == 3, s)
+check("STATS after close: restricted_live=0, restricted_total=8", s["live"] == 0 and s["total"] == 8, s)
 check("module refcount back to its value before RESTRICT", module_refcount() == ref0, f"{module_refcount()} (was {ref0})")
 
 os.close(dev)
