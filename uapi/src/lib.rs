@@ -13,4 +13,5 @@ pub mod kabi;
 pub mod peer;
 pub mod proto;
 pub mod route_table;
+pub mod seqslot;
 pub mod wire;
