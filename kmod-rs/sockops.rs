@@ -135,6 +135,7 @@ pub(crate) fn init(module: &'static ThisModule) {
         ops.sendmsg = Some(slim_sendmsg);
         ops.getname = Some(slim_getname);
         ops.setsockopt = Some(slim_setsockopt);
+        ops.getsockopt = Some(slim_getsockopt);
         ops.ioctl = Some(slim_ioctl);
         // Called first by `compat_sock_ioctl` (32-bit callers), before its own translation table
         // (which would reach `dev_ioctl` without `ops->ioctl` for SIOCETHTOOL, SIOCWANDEV, ...).
@@ -659,6 +660,40 @@ unsafe extern "C" fn slim_setsockopt(
         }
     }
 }
+
+/// `IP_PKTOPTIONS` (`linux/in.h`): answers an `IP_PKTINFO` message holding the socket's own (host)
+/// address. `IPV6_2292PKTOPTIONS` (`linux/in6.h`): the options of the last received packet, which
+/// can include its (host) destination address.
+const IP_PKTOPTIONS: c_int = 9;
+const IPV6_2292PKTOPTIONS: c_int = 6;
+
+/// `getsockopt` below SOL_SOCKET (SOL_SOCKET itself is answered by `sk_getsockopt` without the
+/// ops; its `SO_PEERNAME` goes through our `getname`): refuses the options that would reveal a
+/// host address, delegates the rest.
+unsafe extern "C" fn slim_getsockopt(
+    sock: *mut bindings::socket,
+    level: c_int,
+    optname: c_int,
+    optval: *mut c_char,
+    optlen: *mut c_int,
+) -> c_int {
+    // By level, whatever the socket's family (an IPv6 socket also answers SOL_IP options).
+    if matches!(
+        (level, optname),
+        (L_IP, IP_PKTOPTIONS) | (L_IPV6, IPV6_2292PKTOPTIONS)
+    ) {
+        return refuse(kabi::SLIM_REFUSED_GETSOCKOPT);
+    }
+    // SAFETY: wrapper contract (see `orig_ops`); the user pointers are passed on unchanged.
+    unsafe {
+        match orig_ops(sock).getsockopt {
+            Some(f) => f(sock, level, optname, optval, optlen),
+            None => -(bindings::EOPNOTSUPP as c_int),
+        }
+    }
+}
+const L_IP: c_int = bindings::SOL_IP as c_int;
+const L_IPV6: c_int = bindings::SOL_IPV6 as c_int;
 
 /// Socket ioctls a restricted socket may not use: the interface / routing / ARP / bridge / device
 /// range `SIOCADDRT` (0x890B) ..= `SIOCDEVPRIVATE + 15` (0x89FF), which covers every SIOCGIF* and

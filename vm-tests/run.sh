@@ -17,6 +17,7 @@ T0=$SECONDS
 if [ "${SLIM_VM_NO_BUILD:-0}" != 1 ]; then
     kstep "kernel (scripts/kernel/build-kernel.sh)" "$REPO/scripts/kernel/build-kernel.sh"
     kstep "module (make -C kmod-rs)" make -s -C "$REPO/kmod-rs"
+    kstep "userspace (cargo build --release)" cargo build --release --workspace --all-targets --quiet
 fi
 KDIR=$("$REPO/scripts/kernel/build-kernel.sh" --print-kdir)
 KO=$REPO/target/kmod-rs/slim_kern.ko
@@ -29,6 +30,14 @@ command -v vng >/dev/null || kdie "vng not found (run scripts/kernel/setup-toolc
 OUT=${SLIM_VM_OUT:-$REPO/target/vm-tests}
 mkdir -p "$OUT"
 rm -f "$OUT"/result.txt "$OUT"/dmesg*.txt
+
+# The lab's test binaries, which guest.sh runs again against routers in secure mode.
+(cd "$REPO" && cargo test --release -p slim-lab --no-run --message-format=json 2>/dev/null) |
+    python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"] + "=" + m["executable"])' > "$OUT/tests.txt" || true
 
 klog "boot: $KDIR ($(head -1 "$KDIR/.slim-build-complete"))"
 klog "module: $KO; results: $OUT"

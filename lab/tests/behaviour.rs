@@ -191,10 +191,15 @@ fn exact_pairing_500_connections_prefork_server_no_fd_left() {
             "worker {p}: {before} -> {now} descriptors"
         );
     }
-    // Once the programs are gone, the routers hold exactly what they held before.
+    // Once the programs are gone, the routers hold no more than they held before (less is
+    // possible: a connection of the previous test's programs may still have been closing when
+    // the baseline was taken).
     drop(s);
     let back = eventually(Duration::from_secs(10), || {
-        routers.iter().map(|p| fd_count(*p)).collect::<Vec<_>>() == router_fds
+        routers
+            .iter()
+            .zip(&router_fds)
+            .all(|(p, before)| fd_count(*p) <= *before)
     });
     assert!(
         back,

@@ -9,7 +9,7 @@ use crate::config;
 use crate::log::{slog, DEBUG, ERROR, INFO};
 use crate::real;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
-use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
+use slim_uapi::proto::{Reply, Request, HELLO_SECURE, MAX_FRAME, PROTO_VERSION};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 const POOL: usize = 8;
@@ -193,7 +193,10 @@ fn open() -> Option<i32> {
         Some((n, extra)) => {
             tables = extra;
             match Reply::decode(&buf[..n]) {
-                Ok(Reply::HelloOk { version }) if version == PROTO_VERSION => true,
+                Ok(Reply::HelloOk { version, flags }) if version == PROTO_VERSION => {
+                    SECURE.store(flags & HELLO_SECURE != 0, Ordering::Relaxed);
+                    true
+                }
                 Ok(Reply::Error { message, .. }) => {
                     slog!(
                         ERROR,
@@ -230,6 +233,15 @@ fn open() -> Option<i32> {
         }
     }
     Some(fd)
+}
+
+/// The router runs in secure mode (see `slim_uapi::proto::HELLO_SECURE`).
+static SECURE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the router runs in secure mode: host sockets are restricted by the kernel module and
+/// accepted connections are identified with `Request::IdentifyChild`.
+pub fn secure() -> bool {
+    SECURE.load(Ordering::Relaxed)
 }
 
 /// The router's accept and route tables, mapped read-only (null until a router sent them).

@@ -276,6 +276,19 @@ const OVERLAY_FIRST_EVERY: u32 = 8;
 /// Which overlay connection an accepted host connection stands for: from the router's accept
 /// table if it is there, else asked of the router (which waits for the announcement).
 fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identity> {
+    if link::secure() {
+        // The child is restricted: it answers no host address, even to us. The router finds its
+        // host endpoints itself and writes its overlay addresses into the kernel module.
+        let req = Request::IdentifyChild {
+            listener_cookie: r.cookie.load(Ordering::Relaxed),
+        };
+        let mut buf = [0u8; MAX_FRAME];
+        let (n, _) = link::call_with_fd(&req, Some(child), &mut buf)?;
+        return match Reply::decode(&buf[..n]) {
+            Ok(Reply::Identity(id)) => Some(id),
+            _ => None,
+        };
+    }
     let peer_host = addr::normalize(peer_host);
     let local_host = match r.host_local.load() {
         Some(l) => l,

@@ -1,13 +1,14 @@
 //! The Unix socket the containers' preload libraries talk to: `SOCK_SEQPACKET`, one request per
 //! packet, one task per connected process, so that a slow or hostile client stalls nobody else.
 
+use crate::container;
 use crate::router::Router;
 use anyhow::Context;
 use nix::sys::socket::{
     accept4, bind, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily, Backlog,
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
-use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
+use slim_uapi::proto::{Reply, Request, HELLO_SECURE, MAX_FRAME, PROTO_VERSION};
 use slim_uapi::wire::DecodeError;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -159,6 +160,38 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
     let pid = getsockopt(&fd, sockopt::PeerCredentials)
         .map(|c| c.pid())
         .unwrap_or(0);
+    // Secure mode: which container this is, decided once, by the kernel's word (see container.rs).
+    let caller = match router.dev.is_some() {
+        false => None,
+        true => {
+            let probe = fd.try_clone()?;
+            let prefixes = router.settings.prefixes.clone();
+            let who = tokio::task::spawn_blocking(move || container::identify(&probe, &prefixes))
+                .await
+                .map_err(|e| anyhow::anyhow!("identification task failed: {e}"))?;
+            match who {
+                Ok(c) => {
+                    tracing::debug!(pid = c.pid, netns = c.netns, addrs = ?c.addrs, "container identified");
+                    Some(c)
+                }
+                Err(e) => {
+                    router.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pid, error = %e, "refusing a library connection");
+                    // SAFETY: an OwnedFd's descriptor stays open until the AsyncFd drops it.
+                    let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+                    let message =
+                        format!("secure mode: cannot identify the calling container: {e}");
+                    let r = Reply::Error {
+                        errno: libc::EPERM,
+                        message: &message,
+                    };
+                    send_reply(&conn, &r, &[]).await?;
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let secure = caller.as_ref();
     // SAFETY: an OwnedFd's descriptor stays open and unchanged until the AsyncFd drops it.
     let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
     let mut buf = [0u8; MAX_FRAME];
@@ -212,8 +245,8 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let (reply, fd) = match &req {
-            Request::Hello { version, .. } if *version != PROTO_VERSION => {
+        let (reply, fd) = match (&req, secure) {
+            (Request::Hello { version, .. }, _) if *version != PROTO_VERSION => {
                 let message = format!(
                     "slim-router speaks protocol {PROTO_VERSION} but libslim_preload.so speaks {version}; install matching versions"
                 );
@@ -229,32 +262,73 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 .await?;
                 return Ok(());
             }
-            Request::Hello { .. } => (
+            (Request::Hello { .. }, None) => (
                 Reply::HelloOk {
                     version: PROTO_VERSION,
+                    flags: 0,
                 },
                 router.shared_tables(),
             ),
-            Request::Connect(c) => {
-                let (r, fd) = router.connect(c);
+            // Secure mode shares no tables: they hold host endpoints.
+            (Request::Hello { .. }, Some(_)) => (
+                Reply::HelloOk {
+                    version: PROTO_VERSION,
+                    flags: HELLO_SECURE,
+                },
+                Vec::new(),
+            ),
+            (Request::Connect(c), who) => {
+                let (r, fd) = router.connect(who, c);
                 (r, fd.into_iter().collect())
             }
-            Request::Listen(l) => {
-                let (r, fd) = router.listen(l).await;
+            (Request::Listen(l), who) => {
+                let (r, fd) = router.listen(who, l).await;
                 (r, fd.into_iter().collect())
             }
-            Request::Reattach(l) => (router.reattach(l, passed).await, Vec::new()),
-            Request::AcceptLookup(a) => (router.accept_lookup(a).await, Vec::new()),
-            Request::QueryTuple {
-                local_host,
-                peer_host,
-            } => (router.query_tuple(*local_host, *peer_host), Vec::new()),
-            Request::Sockets { family, count } => router.sockets(*family, *count),
-            Request::Announce(a) => {
+            (Request::IdentifyChild { listener_cookie }, Some(c)) => (
+                router.identify_child(c, *listener_cookie, passed).await,
+                Vec::new(),
+            ),
+            (Request::IdentifyChild { .. }, None) => (
+                Reply::Error {
+                    errno: libc::EINVAL,
+                    message: "IdentifyChild is only used in secure mode",
+                },
+                Vec::new(),
+            ),
+            // Host endpoints and pooled unrestricted sockets: not for containers in secure mode.
+            (
+                Request::AcceptLookup(_)
+                | Request::QueryTuple { .. }
+                | Request::Sockets { .. }
+                | Request::Reattach(_),
+                Some(c),
+            ) => (
+                router
+                    .refuse(c, "request not available in secure mode (it would reveal host endpoints or hand out unrestricted sockets)")
+                    .0,
+                Vec::new(),
+            ),
+            (Request::Announce(_), Some(c)) => {
+                // One-way: no reply, but counted and logged.
+                let _ = router.refuse(c, "connection announcement from a container in secure mode");
+                continue;
+            }
+            (Request::Reattach(l), None) => (router.reattach(l, passed).await, Vec::new()),
+            (Request::AcceptLookup(a), None) => (router.accept_lookup(a).await, Vec::new()),
+            (
+                Request::QueryTuple {
+                    local_host,
+                    peer_host,
+                },
+                None,
+            ) => (router.query_tuple(*local_host, *peer_host), Vec::new()),
+            (Request::Sockets { family, count }, None) => router.sockets(*family, *count),
+            (Request::Announce(a), None) => {
                 router.client_announce(a);
                 continue;
             }
-            Request::Closed { cookie } => {
+            (Request::Closed { cookie }, _) => {
                 router.closed(*cookie);
                 continue;
             }

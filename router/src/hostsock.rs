@@ -9,17 +9,83 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Options that must never be replayed onto a host socket: they would change what the socket is
 /// (family behaviour) or where it goes, rather than how it behaves.
-fn replayable(level: i32, name: i32) -> bool {
+/// Options of the application's socket that the router (root, CAP_NET_ADMIN) sets again on the
+/// host socket. A list of what is known harmless, not a list of what is known harmful: the
+/// router's privileges must not lend a container anything (SO_SNDBUFFORCE, SO_MARK,
+/// SO_BINDTODEVICE, IP_TRANSPARENT, TCP_REPAIR, a restricted congestion control, ...).
+const SO_RCVTIMEO_NEW: i32 = 66;
+const SO_SNDTIMEO_NEW: i32 = 67;
+
+fn replayable(level: i32, name: i32, value: &[u8]) -> bool {
+    let int = || {
+        value
+            .get(..4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
     match level {
-        libc::SOL_SOCKET => !matches!(
+        libc::SOL_SOCKET => match name {
+            libc::SO_SNDBUF
+            | libc::SO_RCVBUF
+            | libc::SO_KEEPALIVE
+            | libc::SO_LINGER
+            | libc::SO_OOBINLINE
+            | libc::SO_RCVLOWAT
+            | libc::SO_REUSEADDR
+            | libc::SO_REUSEPORT
+            | libc::SO_RCVTIMEO
+            | libc::SO_SNDTIMEO
+            | SO_RCVTIMEO_NEW
+            | SO_SNDTIMEO_NEW
+            | libc::SO_MAX_PACING_RATE
+            | libc::SO_ZEROCOPY => true,
+            // 0..=6 is what an unprivileged socket may set itself.
+            libc::SO_PRIORITY => matches!(int(), Some(0..=6)),
+            _ => false,
+        },
+        libc::IPPROTO_TCP => matches!(
             name,
-            libc::SO_BINDTODEVICE | libc::SO_MARK | libc::SO_ATTACH_FILTER | libc::SO_ATTACH_BPF
+            libc::TCP_NODELAY
+                | libc::TCP_MAXSEG
+                | libc::TCP_CORK
+                | libc::TCP_KEEPIDLE
+                | libc::TCP_KEEPINTVL
+                | libc::TCP_KEEPCNT
+                | libc::TCP_SYNCNT
+                | libc::TCP_LINGER2
+                | libc::TCP_DEFER_ACCEPT
+                | libc::TCP_WINDOW_CLAMP
+                | libc::TCP_QUICKACK
+                | libc::TCP_USER_TIMEOUT
+                | libc::TCP_NOTSENT_LOWAT
+                | libc::TCP_FASTOPEN
+                | libc::TCP_INQ
+                | libc::TCP_THIN_LINEAR_TIMEOUTS
         ),
-        libc::IPPROTO_TCP => true,
-        libc::IPPROTO_IP => !matches!(name, libc::IP_TRANSPARENT | libc::IP_FREEBIND),
-        libc::IPPROTO_IPV6 => !matches!(name, libc::IPV6_V6ONLY | libc::IPV6_ADDRFORM),
+        // Precedence bits (the top three) need CAP_NET_ADMIN: only DSCP/ECN below them.
+        libc::IPPROTO_IP => name == libc::IP_TOS && matches!(int(), Some(v) if v & 0xe0 == 0),
+        libc::IPPROTO_IPV6 => {
+            name == libc::IPV6_TCLASS
+                && matches!(int(), Some(v) if (0..256).contains(&v) && v & 0xe0 == 0)
+        }
         _ => false,
     }
+}
+
+/// The address family (`SO_DOMAIN`) of a socket.
+pub fn socket_family(fd: RawFd) -> io::Result<i32> {
+    let mut v: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v/len valid for writes; SO_DOMAIN writes an int.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -165,7 +231,7 @@ fn set_int(fd: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
 
 fn replay(fd: RawFd, opts: &SockOpts) {
     for o in opts.iter() {
-        if !replayable(o.level, o.name) {
+        if !replayable(o.level, o.name, o.value()) {
             continue;
         }
         if let Err(e) = setsockopt_raw(fd, o.level, o.name, o.value()) {

@@ -3,9 +3,12 @@
 //! informed of this host's listeners.
 
 mod clients;
+mod container;
 mod hostsock;
+mod kmod;
 mod peers;
 mod router;
+mod secure;
 mod shm;
 mod sockdiag;
 mod tables;
@@ -124,28 +127,36 @@ fn settings(args: &Args) -> anyhow::Result<router::Settings> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.secure {
-        anyhow::bail!(
-            "--secure needs the slim_kern kernel module (/dev/slim), which this build does not provide yet; \
-             run without --secure"
+    let dev = if args.secure {
+        let dev = kmod::SlimDev::open(std::path::Path::new(slim_uapi::kabi::SLIM_DEVICE_PATH))?;
+        tracing::info!(
+            "secure mode: host sockets are restricted by slim_kern ({})",
+            slim_uapi::kabi::SLIM_DEVICE_PATH
         );
-    }
+        Some(dev)
+    } else {
+        None
+    };
     let settings = settings(&args)?;
     let peer_listen = match args.peer_listen {
         Some(a) => a,
         None => SocketAddr::new(args.host_addr[0], 7788),
     };
-    let router = Arc::new(router::Router::new(settings));
-    match shm::SharedTable::create(c"slim-accept-table", slim_uapi::accept_table::TABLE_WORDS) {
-        Ok(t) => router.tables().accept_table = Some(t),
-        Err(e) => {
-            tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
+    let secure = dev.is_some();
+    let router = Arc::new(router::Router::new(settings, dev));
+    // Secure mode shares no tables with containers (they hold host endpoints).
+    if !secure {
+        match shm::SharedTable::create(c"slim-accept-table", slim_uapi::accept_table::TABLE_WORDS) {
+            Ok(t) => router.tables().accept_table = Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
+            }
         }
-    }
-    match shm::SharedTable::create(c"slim-route-table", slim_uapi::route_table::TABLE_WORDS) {
-        Ok(t) => router.tables().route_table = Some(t),
-        Err(e) => {
-            tracing::warn!(error = %e, "no shared route table; every connect asks the router")
+        match shm::SharedTable::create(c"slim-route-table", slim_uapi::route_table::TABLE_WORDS) {
+            Ok(t) => router.tables().route_table = Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no shared route table; every connect asks the router")
+            }
         }
     }
     let listener = clients::bind_socket(&args.socket, args.socket_mode)?;
@@ -189,8 +200,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 accepts = c.accepts.load(Ordering::Relaxed),
                 unknown_accepts = c.unknown_accepts.load(Ordering::Relaxed),
                 bad_frames = c.bad_frames.load(Ordering::Relaxed),
+                refused = c.refused.load(Ordering::Relaxed),
                 "state"
             );
+            if let Some(dev) = &sweeper.dev {
+                match dev.stats() {
+                    Ok(s) => tracing::debug!(
+                        live = s.restricted_live,
+                        restricted = s.restricted_total,
+                        children = s.children_total,
+                        refusals = ?&s.refusals[..8],
+                        "slim_kern"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "slim_kern STATS failed"),
+                }
+            }
         }
     });
     let socket_path = args.socket.clone();

@@ -1,5 +1,6 @@
 //! What the router does for each request, independent of how requests arrive.
 
+use crate::container::Caller;
 use crate::hostsock::{self, normalize, normalize_ip};
 use crate::peers::PeerSet;
 use crate::tables::{LocalListener, Owner, Tables};
@@ -11,6 +12,17 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// `addr` spelled for a socket of `family` (IPv4 as IPv4-mapped for an `AF_INET6` socket): the
+/// kernel module answers virtual addresses verbatim, so they must be of the socket's own family.
+pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
+    match (family, addr) {
+        (libc::AF_INET6, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => addr,
+    }
+}
 
 /// How long an accept waits for the announcement of a connection that already arrived. The
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
@@ -58,10 +70,15 @@ pub struct Counters {
     pub accepts: AtomicU64,
     pub unknown_accepts: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Secure mode: requests refused because they named an address or socket that is not the
+    /// caller's, or asked for something secure mode does not offer.
+    pub refused: AtomicU64,
 }
 
 pub struct Router {
     pub settings: Settings,
+    /// Secure mode: the kernel module every host socket is restricted through.
+    pub dev: Option<crate::kmod::SlimDev>,
     pub tables: Mutex<Tables>,
     pub peers: PeerSet,
     pub counters: Counters,
@@ -72,9 +89,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, dev: Option<crate::kmod::SlimDev>) -> Self {
         Router {
             settings,
+            dev,
             tables: Mutex::new(Tables::default()),
             peers: PeerSet::default(),
             counters: Counters::default(),
@@ -93,6 +111,25 @@ impl Router {
         // A panic while holding the lock cannot leave the maps half-updated in a way that matters
         // more than stopping service would, so a poisoned lock is used as is.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Secure mode: the caller asked for something that is not its to ask; the program's call
+    /// fails with EPERM.
+    pub fn refuse(&self, c: &Caller, what: &'static str) -> (Reply<'static>, Option<OwnedFd>) {
+        let n = self.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            pid = c.pid,
+            netns = c.netns,
+            refused_total = n,
+            "refused: {what}"
+        );
+        (
+            Reply::Error {
+                errno: libc::EPERM,
+                message: what,
+            },
+            None,
+        )
     }
 
     fn fallback(&self, why: FallbackReason) -> (Reply<'static>, Option<OwnedFd>) {
@@ -170,10 +207,23 @@ impl Router {
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connect(&self, req: &ConnectReq) -> (Reply<'static>, Option<OwnedFd>) {
+    /// `caller` is the identified container in secure mode (required there), None otherwise.
+    pub fn connect(
+        &self,
+        caller: Option<&Caller>,
+        req: &ConnectReq,
+    ) -> (Reply<'static>, Option<OwnedFd>) {
         let dst = normalize(req.dst);
         if !self.settings.in_overlay(dst.ip()) {
             return self.fallback(FallbackReason::OutsidePrefixes);
+        }
+        if let Some(c) = caller {
+            if !c.owns(req.src_ip) {
+                return self.refuse(
+                    c,
+                    "connect from an overlay address that is not this container's",
+                );
+            }
         }
         let Some(route) = self.tables().route(&dst) else {
             return self.fallback(FallbackReason::NoListener);
@@ -196,6 +246,21 @@ impl Router {
             local: SocketAddr::new(src, started.local.port()),
             peer: Some(dst),
         };
+        if let (Some(dev), Some(c)) = (&self.dev, caller) {
+            // Restricted before the container sees it; the router started the connect itself, so
+            // the socket needs no connect authorization.
+            use std::os::fd::AsFd;
+            if let Err(e) = dev.restrict(
+                started.fd.as_fd(),
+                c.netns,
+                in_family(id.local, req.family),
+                Some(in_family(dst, req.family)),
+                false,
+            ) {
+                tracing::warn!(%dst, error = %e, "cannot restrict a host socket; overlay fallback");
+                return self.fallback(FallbackReason::Unavailable);
+            }
+        }
         let ann = Announce {
             client_host: started.local,
             server_host: route.host,
@@ -245,7 +310,30 @@ impl Router {
         keys
     }
 
-    pub async fn listen(&self, req: &ListenReq) -> (Reply<'static>, Option<OwnedFd>) {
+    pub async fn listen(
+        &self,
+        caller: Option<&Caller>,
+        req: &ListenReq,
+    ) -> (Reply<'static>, Option<OwnedFd>) {
+        let mut req = req.clone();
+        if let Some(c) = caller {
+            // A container listens on its own addresses only, whatever it claims.
+            let bound = normalize_ip(req.bound.ip());
+            if !bound.is_unspecified() && !c.owns(bound) {
+                if self.settings.in_overlay(bound) {
+                    return self.refuse(
+                        c,
+                        "listen on an overlay address that is not this container's",
+                    );
+                }
+                return self.fallback(FallbackReason::OutsidePrefixes);
+            }
+            req.ips = Default::default();
+            for ip in &c.addrs {
+                req.ips.push(*ip);
+            }
+        }
+        let req = &req;
         let keys = self.listener_keys(req);
         if keys.is_empty() {
             return self.fallback(FallbackReason::OutsidePrefixes);
@@ -267,12 +355,26 @@ impl Router {
                 return self.fallback(FallbackReason::Unavailable);
             }
         };
+        if let (Some(dev), Some(c)) = (&self.dev, caller) {
+            use std::os::fd::AsFd;
+            if let Err(e) = dev.restrict(
+                l.fd.as_fd(),
+                c.netns,
+                in_family(req.bound, req.family),
+                None,
+                true,
+            ) {
+                tracing::warn!(bound = %req.bound, error = %e, "cannot restrict a host listener; overlay only");
+                return self.fallback(FallbackReason::Unavailable);
+            }
+        }
         let entries = self.tables().add_local(
             l.cookie,
             LocalListener {
                 host: l.local,
                 keys: keys.clone(),
                 bound: req.bound,
+                owner: caller.map_or(0, |c| c.netns),
             },
         );
         self.counters.listens.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +431,7 @@ impl Router {
                 host: local,
                 keys: keys.clone(),
                 bound: req.bound,
+                owner: 0,
             },
         );
         tracing::info!(?keys, host = %local, cookie, "listener reattached");
@@ -336,17 +439,27 @@ impl Router {
         Reply::ListenOk { cookie }
     }
 
-    pub async fn accept_lookup(&self, a: &AcceptLookup) -> Reply<'static> {
-        let peer_host = normalize(a.peer_host);
-        let local_host = normalize(a.local_host);
+    /// The announcement of the host connection `peer_host -> local_host`, waiting a little if it
+    /// has not arrived yet.
+    pub async fn wait_announce(
+        &self,
+        peer_host: SocketAddr,
+        local_host: SocketAddr,
+    ) -> Option<Announce> {
         let waiting = self.tables().take_announce(peer_host, local_host);
-        let ann = match waiting {
+        match waiting {
             Ok(ann) => Some(ann),
             Err(rx) => tokio::time::timeout(ANNOUNCE_WAIT, rx)
                 .await
                 .ok()
                 .and_then(|r| r.ok()),
-        };
+        }
+    }
+
+    pub async fn accept_lookup(&self, a: &AcceptLookup) -> Reply<'static> {
+        let peer_host = normalize(a.peer_host);
+        let local_host = normalize(a.local_host);
+        let ann = self.wait_announce(peer_host, local_host).await;
         let Some(ann) = ann else {
             self.counters
                 .unknown_accepts

@@ -152,6 +152,28 @@ pub fn live_tcp_tuples() -> io::Result<HashSet<(SocketAddr, SocketAddr)>> {
     Ok(out)
 }
 
+/// The host endpoints (its own, its peer's) of the connected TCP socket with this cookie. Secure
+/// mode needs this for sockets restricted by the kernel module, whose getsockname/getpeername
+/// answer overlay addresses even to the router.
+pub fn tuple_of_cookie(cookie: u64) -> io::Result<Option<(SocketAddr, SocketAddr)>> {
+    let states = !(1 << TCP_TIME_WAIT) & !(1 << TCP_CLOSE) & !(1 << TCP_LISTEN);
+    let mut found = None;
+    for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump_family(fam, states, &mut |m| {
+            if (m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32) == cookie {
+                found = Some((
+                    endpoint(m.family, &m.id.src, m.id.sport),
+                    endpoint(m.family, &m.id.dst, m.id.dport),
+                ));
+            }
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// An endpoint from sock_diag's words (network byte order), IPv4-mapped spelled as IPv4.
 fn endpoint(family: u8, words: &[u32; 4], port_be: u16) -> SocketAddr {
     let port = u16::from_be(port_be);
@@ -191,6 +213,7 @@ mod tests {
         let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&c)).unwrap();
         let tuple = (c.local_addr().unwrap(), c.peer_addr().unwrap());
         assert!(live_tcp_tuples().unwrap().contains(&tuple));
+        assert_eq!(tuple_of_cookie(cookie).unwrap(), Some(tuple));
         let lc = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
         assert!(listener_cookies().unwrap().contains(&lc));
         assert!(!listener_cookies().unwrap().contains(&cookie));

@@ -32,6 +32,8 @@ pub struct LocalListener {
     pub keys: Vec<SocketAddr>,
     /// Where the application bound its overlay socket (for logs and status).
     pub bound: SocketAddr,
+    /// Secure mode: the container (network namespace inode) that owns it; 0 otherwise.
+    pub owner: u64,
 }
 
 type ConnKey = (SocketAddr, SocketAddr);
@@ -195,6 +197,11 @@ impl Tables {
         self.local.values().map(|l| (l.bound, l.host)).collect()
     }
 
+    /// The local listener with this cookie.
+    pub fn local_listener(&self, cookie: u64) -> Option<&LocalListener> {
+        self.local.get(&cookie)
+    }
+
     pub fn local_listeners(&self) -> Vec<(u64, SocketAddr)> {
         self.local.iter().map(|(c, l)| (*c, l.host)).collect()
     }
@@ -331,6 +338,7 @@ mod tests {
             host: sa("192.168.77.1:7000"),
             keys: vec![sa("10.32.0.1:80")],
             bound: sa("0.0.0.0:80"),
+            owner: 0,
         };
         assert_eq!(t.add_local(5, l).len(), 1);
         assert!(t.route(&sa("10.32.0.1:80")).is_some());

@@ -59,7 +59,21 @@ pub fn to_storage(a: SocketAddr, v6sock: bool) -> (libc::sockaddr_storage, libc:
     }
 }
 
-fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub mod attack;
+
+/// Whether two endpoints are the same, an IPv4-mapped IPv6 address equal to its IPv4 spelling.
+pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let n = |x: SocketAddr| match x {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => x,
+        },
+        _ => x,
+    };
+    n(a) == n(b)
+}
+
+pub fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: family checked.

@@ -12,7 +12,11 @@ use crate::wire::{DecodeError, Overflow, Reader, Writer};
 use core::net::{IpAddr, SocketAddr};
 
 pub const MAGIC: u32 = 0x534C_494D; // "SLIM"
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
+/// [`Reply::HelloOk`] flag: the router runs in secure mode. Host sockets come restricted by the
+/// kernel module (they answer overlay addresses themselves), no shared tables or socket pools are
+/// offered, and accepted connections are identified with [`Request::IdentifyChild`].
+pub const HELLO_SECURE: u32 = 1 << 0;
 /// No frame of this protocol is larger; receivers use a buffer of this size.
 pub const MAX_FRAME: usize = 2048;
 pub const HEADER_LEN: usize = 8;
@@ -32,6 +36,7 @@ mod kind {
     pub const REATTACH: u16 = 7;
     pub const ANNOUNCE: u16 = 8;
     pub const SOCKETS: u16 = 9;
+    pub const IDENTIFY_CHILD: u16 = 10;
 
     pub const HELLO_OK: u16 = 101;
     pub const CONNECT_OK: u16 = 102;
@@ -186,6 +191,13 @@ pub enum Request {
         family: i32,
         count: u8,
     },
+    /// Secure mode: a connection the library accepted on the host listener `listener_cookie`
+    /// (attached with `SCM_RIGHTS`). The router finds which overlay connection it stands for,
+    /// records its overlay addresses in the kernel module and answers `Identity` (or `Unknown`:
+    /// the library then drops it).
+    IdentifyChild {
+        listener_cookie: u64,
+    },
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -226,6 +238,8 @@ pub struct Identity {
 pub enum Reply<'a> {
     HelloOk {
         version: u16,
+        /// `HELLO_*` flags.
+        flags: u32,
     },
     /// A host socket is attached (`SCM_RIGHTS`), non-blocking, its connect already started.
     ConnectOk {
@@ -387,6 +401,10 @@ impl Request {
                 w.i32(*family)?;
                 w.u8(*count)?;
             }
+            Request::IdentifyChild { listener_cookie } => {
+                header(&mut w, kind::IDENTIFY_CHILD)?;
+                w.u64(*listener_cookie)?;
+            }
         }
         Ok(w.position())
     }
@@ -471,6 +489,9 @@ impl Request {
                 family: family_ok(r.i32()?)?,
                 count: r.u8()?,
             },
+            kind::IDENTIFY_CHILD => Request::IdentifyChild {
+                listener_cookie: r.u64()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -487,9 +508,10 @@ impl<'a> Reply<'a> {
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, Overflow> {
         let mut w = Writer::new(buf);
         match self {
-            Reply::HelloOk { version } => {
+            Reply::HelloOk { version, flags } => {
                 header(&mut w, kind::HELLO_OK)?;
                 w.u16(*version)?;
+                w.u32(*flags)?;
             }
             Reply::ConnectOk { id, cookie } => {
                 header(&mut w, kind::CONNECT_OK)?;
@@ -538,7 +560,18 @@ impl<'a> Reply<'a> {
             return Err(DecodeError::Version(version));
         }
         let reply = match k {
-            kind::HELLO_OK => Reply::HelloOk { version: r.u16()? },
+            kind::HELLO_OK => {
+                let version = r.u16()?;
+                // A router of another version may lay HelloOk out differently: the caller
+                // compares versions before it looks at anything else.
+                if version != PROTO_VERSION {
+                    return Ok(Reply::HelloOk { version, flags: 0 });
+                }
+                Reply::HelloOk {
+                    version,
+                    flags: r.u32()?,
+                }
+            }
             kind::CONNECT_OK => Reply::ConnectOk {
                 id: read_identity(&mut r)?,
                 cookie: r.u64()?,
@@ -626,6 +659,7 @@ mod tests {
             family: 10,
             count: 32,
         });
+        rt(Request::IdentifyChild { listener_cookie: 5 });
     }
 
     #[test]
@@ -635,7 +669,10 @@ mod tests {
             peer: Some("10.32.0.2:2".parse().unwrap()),
         };
         for reply in [
-            Reply::HelloOk { version: 1 },
+            Reply::HelloOk {
+                version: PROTO_VERSION,
+                flags: HELLO_SECURE,
+            },
             Reply::ConnectOk { id, cookie: 7 },
             Reply::ListenOk { cookie: 8 },
             Reply::Identity(Identity {

@@ -34,10 +34,14 @@ pub fn testprog() -> String {
 /// Serializes tests and makes sure the lab is up (idempotent).
 pub fn lab() -> MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = Command::new(lab_bin())
-        .arg("up")
-        .output()
-        .expect("run slim-lab up");
+    // SLIM_LAB_SECURE=1 (set by vm-tests/guest.sh, inside the test VM with slim_kern loaded):
+    // the same tests against routers in secure mode.
+    let mut up = Command::new(lab_bin());
+    up.arg("up");
+    if std::env::var_os("SLIM_LAB_SECURE").is_some_and(|v| v == "1") {
+        up.arg("--secure");
+    }
+    let out = up.output().expect("run slim-lab up");
     assert!(
         out.status.success(),
         "slim-lab up failed:\n{}{}",

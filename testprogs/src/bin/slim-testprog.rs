@@ -20,7 +20,9 @@ fn usage() -> ! {
          slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)\n  \
          slim-testprog rr-serve PORT          (epoll echo server for rr and connrate)\n  \
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
-         slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)"
+         slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
+         slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT HOST_IP...   (secure mode: try what a container must not)\n  \
+         slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT HOST_IP...  (exec'd by attack)"
     );
     std::process::exit(2)
 }
@@ -119,6 +121,7 @@ fn main() {
             let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(100);
             setup_storm(addr, n)
         }
+        "attack" | "attack-fd" => attack_cmd(cmd, &args),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -137,4 +140,42 @@ fn parse_target(args: &[String]) -> SocketAddr {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| usage());
     SocketAddr::new(ip, port)
+}
+
+fn attack_cmd(cmd: &str, args: &[String]) -> anyhow::Result<()> {
+    use slim_testprogs::attack::{attack, attack_fd, AttackCfg};
+    let skip = if cmd == "attack-fd" { 2 } else { 1 };
+    let fd: i32 = if cmd == "attack-fd" {
+        args.get(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| usage())
+    } else {
+        -1
+    };
+    let rest = &args[skip..];
+    let server: SocketAddr = rest
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| usage());
+    let listen_port: u16 = rest
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| usage());
+    let host_ips: Vec<std::net::IpAddr> = rest[2..]
+        .iter()
+        .map(|v| v.parse().unwrap_or_else(|_| usage()))
+        .collect();
+    if host_ips.is_empty() {
+        usage();
+    }
+    let cfg = AttackCfg {
+        server,
+        listen_port,
+        host_ips,
+    };
+    if cmd == "attack-fd" {
+        attack_fd(fd, &cfg)
+    } else {
+        attack(&cfg)
+    }
 }

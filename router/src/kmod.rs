@@ -1,0 +1,130 @@
+//! `/dev/slim`, the secure-mode kernel module's control device (ABI: `slim_uapi::kabi`).
+//!
+//! The router is the only program that drives it (the module checks CAP_NET_ADMIN on every
+//! ioctl). Every host socket of secure mode is restricted here before any container sees it.
+
+use slim_uapi::kabi::{self, SlimAddr};
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+/// Why secure mode cannot start: each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path} does not exist: the slim_kern kernel module is not loaded; run `insmod slim_kern.ko` (built by `make kmod`) before `slim-router --secure`")]
+    Missing { path: String },
+    #[error(
+        "cannot open {path}: {source}; slim-router --secure must run as root with CAP_NET_ADMIN"
+    )]
+    Open { path: String, source: io::Error },
+    #[error("{path} does not answer the VERSION ioctl ({source}); it is not Slim's module, or a very old one: load the slim_kern.ko built with this router")]
+    NoVersion { path: String, source: io::Error },
+    #[error("slim_kern module speaks ABI version {module}, this router {router}: load the slim_kern.ko built with this slim-router (`rmmod slim_kern; insmod slim_kern.ko`)")]
+    Version { module: u32, router: u32 },
+    #[error("slim_kern module lacks features {missing:#x} this router needs: load the slim_kern.ko built with this slim-router")]
+    Features { missing: u32 },
+}
+
+/// The features secure mode uses.
+const NEEDED: u32 = kabi::SLIM_FEAT_RESTRICT
+    | kabi::SLIM_FEAT_CHILD_ADDRS
+    | kabi::SLIM_FEAT_REVOKE
+    | kabi::SLIM_FEAT_STATS;
+
+pub struct SlimDev {
+    file: File,
+}
+
+fn ioctl<T>(fd: BorrowedFd<'_>, cmd: u32, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `cmd` is one of the kabi ioctl numbers, whose size field is size_of::<T>() (asserted
+    // in kabi.rs), and `arg` is a valid, exclusively borrowed T for the duration of the call: the
+    // module reads and/or writes exactly that many bytes.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, arg as *mut T) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl SlimDev {
+    pub fn open(path: &Path) -> Result<SlimDev, OpenError> {
+        let p = path.display().to_string();
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(OpenError::Missing { path: p })
+            }
+            Err(source) => return Err(OpenError::Open { path: p, source }),
+        };
+        let dev = SlimDev { file };
+        let mut v = kabi::SlimVersion::zeroed();
+        ioctl(dev.fd(), kabi::SLIM_IOC_VERSION, &mut v)
+            .map_err(|source| OpenError::NoVersion { path: p, source })?;
+        if v.kabi_version != kabi::KABI_VERSION {
+            return Err(OpenError::Version {
+                module: v.kabi_version,
+                router: kabi::KABI_VERSION,
+            });
+        }
+        if v.features & NEEDED != NEEDED {
+            return Err(OpenError::Features {
+                missing: NEEDED & !v.features,
+            });
+        }
+        Ok(dev)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
+    /// Restricts the host socket `sock` (a descriptor of this process) for container `tag`.
+    pub fn restrict(
+        &self,
+        sock: BorrowedFd<'_>,
+        tag: u64,
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        listener: bool,
+    ) -> io::Result<()> {
+        let mut r = kabi::SlimRestrict::zeroed();
+        r.fd = sock.as_raw_fd();
+        r.tag = tag;
+        r.flags = if listener {
+            kabi::SLIM_RESTRICT_LISTENER
+        } else {
+            0
+        };
+        r.local = SlimAddr::from_socket_addr(&local);
+        r.peer = peer.map_or(SlimAddr::NONE, |p| SlimAddr::from_socket_addr(&p));
+        ioctl(self.fd(), kabi::SLIM_IOC_RESTRICT, &mut r)
+    }
+
+    /// Records the virtual addresses of a child accepted on a restricted listener.
+    pub fn set_child_addrs(
+        &self,
+        sock: BorrowedFd<'_>,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
+        let mut c = kabi::SlimChildAddrs::zeroed();
+        c.fd = sock.as_raw_fd();
+        c.local = SlimAddr::from_socket_addr(&local);
+        c.peer = SlimAddr::from_socket_addr(&peer);
+        ioctl(self.fd(), kabi::SLIM_IOC_SET_CHILD_ADDRS, &mut c)
+    }
+
+    pub fn stats(&self) -> io::Result<kabi::SlimStats> {
+        let mut s = kabi::SlimStats::zeroed();
+        ioctl(self.fd(), kabi::SLIM_IOC_STATS, &mut s)?;
+        Ok(s)
+    }
+}

@@ -1,0 +1,115 @@
+#!/bin/bash
+# Runs INSIDE the test VM, from guest.sh, with slim_kern loaded: secure mode end to end.
+#
+#   secure_lab.sh REPO OUT
+#
+# 1. `slim-lab up --secure`: the two-host lab (namespaces, veth, bridge, VXLAN) with both routers
+#    started with --secure (they open /dev/slim and restrict every host socket they hand out).
+# 2. Real programs through Slim in secure mode: the lab's own tests (lab/tests/apps.rs,
+#    behaviour.rs; their test binaries are listed in $OUT/tests.txt by run.sh) run against the
+#    secure lab (SLIM_LAB_SECURE=1): iperf3 and nginx+curl across hosts with the bytes checked and
+#    the VXLAN device's counters showing that the payload took the host network.
+# 3. The attack suite: `slim-testprog attack` as nobody (no capabilities) inside container c1,
+#    with the preload library, against a Slim server in c2 (see testprogs/src/attack.rs).
+# 4. Module counters: sockets were restricted, refusals counted; `slim-lab down`.
+# Output: one "ok   - ..." / "FAIL - ..." line per check (guest.sh counts them).
+set -u
+REPO=${1:?usage: secure_lab.sh REPO OUT}
+OUT=${2:?usage: secure_lab.sh REPO OUT}
+HERE=$(cd "$(dirname "$0")" && pwd)
+LAB=$REPO/target/release/slim-lab
+PROG=$REPO/target/release/slim-testprog
+PROBE="/usr/bin/python3 $HERE/kabi_probe.py"
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+ok() { echo "ok   - $*"; }
+nok() { echo "FAIL - $*"; }
+
+stats() { $PROBE stats 2>&1; }
+field() { sed -nE "s/.* $1=([0-9]+).*/\1/p"; }
+
+before=$(stats)
+if out=$("$LAB" up --secure 2>&1); then
+    ok "slim-lab up --secure: $(tail -1 <<<"$out")"
+else
+    nok "slim-lab up --secure failed:"
+    echo "$out" | sed 's/^/    /'
+    exit 0
+fi
+for h in h1 h2; do
+    if grep -q "secure mode: host sockets are restricted by slim_kern" "/run/slim-lab/$h.log"; then
+        ok "router $h runs in secure mode"
+    else
+        nok "router $h did not report secure mode: $(tail -3 "/run/slim-lab/$h.log")"
+    fi
+done
+
+# --- real programs, the lab's own tests, against the secure routers
+run_test() {
+    local bin=$1 name=$2 log="$OUT/secure-$2.log" t0=$SECONDS
+    if SLIM_LAB_SECURE=1 RUST_BACKTRACE=1 timeout 600 "$bin" --exact --test-threads=1 "$name" >"$log" 2>&1; then
+        ok "secure mode: $name ($((SECONDS - t0)) s)"
+    else
+        nok "secure mode: $name ($((SECONDS - t0)) s), log:"
+        grep -vE '^\s+(at |[0-9]+: )' "$log" | tail -25 | sed 's/^/    /'
+    fi
+}
+APPS=$(sed -n 's/^apps=//p' "$OUT/tests.txt" 2>/dev/null)
+BEHAVIOUR=$(sed -n 's/^behaviour=//p' "$OUT/tests.txt" 2>/dev/null)
+if [ -x "$APPS" ] && [ -x "$BEHAVIOUR" ]; then
+    for t in iperf3_one_stream_cross_host iperf3_reverse_cross_host \
+        nginx_two_workers_curl_exact_file_cross_host nginx_two_workers_curl_exact_file_same_host; do
+        run_test "$APPS" "$t"
+    done
+    for t in every_connect_style_across_hosts_and_on_one_host connection_survives_dup_fork_and_exec \
+        peers_without_slim_see_exactly_the_bytes_written dual_stack_listener_and_ipv6_overlay; do
+        run_test "$BEHAVIOUR" "$t"
+    done
+else
+    nok "lab test binaries not found (run.sh writes them to $OUT/tests.txt): apps=$APPS behaviour=$BEHAVIOUR"
+fi
+mid=$(stats)
+r0=$(field restricted <<<"$before")
+r1=$(field restricted <<<"$mid")
+c1=$(field children <<<"$mid")
+if [ -n "$r1" ] && [ "${r1:-0}" -gt "${r0:-0}" ] && [ "${c1:-0}" -gt 0 ]; then
+    ok "the programs ran on restricted host sockets (module: $((r1 - r0)) restricted, $c1 accepted children)"
+else
+    nok "the module restricted nothing during the program runs: before: $before; after: $mid"
+fi
+
+# --- the attack suite: nobody, inside container c1, with the preload library
+"$LAB" up --secure >/dev/null 2>&1
+"$LAB" exec c2 --slim -- timeout 300 "$PROG" serve 7400 >"$OUT/attack-server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+    "$LAB" exec c1 -- timeout 2 bash -c 'exec 3<>/dev/tcp/10.32.0.2/7400' 2>/dev/null && break
+    sleep 0.2
+done
+NOBODY="setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all --bounding-set=-all"
+t0=$SECONDS
+while IFS= read -r line; do
+    case $line in
+        "ok   - "*) ok "attack: ${line#ok   - }" ;;
+        "FAIL - "*) nok "attack: ${line#FAIL - }" ;;
+        "exit status 0") ok "attack suite finished ($((SECONDS - t0)) s)" ;;
+        "exit status "*) nok "attack suite ended with $line" ;;
+        *) echo "  attack: $line" ;;
+    esac
+done < <("$LAB" exec c1 --slim -- timeout 300 $NOBODY "$PROG" attack 10.32.0.2:7400 7401 192.168.77.1 192.168.77.2 2>&1; echo "exit status $?")
+kill "$server" 2>/dev/null
+wait "$server" 2>/dev/null
+after=$(stats)
+echo "  module stats after the attack: $after"
+refused=$(sed -nE 's/.*refusals=\[([0-9]+), ([0-9]+), ([0-9]+).*/\1 \2 \3/p' <<<"$after")
+set -- $refused
+if [ "${1:-0}" -gt 0 ] && [ "${2:-0}" -gt 0 ] && [ "${3:-0}" -gt 0 ]; then
+    ok "refusals counted by kind (connect $1, bind $2, listen $3)"
+else
+    nok "refusals not counted: $after"
+fi
+for h in h1 h2; do
+    grep -E "refused|WARN|ERROR" "/run/slim-lab/$h.log" | tail -5 | sed "s/^/  $h.log: /"
+done
+
+if out=$("$LAB" down 2>&1); then ok "slim-lab down"; else nok "slim-lab down: $out"; fi
