@@ -58,6 +58,8 @@ pub struct Counters {
     pub accepts: AtomicU64,
     pub unknown_accepts: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Peer frames opened and refused on the sealed channel (`--cluster-key`).
+    pub seal: crate::peers::SealCounters,
 }
 
 pub struct Router {
@@ -65,6 +67,8 @@ pub struct Router {
     pub tables: Mutex<Tables>,
     pub peers: PeerSet,
     pub counters: Counters,
+    /// The cluster key and replay cache when peer frames are sealed (`--cluster-key`).
+    pub seal: Option<std::sync::Arc<crate::peers::PeerSeal>>,
     /// A program closed a Slim socket since the last sweep.
     pub sweep_due: std::sync::atomic::AtomicBool,
     /// Seeds the port choice of pooled sockets.
@@ -72,9 +76,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, seal: Option<crate::peers::PeerSeal>) -> Self {
         Router {
             settings,
+            seal: seal.map(std::sync::Arc::new),
             tables: Mutex::new(Tables::default()),
             peers: PeerSet::default(),
             counters: Counters::default(),

@@ -20,7 +20,10 @@ fn usage() -> ! {
          slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)\n  \
          slim-testprog rr-serve PORT          (epoll echo server for rr and connrate)\n  \
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
-         slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)"
+         slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
+         slim-testprog peer-attack --to ADDR:PORT --key FILE --mode MODE   (frames to a router's peer port, as a container\n    \
+         that reached the node could send them; MODE: valid|tamper|replay|expired|foreign|unsealed|malformed;\n    \
+         exits 0 when `valid` is accepted or the attack refused)"
     );
     std::process::exit(2)
 }
@@ -118,6 +121,14 @@ fn main() {
             let addr = parse_target(&args);
             let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(100);
             setup_storm(addr, n)
+        }
+        "peer-attack" => {
+            let to: SocketAddr = opt(&args, "--to")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage());
+            let key = opt(&args, "--key").unwrap_or_else(|| usage());
+            let mode = opt(&args, "--mode").unwrap_or_else(|| usage());
+            slim_testprogs::peer_attack::run(to, std::path::Path::new(&key), &mode)
         }
         _ => usage(),
     };
