@@ -34,6 +34,11 @@ pub fn router_log(host: &Host) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{}.log", host.name))
 }
 
+/// The cluster key the routers seal their messages with in secure mode (`--cluster-key`).
+pub fn cluster_key() -> PathBuf {
+    Path::new(STATE_DIR).join("cluster.key")
+}
+
 pub fn router_pid_file(host: &Host) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{}.pid", host.name))
 }

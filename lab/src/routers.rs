@@ -39,6 +39,8 @@ pub fn router_args(host: &Host, secure: bool) -> Vec<String> {
     }
     if secure {
         args.push("--secure".to_string());
+        args.push("--cluster-key".to_string());
+        args.push(crate::paths::cluster_key().display().to_string());
     }
     args.extend(["--log-level".to_string(), "info".to_string()]);
     args
@@ -53,7 +55,33 @@ pub struct Starting {
 /// Spawns the router in the host's namespace, detached from this process's session so that it
 /// outlives `slim-lab up` and a terminal's hangup. Its pid is written before it is ready so
 /// that `down` finds it even if `up` fails while waiting.
+/// Creates the lab's cluster key (32 random bytes, readable by root only) unless it exists.
+fn ensure_cluster_key() -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = crate::paths::cluster_key();
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("cannot read /dev/urandom for the cluster key")?;
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create the cluster key {}", path.display()))?;
+    f.write_all(&key)
+        .with_context(|| format!("cannot write the cluster key {}", path.display()))?;
+    Ok(())
+}
+
 pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> {
+    if secure {
+        ensure_cluster_key()?;
+    }
     let log_path = router_log(host);
     let log = OpenOptions::new()
         .create(true)
@@ -241,7 +269,8 @@ mod tests {
         assert_eq!(
             args,
             "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \
-             --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure --log-level info"
+             --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure \
+             --cluster-key /run/slim-lab/cluster.key --log-level info"
         );
     }
 }

@@ -64,6 +64,20 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     peer_listen: Option<SocketAddr>,
 
+    /// Seal the router <-> router channel with the cluster key in FILE: every peer frame
+    /// (Hello, listener changes, acknowledgements, connection announcements) is sealed with
+    /// XChaCha20-Poly1305, bound to the two hosts' addresses and the message kind, valid for 10 s
+    /// and accepted once; a peer frame that does not open is refused, counted by kind (foreign,
+    /// tampered, expired, replayed, malformed, overloaded, unsealed), logged at warn and its
+    /// connection dropped. FILE holds 32 random bytes, or 64 hex digits and a newline (e.g.
+    /// `head -c 32 /dev/urandom > FILE`), must be accessible by its owner only (`chmod 600
+    /// FILE`), and must be the same on every router: a router with another key or none is refused.
+    /// The hosts' clocks must agree within a few seconds, and the routers must reach each other
+    /// without address translation. Without this option peer frames are neither sealed nor
+    /// checked. SIGUSR1 logs the counters.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+
     /// Secure mode: restrict every host socket through the slim_kern kernel module (/dev/slim) and
     /// never show host addresses to containers.
     #[arg(long)]
@@ -142,8 +156,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(a) => a,
         None => SocketAddr::new(args.host_addr[0], 7788),
     };
+    if dev.is_some() && args.cluster_key.is_none() {
+        anyhow::bail!(
+            "--secure needs --cluster-key FILE: in secure mode the routers seal what they tell each other \
+             (create the key once with `head -c 32 /dev/urandom > FILE; chmod 600 FILE` and give every router the same file)"
+        );
+    }
+    let seal = match &args.cluster_key {
+        Some(path) => {
+            let key = slim_uapi::seal::ClusterKey::from_file(path)
+                .with_context(|| format!("--cluster-key {}", path.display()))?;
+            tracing::info!(
+                key_id = %key.key_id_hex(),
+                "peer frames are sealed with the cluster key in {}",
+                path.display()
+            );
+            Some(peers::PeerSeal::new(key))
+        }
+        None => {
+            tracing::info!(
+                "peer frames are not sealed (no --cluster-key): anything that reaches the peer port \
+                 can add listeners and announce connections"
+            );
+            None
+        }
+    };
     let secure = dev.is_some();
-    let router = Arc::new(router::Router::new(settings, dev));
+    let router = Arc::new(router::Router::new(settings, dev, seal));
     // Secure mode shares no tables with containers (they hold host endpoints).
     if !secure {
         match shm::SharedTable::create(c"slim-accept-table", slim_uapi::accept_table::TABLE_WORDS) {
@@ -201,6 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 unknown_accepts = c.unknown_accepts.load(Ordering::Relaxed),
                 bad_frames = c.bad_frames.load(Ordering::Relaxed),
                 refused = c.refused.load(Ordering::Relaxed),
+                sealed = %c.seal.summary(),
                 "state"
             );
             if let Some(dev) = &sweeper.dev {
@@ -218,16 +258,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let socket_path = args.socket.clone();
-    let served = tokio::spawn(clients::serve(router.clone(), listener));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = served => { r??; }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = term.recv() => tracing::info!("terminated"),
+    let mut served = tokio::spawn(clients::serve(router.clone(), listener));
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            r = &mut served => { r??; break; }
+            _ = int.recv() => { tracing::info!("interrupted"); break; }
+            _ = term.recv() => { tracing::info!("terminated"); break; }
+            _ = usr1.recv() => log_counters(&router),
+        }
     }
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("slim-router stopped");
     Ok(())
+}
+
+/// SIGUSR1: the counters, at info.
+fn log_counters(router: &router::Router) {
+    let c = &router.counters;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    tracing::info!(
+        connects = l(&c.connects),
+        fallbacks = l(&c.fallbacks),
+        listens = l(&c.listens),
+        accepts = l(&c.accepts),
+        unknown_accepts = l(&c.unknown_accepts),
+        bad_frames = l(&c.bad_frames),
+        sealed = router.seal.is_some(),
+        "counters; sealed peer frames: {}",
+        c.seal.summary()
+    );
 }
 
 fn main() -> std::process::ExitCode {

@@ -1,10 +1,19 @@
 //! Connections to the other hosts' routers: listener tables replicated both ways, connection
 //! announcements sent ahead of the connections themselves.
+//!
+//! With a cluster key (`--cluster-key`) every frame, `Hello` included, is sealed on send and
+//! opened on receive (`slim_uapi::peer::sealed`). A frame that does not open (foreign key,
+//! tampered, expired, replayed, malformed, unsealed) is counted by kind, logged at warn, and the
+//! connection is dropped: a real peer router never sends such a frame, so whoever did is not
+//! trusted with the rest of the stream, and the routes learnt on that connection are forgotten
+//! (a real peer redials and resends its table). Without a key nothing is sealed or checked.
 
 use crate::router::Router;
 use crate::tables::{Owner, Route};
+use slim_uapi::peer::sealed::{self, FrameError};
 use slim_uapi::peer::{ListenerEntry, PeerMsg, MAX_PEER_FRAME};
 use slim_uapi::proto::PROTO_VERSION;
+use slim_uapi::seal::{ClusterKey, OpenError, ReplayCache, TOKEN_TTL_MS};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +26,85 @@ use tokio::sync::{mpsc, watch};
 const HELLO_WAIT: Duration = Duration::from_secs(5);
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(2);
+const SAME_KEY: &str = "start every router with the same --cluster-key";
+
+/// The sealed channel's state, shared by all peer connections: one replay cache, so a frame
+/// recorded on one connection is refused on any other while it is valid.
+pub struct PeerSeal {
+    pub key: ClusterKey,
+    replay: Mutex<ReplayCache>,
+}
+
+impl PeerSeal {
+    pub fn new(key: ClusterKey) -> Self {
+        PeerSeal {
+            key,
+            replay: Mutex::new(ReplayCache::default()),
+        }
+    }
+}
+
+/// Sealed frames opened, and refused by why.
+#[derive(Default)]
+pub struct SealCounters {
+    pub opened: AtomicU64,
+    pub foreign: AtomicU64,
+    pub tampered: AtomicU64,
+    pub expired: AtomicU64,
+    pub replayed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub unsealed: AtomicU64,
+}
+
+impl SealCounters {
+    fn refused(&self, e: &FrameError) -> &AtomicU64 {
+        match e {
+            FrameError::Unsealed => &self.unsealed,
+            FrameError::Decode(_) => &self.malformed,
+            FrameError::Open(o) => match o {
+                OpenError::Foreign => &self.foreign,
+                OpenError::Tampered => &self.tampered,
+                OpenError::Expired => &self.expired,
+                OpenError::Replayed => &self.replayed,
+                OpenError::Malformed => &self.malformed,
+                OpenError::Overloaded => &self.overloaded,
+            },
+        }
+    }
+
+    /// `opened N, foreign N, ...`: running totals, for logs.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "opened {}, foreign {}, tampered {}, expired {}, replayed {}, malformed {}, overloaded {}, unsealed {}",
+            g(&self.opened),
+            g(&self.foreign),
+            g(&self.tampered),
+            g(&self.expired),
+            g(&self.replayed),
+            g(&self.malformed),
+            g(&self.overloaded),
+            g(&self.unsealed)
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One peer connection as this end sees it: what seals its frames, and its two host addresses
+/// (the ones a sealed frame is bound to).
+#[derive(Clone)]
+struct Link {
+    seal: Option<Arc<PeerSeal>>,
+    local: IpAddr,
+    remote: SocketAddr,
+}
 
 struct PeerConn {
     host: IpAddr,
@@ -145,31 +233,122 @@ pub fn dial(router: Arc<Router>, peer: SocketAddr) {
     });
 }
 
-async fn read_msg<R: AsyncReadExt + Unpin>(r: &mut R) -> anyhow::Result<PeerMsg> {
+/// Counts, logs and returns the refusal of a frame on a sealed connection.
+fn refuse(router: &Router, link: &Link, e: FrameError) -> anyhow::Error {
+    let c = &router.counters.seal;
+    c.refused(&e).fetch_add(1, Ordering::Relaxed);
+    let hint = match e {
+        FrameError::Unsealed => {
+            format!(" (the peer has no --cluster-key, or is not a router): {SAME_KEY}")
+        }
+        FrameError::Open(OpenError::Foreign) => {
+            format!(" (the peer has another --cluster-key, or is not a router): {SAME_KEY}")
+        }
+        FrameError::Open(OpenError::Tampered) => {
+            "; if this repeats between two routers, they may reach \
+             each other through address translation, which the sealed channel does not support"
+                .to_string()
+        }
+        FrameError::Open(OpenError::Expired) => {
+            "; if this repeats between two routers, check that the hosts' clocks agree (NTP)"
+                .to_string()
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(
+        kind = %e.name(),
+        peer = %link.remote,
+        "peer frame refused: {e}{hint}; dropping the connection; sealed frames so far: {}",
+        c.summary()
+    );
+    anyhow::anyhow!("peer frame refused: {e}")
+}
+
+async fn read_msg<R: AsyncReadExt + Unpin>(
+    router: &Router,
+    link: &Link,
+    r: &mut R,
+) -> anyhow::Result<PeerMsg> {
     let len = r.read_u32_le().await? as usize;
     if len > MAX_PEER_FRAME {
+        if link.seal.is_some() {
+            return Err(refuse(router, link, FrameError::Open(OpenError::Malformed)));
+        }
         anyhow::bail!("peer frame of {len} bytes exceeds the limit");
     }
     let mut buf = [0u8; MAX_PEER_FRAME];
-    r.read_exact(&mut buf[..len]).await?;
-    PeerMsg::decode(&buf[..len]).map_err(|e| anyhow::anyhow!("bad peer frame: {e}"))
+    let body = &mut buf[..len];
+    r.read_exact(body).await?;
+    let Some(seal) = &link.seal else {
+        return match PeerMsg::decode(body) {
+            Ok(m) => Ok(m),
+            Err(_) if slim_uapi::peer::is_sealed(body) => {
+                tracing::warn!(
+                    peer = %link.remote,
+                    "the peer router seals its frames (it has a --cluster-key) and this router has no key: \
+                     {SAME_KEY}; dropping the connection"
+                );
+                anyhow::bail!("peer seals its frames; this router has no --cluster-key")
+            }
+            Err(e) => anyhow::bail!("bad peer frame: {e}"),
+        };
+    };
+    let opened = {
+        let mut cache = seal.replay.lock().unwrap_or_else(|p| p.into_inner());
+        sealed::open_frame(
+            &seal.key,
+            body,
+            link.remote.ip(),
+            link.local,
+            now_ms(),
+            &mut cache,
+        )
+    };
+    match opened {
+        Ok(m) => {
+            router.counters.seal.opened.fetch_add(1, Ordering::Relaxed);
+            Ok(m)
+        }
+        Err(e) => Err(refuse(router, link, e)),
+    }
 }
 
-async fn write_msg<W: AsyncWriteExt + Unpin>(w: &mut W, m: &PeerMsg) -> std::io::Result<()> {
+async fn write_msg<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    link: &Link,
+    m: &PeerMsg,
+) -> std::io::Result<()> {
     let mut buf = [0u8; MAX_PEER_FRAME];
-    let n = m
-        .encode(&mut buf)
-        .map_err(|_| std::io::Error::other("peer frame overflow"))?;
+    let n = match &link.seal {
+        None => m
+            .encode(&mut buf)
+            .map_err(|_| std::io::Error::other("peer frame overflow"))?,
+        Some(seal) => sealed::seal_frame(
+            &seal.key,
+            m,
+            link.local,
+            link.remote.ip(),
+            now_ms() + TOKEN_TTL_MS,
+            &mut buf,
+        )
+        .map_err(|e| std::io::Error::other(format!("cannot seal a peer frame: {e}")))?,
+    };
     w.write_all(&buf[..n]).await
 }
 
 async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let local_host = stream.local_addr()?.ip();
+    let link = Link {
+        seal: router.seal.clone(),
+        local: local_host,
+        remote: stream.peer_addr()?,
+    };
     let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::new(wr);
     write_msg(
         &mut wr,
+        &link,
         &PeerMsg::Hello {
             version: PROTO_VERSION,
             host: local_host,
@@ -177,7 +356,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     )
     .await?;
     wr.flush().await?;
-    let hello = tokio::time::timeout(HELLO_WAIT, read_msg(&mut rd)).await??;
+    let hello = tokio::time::timeout(HELLO_WAIT, read_msg(&router, &link, &mut rd)).await??;
     let PeerMsg::Hello { version, host } = hello else {
         anyhow::bail!("peer did not start with Hello");
     };
@@ -206,15 +385,16 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
             },
         );
     }
-    tracing::info!(peer = %host, conn = id, "peer router connected");
+    tracing::info!(peer = %host, conn = id, sealed = link.seal.is_some(), "peer router connected");
+    let wlink = link.clone();
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            if write_msg(&mut wr, &m).await.is_err() {
+            if write_msg(&mut wr, &wlink, &m).await.is_err() {
                 break;
             }
             // Batch whatever is queued, then flush once.
             while let Ok(m) = rx.try_recv() {
-                if write_msg(&mut wr, &m).await.is_err() {
+                if write_msg(&mut wr, &wlink, &m).await.is_err() {
                     return;
                 }
             }
@@ -226,7 +406,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     let owner = Owner::Peer(id);
     let result: anyhow::Result<()> = async {
         loop {
-            match read_msg(&mut rd).await? {
+            match read_msg(&router, &link, &mut rd).await? {
                 PeerMsg::ListenerAdd { seq, entry } => {
                     tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener added");
                     router.tables().add_route(

@@ -73,6 +73,8 @@ pub struct Counters {
     /// Secure mode: requests refused because they named an address or socket that is not the
     /// caller's, or asked for something secure mode does not offer.
     pub refused: AtomicU64,
+    /// Peer frames opened and refused on the sealed channel (`--cluster-key`).
+    pub seal: crate::peers::SealCounters,
 }
 
 pub struct Router {
@@ -82,6 +84,8 @@ pub struct Router {
     pub tables: Mutex<Tables>,
     pub peers: PeerSet,
     pub counters: Counters,
+    /// The cluster key and replay cache when peer frames are sealed (`--cluster-key`).
+    pub seal: Option<std::sync::Arc<crate::peers::PeerSeal>>,
     /// A program closed a Slim socket since the last sweep.
     pub sweep_due: std::sync::atomic::AtomicBool,
     /// Seeds the port choice of pooled sockets.
@@ -89,10 +93,15 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(settings: Settings, dev: Option<crate::kmod::SlimDev>) -> Self {
+    pub fn new(
+        settings: Settings,
+        dev: Option<crate::kmod::SlimDev>,
+        seal: Option<crate::peers::PeerSeal>,
+    ) -> Self {
         Router {
             settings,
             dev,
+            seal: seal.map(std::sync::Arc::new),
             tables: Mutex::new(Tables::default()),
             peers: PeerSet::default(),
             counters: Counters::default(),

@@ -1,5 +1,7 @@
 //! The logic of `slim-testprog`: plain libc socket calls, as C programs make them.
 
+pub mod peer_attack;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

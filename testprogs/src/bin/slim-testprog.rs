@@ -22,7 +22,10 @@ fn usage() -> ! {
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
          slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
          slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT HOST_IP...   (secure mode: try what a container must not)\n  \
-         slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT HOST_IP...  (exec'd by attack)"
+         slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT HOST_IP...  (exec'd by attack)\n  \
+         slim-testprog peer-attack --to ADDR:PORT --key FILE --mode MODE   (frames to a router's peer port, as a container\n    \
+         that reached the node could send them; MODE: valid|tamper|replay|expired|foreign|unsealed|malformed;\n    \
+         exits 0 when `valid` is accepted or the attack refused)"
     );
     std::process::exit(2)
 }
@@ -122,6 +125,14 @@ fn main() {
             setup_storm(addr, n)
         }
         "attack" | "attack-fd" => attack_cmd(cmd, &args),
+        "peer-attack" => {
+            let to: SocketAddr = opt(&args, "--to")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage());
+            let key = opt(&args, "--key").unwrap_or_else(|| usage());
+            let mode = opt(&args, "--mode").unwrap_or_else(|| usage());
+            slim_testprogs::peer_attack::run(to, std::path::Path::new(&key), &mode)
+        }
         _ => usage(),
     };
     if let Err(e) = result {
