@@ -62,7 +62,8 @@ if [ -x "$APPS" ] && [ -x "$BEHAVIOUR" ]; then
         run_test "$APPS" "$t"
     done
     for t in every_connect_style_across_hosts_and_on_one_host connection_survives_dup_fork_and_exec \
-        peers_without_slim_see_exactly_the_bytes_written dual_stack_listener_and_ipv6_overlay; do
+        peers_without_slim_see_exactly_the_bytes_written dual_stack_listener_and_ipv6_overlay \
+        router_stop_and_restart; do
         run_test "$BEHAVIOUR" "$t"
     done
 else
@@ -112,4 +113,6 @@ for h in h1 h2; do
     grep -E "refused|WARN|ERROR" "/run/slim-lab/$h.log" | tail -5 | sed "s/^/  $h.log: /"
 done
 
+cp /run/slim-lab/h1.log "$OUT/secure-router-h1.log" 2>/dev/null
+cp /run/slim-lab/h2.log "$OUT/secure-router-h2.log" 2>/dev/null
 if out=$("$LAB" down 2>&1); then ok "slim-lab down"; else nok "slim-lab down: $out"; fi

@@ -300,8 +300,7 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
             (
                 Request::AcceptLookup(_)
                 | Request::QueryTuple { .. }
-                | Request::Sockets { .. }
-                | Request::Reattach(_),
+                | Request::Sockets { .. },
                 Some(c),
             ) => (
                 router
@@ -313,6 +312,9 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 // One-way: no reply, but counted and logged.
                 let _ = router.refuse(c, "connection announcement from a container in secure mode");
                 continue;
+            }
+            (Request::Reattach(l), Some(c)) => {
+                (router.secure_reattach(c, l, passed).await, Vec::new())
             }
             (Request::Reattach(l), None) => (router.reattach(l, passed).await, Vec::new()),
             (Request::AcceptLookup(a), None) => (router.accept_lookup(a).await, Vec::new()),

@@ -28,7 +28,7 @@ pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
-const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
+pub const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
 /// Most pooled sockets handed out in one reply (SCM_RIGHTS carries at most 253).
 const MAX_POOL_BATCH: u8 = 64;
 
@@ -292,7 +292,7 @@ impl Router {
         )
     }
 
-    fn listener_keys(&self, req: &ListenReq) -> Vec<SocketAddr> {
+    pub fn listener_keys(&self, req: &ListenReq) -> Vec<SocketAddr> {
         let port = req.bound.port();
         let ip = normalize_ip(req.bound.ip());
         let candidates: Vec<IpAddr> = if ip.is_unspecified() {

@@ -2,8 +2,11 @@
 
 use crate::container::Caller;
 use crate::hostsock::{self, normalize};
+use crate::router::PEER_ACK_WAIT;
 use crate::router::{in_family, Router};
-use slim_uapi::proto::{Identity, Reply};
+use crate::tables::LocalListener;
+use slim_uapi::proto::{FallbackReason, Identity, ListenReq, Reply};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
@@ -86,5 +89,76 @@ impl Router {
             local: ann.server_overlay,
             peer: Some(ann.client_overlay),
         })
+    }
+
+    /// A restricted host listener the library already holds, registered again after this router
+    /// restarted. Accepted only if the kernel says it is a listener of this host whose (virtual)
+    /// address is the one the caller says it bound, on the caller's own overlay addresses.
+    pub async fn secure_reattach(
+        &self,
+        caller: &Caller,
+        req: &ListenReq,
+        fd: Option<OwnedFd>,
+    ) -> Reply<'static> {
+        let Some(fd) = fd else {
+            return self.refuse(caller, "reattach without a socket").0;
+        };
+        let Ok((virtual_local, cookie)) = hostsock::inspect_listener(&fd) else {
+            return self
+                .refuse(caller, "reattach of a socket that is not a listener")
+                .0;
+        };
+        let host = match crate::sockdiag::listener_addr_of_cookie(cookie) {
+            Ok(Some(h)) => normalize(h),
+            Ok(None) => {
+                return self
+                    .refuse(caller, "reattach of a socket that is not a host listener")
+                    .0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sock_diag lookup failed; reattach refused");
+                return Reply::Fallback(FallbackReason::Unavailable);
+            }
+        };
+        let ours = Some(host.ip()) == self.settings.host_v4.map(IpAddr::V4)
+            || Some(host.ip()) == self.settings.host_v6.map(IpAddr::V6);
+        // A restricted listener answers its virtual address; one answering the host address is
+        // not restricted, and no container may hold such a socket in secure mode.
+        if !ours || normalize(virtual_local) != normalize(req.bound) {
+            return self.refuse(caller, "reattach of a socket that is not a restricted listener of this router for that address").0;
+        }
+        let bound = crate::hostsock::normalize_ip(req.bound.ip());
+        if !bound.is_unspecified() && !caller.owns(bound) {
+            return self
+                .refuse(
+                    caller,
+                    "reattach of a listener on another container's address",
+                )
+                .0;
+        }
+        let mut req = req.clone();
+        req.ips = Default::default();
+        for ip in &caller.addrs {
+            req.ips.push(*ip);
+        }
+        let keys = self.listener_keys(&req);
+        if keys.is_empty() {
+            return Reply::Fallback(FallbackReason::OutsidePrefixes);
+        }
+        if self.tables().local_listener(cookie).is_some() {
+            return Reply::ListenOk { cookie };
+        }
+        let entries = self.tables().add_local(
+            cookie,
+            LocalListener {
+                host,
+                keys: keys.clone(),
+                bound: req.bound,
+                owner: caller.netns,
+            },
+        );
+        tracing::info!(?keys, %host, cookie, "restricted listener reattached");
+        self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
+        Reply::ListenOk { cookie }
     }
 }

@@ -190,6 +190,20 @@ fn endpoint(family: u8, words: &[u32; 4], port_be: u16) -> SocketAddr {
 
 const TCP_LISTEN: u32 = 10;
 
+/// The host address of the listening TCP socket with this cookie (secure mode: a restricted
+/// listener answers its overlay address to getsockname, even to the router).
+pub fn listener_addr_of_cookie(cookie: u64) -> io::Result<Option<SocketAddr>> {
+    let mut found = None;
+    for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump_family(fam, 1 << TCP_LISTEN, &mut |m| {
+            if (m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32) == cookie {
+                found = Some(endpoint(m.family, &m.id.src, m.id.sport));
+            }
+        })?;
+    }
+    Ok(found)
+}
+
 /// Cookies of the listening TCP sockets of this network namespace. The kernel filters by state,
 /// so this stays cheap however many connections (TIME_WAIT included) the host has.
 pub fn listener_cookies() -> io::Result<HashSet<u64>> {
@@ -216,6 +230,10 @@ mod tests {
         assert_eq!(tuple_of_cookie(cookie).unwrap(), Some(tuple));
         let lc = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
         assert!(listener_cookies().unwrap().contains(&lc));
+        assert_eq!(
+            listener_addr_of_cookie(lc).unwrap(),
+            Some(l.local_addr().unwrap())
+        );
         assert!(!listener_cookies().unwrap().contains(&cookie));
         drop(l);
         assert!(!listener_cookies().unwrap().contains(&lc));
