@@ -30,9 +30,11 @@ unit:
 e2e: build
 	$(CARGO) test --$(PROFILE) -p slim-lab --tests -- --test-threads=1
 
-## The test command (README, CI): dependencies, build, lints, unit and lab tests.
+## The test command (README, CI): dependencies, build, lints, unit and lab tests, then secure
+## mode in a QEMU guest (vm-test; the first run on a machine builds the test kernel, ~20 min).
 test: deps build check unit e2e
 	$(LAB) down
+	./vm-tests/run.sh
 
 ## Build everything and run the main job on the local lab: iperf3 over host network,
 ## VXLAN overlay and Slim, side by side.
@@ -48,8 +50,9 @@ bench: deps build
 bench-quick: deps build
 	$(TARGET)/slim-bench --quick --restart-routers
 
-## Secure mode (in progress): the cached CONFIG_RUST test kernel, slim_kern.ko against it, and
-## the module's tests inside a QEMU guest (TCG). The first run installs the toolchain and builds
+## Secure mode: the cached CONFIG_RUST test kernel, slim_kern.ko against it, and the secure-mode
+## tests inside a QEMU guest (TCG): the module, a stress test, the lab with --secure routers and
+## real programs, the attack suite. The first run installs the toolchain and builds
 ## the kernel (~20 min on 2 cores); later runs reuse /var/cache/slim-kernel.
 kmod:
 	./scripts/kernel/build-kernel.sh
