@@ -136,6 +136,9 @@ pub(crate) fn init(module: &'static ThisModule) {
         ops.getname = Some(slim_getname);
         ops.setsockopt = Some(slim_setsockopt);
         ops.getsockopt = Some(slim_getsockopt);
+        // `do_sock_getsockopt` prefers `getsockopt_iter` when set (inet's tables leave it NULL in
+        // 7.3); clearing it keeps every protocol-level getsockopt going through ours.
+        ops.getsockopt_iter = None;
         ops.ioctl = Some(slim_ioctl);
         // Called first by `compat_sock_ioctl` (32-bit callers), before its own translation table
         // (which would reach `dev_ioctl` without `ops->ioctl` for SIOCETHTOOL, SIOCWANDEV, ...).
