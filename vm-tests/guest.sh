@@ -5,7 +5,8 @@
 #   guest.sh KO OUT
 #
 # Loads the module KO, checks /dev/slim and its ioctls (VERSION, STATS, unknown -> ENOTTY, bad
-# pointer -> EFAULT), runs restrict_test.py (RESTRICT on loopback TCP sockets), checks that callers without CAP_NET_ADMIN in the initial user namespace are
+# pointer -> EFAULT), runs restrict_test.py (RESTRICT on loopback TCP sockets) and stress_test.py
+# (concurrent ioctls and closes), checks that callers without CAP_NET_ADMIN in the initial user namespace are
 # refused (unprivileged user, root without the capability, root of a user namespace), unloads the
 # module, then fails on any KASAN / lockdep / BUG / WARNING / oops report in the kernel log. Prints
 # "N passed, M failed"; exits non-zero on any failure.
@@ -62,6 +63,20 @@ while IFS= read -r line; do
     esac
 done < <($PY "$HERE/restrict_test.py" 2>&1; echo "exit status $?")
 
+# --- concurrency stress (vm-tests/stress_test.py): threads racing RESTRICT, accept, SET_CHILD_ADDRS,
+# REVOKE, STATS and close (also close of an fd during an ioctl on it) for a few seconds; checks the
+# errnos and the STATS totals, and that everything is closed again (restricted_live 0) so the rmmod
+# below can succeed. KASAN / lockdep findings show up in the kernel-log check at the end.
+while IFS= read -r line; do
+    case $line in
+        "ok   - "*) ok "${line#ok   - }" ;;
+        "FAIL - "*) nok "${line#FAIL - }" ;;
+        "exit status 0") ;;
+        "exit status "*) nok "stress_test.py ended with $line" ;;
+        *) echo "  stress_test: $line" ;;
+    esac
+done < <($PY "$HERE/stress_test.py" 2>&1; echo "exit status $?")
+
 # --- callers without CAP_NET_ADMIN in the initial user namespace
 expect "root without CAP_NET_ADMIN: open refused" '^errno=EPERM$' \
     setpriv --inh-caps=-net_admin --bounding-set=-net_admin $PROBE open
@@ -76,6 +91,19 @@ chmod 0666 /dev/slim
 expect "nobody, node mode 0666: open refused by the capability check" '^errno=EPERM$' \
     setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all --bounding-set=-all $PROBE open
 chmod 0600 /dev/slim
+
+# --- secure mode end to end (vm-tests/secure_lab.sh): the lab with --secure routers, real programs
+# (iperf3, nginx+curl, the lab's own tests) and the attack suite as an unprivileged container process.
+REPO=$(cd "$HERE/.." && pwd)
+while IFS= read -r line; do
+    case $line in
+        "ok   - "*) ok "${line#ok   - }" ;;
+        "FAIL - "*) nok "${line#FAIL - }" ;;
+        "exit status 0") ;;
+        "exit status "*) nok "secure_lab.sh ended with $line" ;;
+        *) echo "$line" ;;
+    esac
+done < <(bash "$HERE/secure_lab.sh" "$REPO" "$OUT" 2>&1; echo "exit status $?")
 
 # --- unload
 if out=$(rmmod slim_kern 2>&1); then ok "rmmod slim_kern"; else nok "rmmod: $out"; fi
