@@ -570,3 +570,45 @@ while True:
         "no clear message:\n{t}"
     );
 }
+
+/// Control for the secure-mode attack suite (vm-tests/secure_lab.sh runs it against routers with
+/// --secure, where every check must pass): without secure mode the same suite, run as nobody in a
+/// container, must find the host sockets unrestricted, so the suite can fail.
+#[test]
+fn attack_suite_finds_unrestricted_sockets_without_secure_mode() {
+    let _g = lab();
+    let _s = serve("c2", true, 7420, &[]);
+    let o = run(
+        "c1",
+        true,
+        &[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            &testprog(),
+            "attack",
+            "10.32.0.2:7420",
+            "7421",
+            "192.168.77.1",
+            "192.168.77.2",
+        ],
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "the attack suite passed without secure mode:\n{t}"
+    );
+    for expect in [
+        "FAIL - connection: getsockname: reveals host address 192.168.77.1",
+        "FAIL - connection: bind refused",
+        "FAIL - connection: setsockopt SO_BINDTODEVICE lo refused: success",
+        "FAIL - dup: getpeername: reveals host address 192.168.77.2",
+    ] {
+        assert!(t.contains(expect), "expected {expect:?} in:\n{t}");
+    }
+}

@@ -94,6 +94,14 @@ fn raw_name(fd: RawFd, which: &str) -> Result<SocketAddr, i32> {
     // SAFETY: all-zero storage is valid.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    if which == "SO_PEERNAME" {
+        // SO_PEERNAME refuses (EINVAL) a buffer longer than the address.
+        len = if family_of(fd) == libc::AF_INET6 {
+            28
+        } else {
+            16
+        };
+    }
     let p = &mut ss as *mut libc::sockaddr_storage;
     // SAFETY: ss/len are valid for writes of len bytes.
     let r = unsafe {
@@ -411,6 +419,17 @@ fn echo(t: &mut Tally, fd: RawFd, what: &str) {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while got.len() < msg.len() && w == msg.len() as isize {
+        // A socket an attack did manage to steer (the control run without secure mode) may
+        // never answer: give up after 5 s instead of hanging.
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: p is a valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, 5_000) } != 1 {
+            break;
+        }
         // SAFETY: buf valid for writes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
