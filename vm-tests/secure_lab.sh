@@ -97,7 +97,7 @@ while IFS= read -r line; do
         "exit status "*) nok "attack suite ended with $line" ;;
         *) echo "  attack: $line" ;;
     esac
-done < <("$LAB" exec c1 --slim -- timeout 300 $NOBODY "$PROG" attack 10.32.0.2:7400 7401 192.168.77.1 192.168.77.2 2>&1; echo "exit status $?")
+done < <("$LAB" exec c1 --slim -- timeout 300 $NOBODY "$PROG" attack 10.32.0.2:7400 7401 10.32.0.3 192.168.77.1 192.168.77.2 2>&1; echo "exit status $?")
 kill "$server" 2>/dev/null
 wait "$server" 2>/dev/null
 after=$(stats)

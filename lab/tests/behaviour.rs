@@ -594,6 +594,7 @@ fn attack_suite_finds_unrestricted_sockets_without_secure_mode() {
             "attack",
             "10.32.0.2:7420",
             "7421",
+            "10.32.0.3",
             "192.168.77.1",
             "192.168.77.2",
         ],
@@ -608,6 +609,8 @@ fn attack_suite_finds_unrestricted_sockets_without_secure_mode() {
         "FAIL - connection: bind refused",
         "FAIL - connection: setsockopt SO_BINDTODEVICE lo refused: success",
         "FAIL - dup: getpeername: reveals host address 192.168.77.2",
+        "FAIL - router: says it runs in secure mode",
+        "FAIL - router: connect as another container (10.32.0.3) refused",
     ] {
         assert!(t.contains(expect), "expected {expect:?} in:\n{t}");
     }

@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 pub struct AttackCfg {
     pub server: SocketAddr,
     pub listen_port: u16,
+    /// Another container's overlay address, which the router must not act on for us.
+    pub other: IpAddr,
     pub host_ips: Vec<IpAddr>,
 }
 
@@ -621,6 +623,7 @@ pub fn attack(cfg: &AttackCfg) -> Result<()> {
         fd.to_string(),
         cfg.server.to_string(),
         cfg.listen_port.to_string(),
+        cfg.other.to_string(),
     ];
     args.extend(cfg.host_ips.iter().map(|ip| ip.to_string()));
     let st = std::process::Command::new(&exe).args(&args).status()?;
@@ -668,9 +671,156 @@ pub fn attack(cfg: &AttackCfg) -> Result<()> {
         check_socket(&mut t, cfg, child, "accepted child", Some(peer));
     }
     scan_files(&mut t, cfg);
+    router_attacks(&mut t, cfg, child)?;
     if t.failed > 0 {
         bail!("{} checks failed", t.failed);
     }
+    Ok(())
+}
+
+/// Talks to the router directly (its socket is reachable from the container: that is how the
+/// library reaches it), asking it to act for another container or to reveal host endpoints.
+fn router_attacks(t: &mut Tally, cfg: &AttackCfg, child: RawFd) -> Result<()> {
+    use slim_uapi::proto::{
+        AcceptLookup, ConnectReq, ListenReq, Reply, Request, HELLO_SECURE, MAX_FRAME, PROTO_VERSION,
+    };
+    let path =
+        std::env::var("SLIM_ROUTER_SOCKET").unwrap_or_else(|_| "/run/slim/router.sock".into());
+    // SOCK_SEQPACKET, as the library uses.
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    let addr = nix::sys::socket::UnixAddr::new(path.as_str()).context("router socket path")?;
+    nix::sys::socket::connect(fd, &addr).with_context(|| format!("connect {path}"))?;
+    let call = |req: &Request, attach: Option<RawFd>| -> Result<String> {
+        use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
+        let mut buf = [0u8; MAX_FRAME];
+        let n = req
+            .encode(&mut buf)
+            .map_err(|e| anyhow::anyhow!("encode: {e:?}"))?;
+        let iov = [std::io::IoSlice::new(&buf[..n])];
+        let fds: Vec<RawFd> = attach.into_iter().collect();
+        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(&fds)]
+        };
+        sendmsg::<()>(fd, &iov, &cmsgs, MsgFlags::empty(), None).context("sendmsg")?;
+        let mut rbuf = [0u8; MAX_FRAME];
+        let m = recv(fd, &mut rbuf, MsgFlags::empty()).context("recv")?;
+        Ok(match Reply::decode(&rbuf[..m]) {
+            Ok(Reply::Error { errno, message }) => format!("error {} ({message})", ename(errno)),
+            Ok(Reply::HelloOk { flags, .. }) => {
+                format!("HelloOk secure={}", flags & HELLO_SECURE != 0)
+            }
+            Ok(r) => format!("{r:?}"),
+            Err(e) => format!("undecodable reply: {e:?}"),
+        })
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let hello = call(
+        &Request::Hello {
+            version: PROTO_VERSION,
+            pid,
+        },
+        None,
+    )?;
+    t.check(
+        "router: says it runs in secure mode",
+        hello == "HelloOk secure=true",
+        hello,
+    );
+    let fam = if cfg.other.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let r = call(
+        &Request::Connect(ConnectReq {
+            family: fam,
+            src_ip: cfg.other,
+            dst: cfg.server,
+            opts: Default::default(),
+        }),
+        None,
+    )?;
+    t.check(
+        &format!(
+            "router: connect as another container ({}) refused",
+            cfg.other
+        ),
+        r.starts_with("error EPERM"),
+        r,
+    );
+    let r = call(
+        &Request::Listen(ListenReq {
+            family: fam,
+            v6only: false,
+            bound: SocketAddr::new(cfg.other, cfg.listen_port + 1),
+            ips: Default::default(),
+            backlog: 16,
+            opts: Default::default(),
+        }),
+        None,
+    )?;
+    t.check(
+        &format!(
+            "router: listen on another container's address ({}) refused",
+            cfg.other
+        ),
+        r.starts_with("error EPERM"),
+        r,
+    );
+    let host = SocketAddr::new(cfg.host_ips[0], cfg.listen_port);
+    for (what, req) in [
+        (
+            "AcceptLookup (host endpoints in, identities out)",
+            Request::AcceptLookup(AcceptLookup {
+                listener_cookie: 1,
+                child_cookie: 2,
+                local_host: host,
+                peer_host: host,
+            }),
+        ),
+        (
+            "QueryTuple",
+            Request::QueryTuple {
+                local_host: host,
+                peer_host: host,
+            },
+        ),
+        (
+            "Sockets (unrestricted pooled host sockets)",
+            Request::Sockets {
+                family: libc::AF_INET,
+                count: 4,
+            },
+        ),
+    ] {
+        let r = call(&req, None)?;
+        t.check(
+            &format!("router: {what} refused"),
+            r.starts_with("error EPERM"),
+            r,
+        );
+    }
+    // A socket of ours, presented as the child of a listener that is not ours (cookie 1 is the
+    // first listener the router registered: the server's, in another container).
+    for cookie in [1u64, 2, 3].into_iter().filter(|_| child >= 0) {
+        let r = call(
+            &Request::IdentifyChild {
+                listener_cookie: cookie,
+            },
+            Some(child),
+        )?;
+        t.check(
+            &format!("router: IdentifyChild naming listener {cookie} refused"),
+            r.starts_with("error EPERM") || r == "Unknown",
+            r,
+        );
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
     Ok(())
 }
 

@@ -21,8 +21,8 @@ fn usage() -> ! {
          slim-testprog rr-serve PORT          (epoll echo server for rr and connrate)\n  \
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
          slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
-         slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT HOST_IP...   (secure mode: try what a container must not)\n  \
-         slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT HOST_IP...  (exec'd by attack)\n  \
+         slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...   (secure mode: try what a container must not)\n  \
+         slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...  (exec'd by attack)\n  \
          slim-testprog peer-attack --to ADDR:PORT --key FILE --mode MODE   (frames to a router's peer port, as a container\n    \
          that reached the node could send them; MODE: valid|tamper|replay|expired|foreign|unsealed|malformed;\n    \
          exits 0 when `valid` is accepted or the attack refused)"
@@ -172,7 +172,11 @@ fn attack_cmd(cmd: &str, args: &[String]) -> anyhow::Result<()> {
         .get(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| usage());
-    let host_ips: Vec<std::net::IpAddr> = rest[2..]
+    let other: std::net::IpAddr = rest
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| usage());
+    let host_ips: Vec<std::net::IpAddr> = rest[3..]
         .iter()
         .map(|v| v.parse().unwrap_or_else(|_| usage()))
         .collect();
@@ -182,6 +186,7 @@ fn attack_cmd(cmd: &str, args: &[String]) -> anyhow::Result<()> {
     let cfg = AttackCfg {
         server,
         listen_port,
+        other,
         host_ips,
     };
     if cmd == "attack-fd" {
