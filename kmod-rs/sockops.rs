@@ -462,14 +462,14 @@ unsafe extern "C" fn slim_accept(
     };
     if err >= 0 {
         let mut table = TABLE.lock();
-        let parent = table.iter().find(|e| e.sock == sock as usize).map(|e| (e.tag, e.local));
-        let (tag, local) = parent.unwrap_or((0, kabi::SlimAddr::NONE));
+        let parent = table.iter().find(|e| e.sock == sock as usize).map(|e| (e.tag, e.local, e.revoked));
+        let (tag, local, revoked) = parent.unwrap_or((0, kabi::SlimAddr::NONE, false));
         // Until SET_CHILD_ADDRS: the listener's local address, no (all-zero) peer.
         let child = Entry {
             sock: newsock as usize,
             child: true,
             listener: false,
-            revoked: false,
+            revoked,
             tag,
             auth: kabi::SlimAddr::NONE,
             local,
@@ -481,6 +481,19 @@ unsafe extern "C" fn slim_accept(
             COUNTERS.restricted_live.fetch_add(1, Relaxed);
         }
         COUNTERS.children_total.fetch_add(1, Relaxed);
+        if revoked {
+            // A REVOKE of the listener's tag ran while the original accept was dequeuing this child
+            // (after it, the listener is shut down and accept fails): the child was not in the table
+            // for REVOKE to find, so shut it down here, as REVOKE would have. Under TABLE, so with
+            // REVOKE's lock order (TABLE -> socket lock); either REVOKE's walk sees the child or we
+            // see the listener's `revoked`. Not added to `revoked_total`: REVOKE has already
+            // answered its count.
+            // SAFETY: `newsock` is the live child (not yet published); its ops are our table,
+            // whose `shutdown` is the original `inet_shutdown`.
+            let _ = unsafe {
+                bindings::kernel_sock_shutdown(newsock, bindings::sock_shutdown_cmd_SHUT_RDWR)
+            };
+        }
     }
     err
 }
