@@ -421,11 +421,17 @@ unsafe extern "C" fn slim_sendmsg(
     msg: *mut bindings::msghdr,
     len: usize,
 ) -> c_int {
-    // SAFETY: the socket layer passes a valid msghdr; `msg_flags` holds the caller's send flags.
-    let flags = unsafe { (*msg).msg_flags };
+    // SAFETY: the socket layer passes a valid msghdr; `msg_flags` holds the caller's send flags,
+    // `msg_name`/`msg_namelen` the destination of sendto/sendmsg (NULL/0 without one).
+    let (flags, name, namelen) = unsafe { ((*msg).msg_flags, (*msg).msg_name, (*msg).msg_namelen) };
     if flags & bindings::MSG_FASTOPEN != 0 {
         // A fast-open send on an unconnected socket is an implicit connect.
         return refuse(kabi::SLIM_REFUSED_FASTOPEN);
+    }
+    if !name.is_null() && namelen > 0 {
+        // TCP ignores a destination on a connected socket and treats one on an unconnected socket
+        // as an error, but a restricted socket names nothing but its one peer: refuse any.
+        return refuse(kabi::SLIM_REFUSED_SENDMSG_ADDR);
     }
     // SAFETY: wrapper contract (see `orig_ops`); the arguments are passed on unchanged.
     unsafe {
