@@ -10,7 +10,8 @@
 #    secure lab (SLIM_LAB_SECURE=1): iperf3 and nginx+curl across hosts with the bytes checked and
 #    the VXLAN device's counters showing that the payload took the host network.
 # 3. The attack suite: `slim-testprog attack` as nobody (no capabilities) inside container c1,
-#    with the preload library, against a Slim server in c2 (see testprogs/src/attack.rs).
+#    with the preload library and the seccomp rule of docs/seccomp.md, against a Slim server in c2
+#    (see testprogs/src/attack.rs).
 # 4. Module counters: sockets were restricted, refusals counted; `slim-lab down`.
 # Output: one "ok   - ..." / "FAIL - ..." line per check (guest.sh counts them).
 set -u
@@ -97,7 +98,9 @@ while IFS= read -r line; do
         "exit status "*) nok "attack suite ended with $line" ;;
         *) echo "  attack: $line" ;;
     esac
-done < <("$LAB" exec c1 --slim -- timeout 300 $NOBODY "$PROG" attack 10.32.0.2:7400 7401 10.32.0.3 192.168.77.1 192.168.77.2 2>&1; echo "exit status $?")
+# seccomp-exec plays the container runtime: it denies ioctl(SIOCGIFCONF), which the kernel answers
+# before the module can refuse it (docs/seccomp.md).
+done < <("$LAB" exec c1 --slim -- timeout 300 $NOBODY "$PROG" seccomp-exec -- "$PROG" attack 10.32.0.2:7400 7401 10.32.0.3 192.168.77.1 192.168.77.2 2>&1; echo "exit status $?")
 kill "$server" 2>/dev/null
 wait "$server" 2>/dev/null
 after=$(stats)

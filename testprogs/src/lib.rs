@@ -62,6 +62,7 @@ pub fn to_storage(a: SocketAddr, v6sock: bool) -> (libc::sockaddr_storage, libc:
 }
 
 pub mod attack;
+pub mod seccomp;
 
 /// Whether two endpoints are the same, an IPv4-mapped IPv6 address equal to its IPv4 spelling.
 pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {

@@ -22,6 +22,7 @@ fn usage() -> ! {
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
          slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
          slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...   (secure mode: try what a container must not)\n  \
+         slim-testprog seccomp-exec -- CMD ARGS...   (CMD with ioctl(SIOCGIFCONF) denied, as docs/seccomp.md asks of runtimes)\n  \
          slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...  (exec'd by attack)\n  \
          slim-testprog peer-attack --to ADDR:PORT --key FILE --mode MODE   (frames to a router's peer port, as a container\n    \
          that reached the node could send them; MODE: valid|tamper|replay|expired|foreign|unsealed|malformed;\n    \
@@ -125,6 +126,10 @@ fn main() {
             setup_storm(addr, n)
         }
         "attack" | "attack-fd" => attack_cmd(cmd, &args),
+        "seccomp-exec" => {
+            let at = args.iter().position(|a| a == "--").map_or(1, |i| i + 1);
+            slim_testprogs::seccomp::seccomp_exec(&args[at..])
+        }
         "peer-attack" => {
             let to: SocketAddr = opt(&args, "--to")
                 .and_then(|v| v.parse().ok())
