@@ -128,3 +128,27 @@ impl SlimDev {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_module_is_named_with_the_fix() {
+        let e = SlimDev::open(Path::new("/nonexistent/slim"))
+            .err()
+            .expect("no device there");
+        let msg = e.to_string();
+        assert!(matches!(e, OpenError::Missing { .. }), "{msg}");
+        assert!(msg.contains("insmod slim_kern.ko"), "{msg}");
+    }
+
+    #[test]
+    fn a_device_that_is_not_slims_is_refused() {
+        // /dev/null opens but answers no VERSION ioctl.
+        let e = SlimDev::open(Path::new("/dev/null"))
+            .err()
+            .expect("/dev/null is not /dev/slim");
+        assert!(matches!(e, OpenError::NoVersion { .. }), "{e}");
+    }
+}
