@@ -116,6 +116,45 @@ for h in h1 h2; do
     grep -E "refused|WARN|ERROR" "/run/slim-lab/$h.log" | tail -5 | sed "s/^/  $h.log: /"
 done
 
+# --- revocation: an administrator (root in h1's namespace) cuts container c1's Slim connections
+cat > /tmp/slim-revoke-probe.py <<'PY'
+import socket, sys
+s = socket.create_connection(("10.32.0.2", 7402))
+s.recv(200)                      # the server's greeting
+print("CONNECTED", flush=True)
+s.settimeout(120)
+try:
+    data = s.recv(100)
+    print("EOF" if data == b"" else f"DATA {data!r}", flush=True)
+except OSError as e:
+    print(f"ERROR {e}", flush=True)
+PY
+"$LAB" exec c2 --slim -- timeout 200 "$PROG" serve 7402 >"$OUT/revoke-server.log" 2>&1 &
+rserver=$!
+sleep 2
+"$LAB" exec c1 --slim -- timeout 150 python3 /tmp/slim-revoke-probe.py >"$OUT/revoke-client.log" 2>&1 &
+rclient=$!
+for _ in $(seq 1 100); do grep -q CONNECTED "$OUT/revoke-client.log" 2>/dev/null && break; sleep 0.2; done
+probe_pid=$(pgrep -f slim-revoke-probe.py | tail -1)
+rv_before=$(field revoked <<<"$(stats)")
+out=$("$LAB" exec h1 -- "$REPO/target/release/slim-router" --revoke "$probe_pid" --socket /run/slim-lab/h1.sock 2>&1)
+wait "$rclient"
+rv_after=$(field revoked <<<"$(stats)")
+if grep -q '^revoked [1-9][0-9]* host sockets' <<<"$out" && grep -q '^EOF' "$OUT/revoke-client.log" \
+    && [ "${rv_after:-0}" -gt "${rv_before:-0}" ]; then
+    ok "revocation: $out; the container's connection saw EOF; module revoked $rv_before -> $rv_after"
+else
+    nok "revocation: router said: $out; client: $(cat "$OUT/revoke-client.log"); module revoked $rv_before -> $rv_after"
+fi
+out=$("$LAB" exec c1 -- "$REPO/target/release/slim-router" --revoke "$probe_pid" --socket /run/slim-lab/h1.sock 2>&1)
+if grep -q "administrators" <<<"$out"; then
+    ok "revocation asked from inside a container is refused: $out"
+else
+    nok "revocation from inside a container: $out"
+fi
+kill "$rserver" 2>/dev/null
+wait "$rserver" 2>/dev/null
+
 cp /run/slim-lab/h1.log "$OUT/secure-router-h1.log" 2>/dev/null
 cp /run/slim-lab/h2.log "$OUT/secure-router-h2.log" 2>/dev/null
 if out=$("$LAB" down 2>&1); then ok "slim-lab down"; else nok "slim-lab down: $out"; fi

@@ -43,6 +43,11 @@ pub fn router_problems(mode: Mode) -> Vec<(&'static Host, String)> {
                 ),
             ));
         }
+        if mode.routers && router.alive {
+            if let Some(why) = stale_binary(router.pid) {
+                problems.push((host, format!("the router of {} {why}", host.name)));
+            }
+        }
         if !mode.routers && router.alive {
             problems.push((
                 host,
@@ -54,4 +59,17 @@ pub fn router_problems(mode: Mode) -> Vec<(&'static Host, String)> {
         }
     }
     problems
+}
+
+/// Whether a running router is not the binary `up` would start now (rebuilt or another
+/// checkout's): its tests would then run against old code.
+fn stale_binary(pid: Option<u32>) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", pid?)).ok()?;
+    let text = exe.display().to_string();
+    if text.ends_with(" (deleted)") {
+        return Some("runs a binary that has since been rebuilt".to_string());
+    }
+    let want = crate::paths::router_bin().ok()?;
+    let want = std::fs::canonicalize(&want).unwrap_or(want);
+    (exe != want).then(|| format!("runs {} instead of {}", exe.display(), want.display()))
 }

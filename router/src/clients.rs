@@ -161,6 +161,8 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
         .map(|c| c.pid())
         .unwrap_or(0);
     // Secure mode: which container this is, decided once, by the kernel's word (see container.rs).
+    // Root in the router's own namespace is an administrator, who may only revoke.
+    let mut admin = false;
     let caller = match router.dev.is_some() {
         false => None,
         true => {
@@ -173,6 +175,12 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 Ok(c) => {
                     tracing::debug!(pid = c.pid, netns = c.netns, addrs = ?c.addrs, "container identified");
                     Some(c)
+                }
+                Err(container::CallerError::HostNamespace { .. })
+                    if getsockopt(&fd, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0) =>
+                {
+                    admin = true;
+                    None
                 }
                 Err(e) => {
                     router.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -245,6 +253,24 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if admin {
+            let reply = match &req {
+                Request::Hello { .. } => Reply::HelloOk {
+                    version: PROTO_VERSION,
+                    flags: HELLO_SECURE,
+                },
+                Request::Revoke { pid: target } => {
+                    tracing::info!(admin_pid = pid, target, "revocation requested");
+                    router.revoke(*target)
+                }
+                _ => Reply::Error {
+                    errno: libc::EPERM,
+                    message: "an administrator's session (root in the router's namespace) may only revoke",
+                },
+            };
+            send_reply(&conn, &reply, &[]).await?;
+            continue;
+        }
         let (reply, fd) = match (&req, secure) {
             (Request::Hello { version, .. }, _) if *version != PROTO_VERSION => {
                 let message = format!(
@@ -287,6 +313,19 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
             }
             (Request::IdentifyChild { listener_cookie }, Some(c)) => (
                 router.identify_child(c, *listener_cookie, passed).await,
+                Vec::new(),
+            ),
+            (Request::Revoke { .. }, Some(c)) => (
+                router
+                    .refuse(c, "revocation is for administrators (root in the router's namespace)")
+                    .0,
+                Vec::new(),
+            ),
+            (Request::Revoke { .. }, None) => (
+                Reply::Error {
+                    errno: libc::EINVAL,
+                    message: "revocation needs secure mode",
+                },
                 Vec::new(),
             ),
             (Request::IdentifyChild { .. }, None) => (

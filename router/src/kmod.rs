@@ -122,6 +122,14 @@ impl SlimDev {
         ioctl(self.fd(), kabi::SLIM_IOC_SET_CHILD_ADDRS, &mut c)
     }
 
+    /// Shuts down every restricted socket of `tag`; returns how many.
+    pub fn revoke(&self, tag: u64) -> io::Result<u32> {
+        let mut v = kabi::SlimRevoke::zeroed();
+        v.tag = tag;
+        ioctl(self.fd(), kabi::SLIM_IOC_REVOKE, &mut v)?;
+        Ok(v.revoked)
+    }
+
     pub fn stats(&self) -> io::Result<kabi::SlimStats> {
         let mut s = kabi::SlimStats::zeroed();
         ioctl(self.fd(), kabi::SLIM_IOC_STATS, &mut s)?;

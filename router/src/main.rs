@@ -35,7 +35,11 @@ use std::time::Duration;
 struct Args {
     /// This host's address on the host network (underlay). Host sockets are bound to it. Give it
     /// once per family (one IPv4 and/or one IPv6); it must be an address of this host.
-    #[arg(long = "host-addr", required = true, value_name = "IP")]
+    #[arg(
+        long = "host-addr",
+        required_unless_present = "revoke",
+        value_name = "IP"
+    )]
     host_addr: Vec<IpAddr>,
 
     /// Unix socket the containers' preload library connects to (it must be reachable from the
@@ -82,6 +86,12 @@ struct Args {
     /// never show host addresses to containers.
     #[arg(long)]
     secure: bool,
+
+    /// Instead of running a router: ask the one serving --socket (in secure mode; as root in its
+    /// network namespace) to shut down every host socket of the container that process PID runs
+    /// in, e.g. after a policy change or before removing the container; print how many and exit.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["secure", "peers", "cluster_key"])]
+    revoke: Option<u32>,
 
     /// Worker threads. One is the default: each request is a few system calls, and a single
     /// thread avoids waking (and migrating between) CPUs on every request.
@@ -293,8 +303,70 @@ fn log_counters(router: &router::Router) {
     );
 }
 
+/// `--revoke PID`: one administrator's request to the running router.
+fn revoke(path: &std::path::Path, pid: u32) -> anyhow::Result<u32> {
+    use nix::sys::socket::{
+        connect, recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use slim_uapi::proto::{Reply, Request, MAX_FRAME, PROTO_VERSION};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr).with_context(|| {
+        format!(
+            "no router answers on {}; start slim-router --secure or give its --socket",
+            path.display()
+        )
+    })?;
+    let ask = |req: &Request| -> anyhow::Result<(usize, [u8; MAX_FRAME])> {
+        let mut buf = [0u8; MAX_FRAME];
+        let n = req.encode(&mut buf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        send(fd.as_raw_fd(), &buf[..n], MsgFlags::empty())?;
+        let mut rbuf = [0u8; MAX_FRAME];
+        let m = recv(fd.as_raw_fd(), &mut rbuf, MsgFlags::empty())?;
+        Ok((m, rbuf))
+    };
+    let (m, b) = ask(&Request::Hello {
+        version: PROTO_VERSION,
+        pid: std::process::id(),
+    })?;
+    match Reply::decode(&b[..m]) {
+        Ok(Reply::HelloOk { .. }) => {}
+        Ok(Reply::Error { message, .. }) => anyhow::bail!("the router refused: {message}"),
+        other => anyhow::bail!("unexpected answer from the router: {other:?}"),
+    }
+    let (m, b) = ask(&Request::Revoke { pid })?;
+    match Reply::decode(&b[..m]) {
+        Ok(Reply::Revoked { sockets }) => Ok(sockets),
+        Ok(Reply::Error { errno, message }) => {
+            anyhow::bail!(
+                "the router refused: {message} ({})",
+                std::io::Error::from_raw_os_error(errno)
+            )
+        }
+        other => anyhow::bail!("unexpected answer from the router: {other:?}"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(pid) = args.revoke {
+        return match revoke(&args.socket, pid) {
+            Ok(n) => {
+                println!("revoked {n} host sockets of the container of pid {pid}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("slim-router --revoke {pid}: {e:#}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     if let Err(e) = init_logging(&args.log_level) {
         eprintln!("slim-router: {e:#}");
         return std::process::ExitCode::from(2);

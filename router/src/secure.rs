@@ -161,4 +161,46 @@ impl Router {
         self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
         Reply::ListenOk { cookie }
     }
+
+    /// An administrator's request: shut down every host socket of the container that process
+    /// `pid` runs in (its network namespace is the module tag), and forget its listeners.
+    pub fn revoke(&self, pid: u32) -> Reply<'static> {
+        let Some(dev) = &self.dev else {
+            return Reply::Error {
+                errno: libc::EINVAL,
+                message: "revocation needs secure mode",
+            };
+        };
+        use std::os::unix::fs::MetadataExt;
+        let netns = match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            Ok(m) => m.ino(),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "revoke: no such process");
+                return Reply::Error {
+                    errno: libc::ESRCH,
+                    message: "no such process",
+                };
+            }
+        };
+        match dev.revoke(netns) {
+            Ok(n) => {
+                tracing::info!(
+                    pid,
+                    netns,
+                    sockets = n,
+                    "revoked the container's host sockets"
+                );
+                // Its listeners were shut down with the rest: tell the peers now.
+                self.sweep_listeners();
+                Reply::Revoked { sockets: n }
+            }
+            Err(e) => {
+                tracing::warn!(pid, netns, error = %e, "REVOKE failed");
+                Reply::Error {
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    message: "the kernel module refused the revocation",
+                }
+            }
+        }
+    }
 }

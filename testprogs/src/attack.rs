@@ -804,6 +804,12 @@ fn router_attacks(t: &mut Tally, cfg: &AttackCfg, child: RawFd) -> Result<()> {
             r,
         );
     }
+    let r = call(&Request::Revoke { pid }, None)?;
+    t.check(
+        "router: revocation (for administrators) refused to a container",
+        r.starts_with("error EPERM"),
+        r,
+    );
     // A socket of ours, presented as the child of a listener that is not ours (cookie 1 is the
     // first listener the router registered: the server's, in another container).
     for cookie in [1u64, 2, 3].into_iter().filter(|_| child >= 0) {

@@ -37,6 +37,7 @@ mod kind {
     pub const ANNOUNCE: u16 = 8;
     pub const SOCKETS: u16 = 9;
     pub const IDENTIFY_CHILD: u16 = 10;
+    pub const REVOKE: u16 = 11;
 
     pub const HELLO_OK: u16 = 101;
     pub const CONNECT_OK: u16 = 102;
@@ -46,6 +47,7 @@ mod kind {
     pub const FALLBACK: u16 = 106;
     pub const ERROR: u16 = 107;
     pub const SOCKETS_OK: u16 = 108;
+    pub const REVOKED: u16 = 109;
 }
 
 /// A socket option the application set before Slim took the socket over; the router sets it again
@@ -198,6 +200,12 @@ pub enum Request {
     IdentifyChild {
         listener_cookie: u64,
     },
+    /// Secure mode, administrators only (root in the router's own network namespace): shut down
+    /// every host socket of the container whose network namespace process `pid` runs in (policy
+    /// change, container removed). Answered with `Revoked`.
+    Revoke {
+        pid: u32,
+    },
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -256,6 +264,10 @@ pub enum Reply<'a> {
     /// `count` host sockets are attached (`SCM_RIGHTS`), bound, non-blocking, not connected.
     SocketsOk {
         count: u8,
+    },
+    /// `sockets` host sockets of the container were shut down.
+    Revoked {
+        sockets: u32,
     },
     /// The request was refused; `errno` is what the application's call should fail with.
     Error {
@@ -405,6 +417,10 @@ impl Request {
                 header(&mut w, kind::IDENTIFY_CHILD)?;
                 w.u64(*listener_cookie)?;
             }
+            Request::Revoke { pid } => {
+                header(&mut w, kind::REVOKE)?;
+                w.u32(*pid)?;
+            }
         }
         Ok(w.position())
     }
@@ -492,6 +508,7 @@ impl Request {
             kind::IDENTIFY_CHILD => Request::IdentifyChild {
                 listener_cookie: r.u64()?,
             },
+            kind::REVOKE => Request::Revoke { pid: r.u32()? },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -530,6 +547,10 @@ impl<'a> Reply<'a> {
             Reply::SocketsOk { count } => {
                 header(&mut w, kind::SOCKETS_OK)?;
                 w.u8(*count)?;
+            }
+            Reply::Revoked { sockets } => {
+                header(&mut w, kind::REVOKED)?;
+                w.u32(*sockets)?;
             }
             Reply::Fallback(reason) => {
                 header(&mut w, kind::FALLBACK)?;
@@ -580,6 +601,7 @@ impl<'a> Reply<'a> {
             kind::IDENTITY => Reply::Identity(read_identity(&mut r)?),
             kind::UNKNOWN => Reply::Unknown,
             kind::SOCKETS_OK => Reply::SocketsOk { count: r.u8()? },
+            kind::REVOKED => Reply::Revoked { sockets: r.u32()? },
             kind::FALLBACK => Reply::Fallback(FallbackReason::from_u8(r.u8()?)?),
             kind::ERROR => {
                 let errno = r.i32()?;
@@ -660,6 +682,7 @@ mod tests {
             count: 32,
         });
         rt(Request::IdentifyChild { listener_cookie: 5 });
+        rt(Request::Revoke { pid: 77 });
     }
 
     #[test]
@@ -681,6 +704,7 @@ mod tests {
             }),
             Reply::Unknown,
             Reply::SocketsOk { count: 32 },
+            Reply::Revoked { sockets: 3 },
             Reply::Fallback(FallbackReason::NoListener),
             Reply::Error {
                 errno: 13,
