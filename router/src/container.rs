@@ -23,6 +23,16 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The container's overlay addresses, as a listen request carries them (what a wildcard
+    /// listener of the container is reachable at).
+    pub fn ip_list(&self) -> slim_uapi::proto::IpList {
+        let mut l = slim_uapi::proto::IpList::default();
+        for ip in &self.addrs {
+            l.push(*ip);
+        }
+        l
+    }
+
     pub fn owns(&self, ip: IpAddr) -> bool {
         let ip = crate::hostsock::normalize_ip(ip);
         self.addrs.contains(&ip)

@@ -337,10 +337,7 @@ impl Router {
                 }
                 return self.fallback(FallbackReason::OutsidePrefixes);
             }
-            req.ips = Default::default();
-            for ip in &c.addrs {
-                req.ips.push(*ip);
-            }
+            req.ips = c.ip_list();
         }
         let req = &req;
         let keys = self.listener_keys(req);
@@ -426,24 +423,27 @@ impl Router {
         if keys.is_empty() {
             return Reply::Fallback(FallbackReason::OutsidePrefixes);
         }
-        if self
-            .tables()
-            .local_listeners()
-            .iter()
-            .any(|(c, _)| *c == cookie)
-        {
-            return Reply::ListenOk { cookie };
-        }
-        let entries = self.tables().add_local(
+        self.register_again(
             cookie,
             LocalListener {
                 host: local,
-                keys: keys.clone(),
+                keys,
                 bound: req.bound,
                 owner: 0,
             },
-        );
-        tracing::info!(?keys, host = %local, cookie, "listener reattached");
+        )
+        .await
+    }
+
+    /// Registers a host listener a container already holds (after a router restart), unless it
+    /// is registered already, and waits for the peers to know it.
+    pub async fn register_again(&self, cookie: u64, l: LocalListener) -> Reply<'static> {
+        if self.tables().local_listener(cookie).is_some() {
+            return Reply::ListenOk { cookie };
+        }
+        let (keys, host) = (l.keys.clone(), l.host);
+        let entries = self.tables().add_local(cookie, l);
+        tracing::info!(?keys, %host, cookie, "listener reattached");
         self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
         Reply::ListenOk { cookie }
     }

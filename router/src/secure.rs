@@ -2,7 +2,6 @@
 
 use crate::container::Caller;
 use crate::hostsock::{self, normalize};
-use crate::router::PEER_ACK_WAIT;
 use crate::router::{in_family, Router};
 use crate::tables::LocalListener;
 use slim_uapi::proto::{FallbackReason, Identity, ListenReq, Reply};
@@ -137,29 +136,21 @@ impl Router {
                 .0;
         }
         let mut req = req.clone();
-        req.ips = Default::default();
-        for ip in &caller.addrs {
-            req.ips.push(*ip);
-        }
+        req.ips = caller.ip_list();
         let keys = self.listener_keys(&req);
         if keys.is_empty() {
             return Reply::Fallback(FallbackReason::OutsidePrefixes);
         }
-        if self.tables().local_listener(cookie).is_some() {
-            return Reply::ListenOk { cookie };
-        }
-        let entries = self.tables().add_local(
+        self.register_again(
             cookie,
             LocalListener {
                 host,
-                keys: keys.clone(),
+                keys,
                 bound: req.bound,
                 owner: caller.netns,
             },
-        );
-        tracing::info!(?keys, %host, cookie, "restricted listener reattached");
-        self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
-        Reply::ListenOk { cookie }
+        )
+        .await
     }
 
     /// An administrator's request: shut down every host socket of the container that process

@@ -62,6 +62,23 @@ pub fn to_storage(a: SocketAddr, v6sock: bool) -> (libc::sockaddr_storage, libc:
 }
 
 pub mod attack;
+
+/// The pending error of a socket (`SO_ERROR`): how a non-blocking connect ended; 0 if it did not fail.
+fn so_error(fd: RawFd) -> i32 {
+    let mut err: i32 = 0;
+    let mut l = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: err/l are valid for writes; SO_ERROR writes an int.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut i32 as *mut libc::c_void,
+            &mut l,
+        )
+    };
+    err
+}
 pub mod seccomp;
 
 /// Whether two endpoints are the same, an IPv4-mapped IPv6 address equal to its IPv4 spelling.
@@ -475,18 +492,7 @@ pub fn open_conn(addr: SocketAddr, style: &str, v6sock: bool) -> Result<RawFd> {
         register(ep)?;
     }
     wait_fd(fd, style, ep, libc::POLLOUT as u32)?;
-    let mut err: i32 = 0;
-    let mut l = 4u32;
-    // SAFETY: err/l valid.
-    unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut i32 as *mut libc::c_void,
-            &mut l,
-        )
-    };
+    let err = so_error(fd);
     if err != 0 {
         bail!(
             "connect completed with {}",
@@ -804,15 +810,7 @@ pub fn setup_storm(addr: SocketAddr, n: usize) -> Result<()> {
                     continue;
                 }
                 let fd = e.u64 as i32;
-                let mut err = 0i32;
-                let mut l = 4u32;
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ERROR,
-                    &mut err as *mut i32 as *mut libc::c_void,
-                    &mut l,
-                );
+                let err = so_error(fd);
                 if err != 0 {
                     bail!(
                         "connection failed: {}",
