@@ -224,11 +224,13 @@ pub fn byte_counters(netns: &str, dev: &str) -> Result<(u64, u64)> {
 /// Per-namespace TCP settings of a busy container host: reuse TIME_WAIT ports for new outgoing
 /// connections and a wide ephemeral port range, so that connection-rate tests and benchmarks
 /// (tens of thousands of short connections to one server) measure setup, not port exhaustion.
-/// Applied alike to hosts and containers, so every mode of a comparison gets the same.
+/// Applied alike to hosts and containers, so every mode of a comparison gets the same. The
+/// range stops below 61000, as Linux's default does, leaving 61000-65535 to the routers' port
+/// leases (`slim-router --lease-ports`).
 pub fn tune(netns: &str) -> Result<()> {
     let settings = [
         ("net/ipv4/tcp_tw_reuse", "1"),
-        ("net/ipv4/ip_local_port_range", "10000\t65000"),
+        ("net/ipv4/ip_local_port_range", "10000\t60999"),
     ];
     let mut args: Vec<String> = vec![
         "netns".into(),

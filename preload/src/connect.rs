@@ -104,6 +104,11 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
     let Some(host_dst) = routes.hosts[pick] else {
         return Fast::AskRouter;
     };
+    // Pools are filled for the container's own source address of each family; a program that
+    // bound another overlay address of its container asks the router.
+    if route_source(dst) != Some(src_ip) {
+        return Fast::AskRouter;
+    }
     // Pooled sockets are bound to the host's IPv4 address (IPv4-mapped for IPv6 sockets).
     if !host_dst.is_ipv4() {
         return Fast::AskRouter;
@@ -111,9 +116,10 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
     // A pooled socket's 4-tuple may already be in use (its port is shared with connections to
     // other destinations): the connect says so at once, and another socket is tried.
     for _ in 0..3 {
-        let Some(sock) = link::pooled_socket(family) else {
+        let Some(pooled) = link::pooled_socket(family, src_ip) else {
             return Fast::AskRouter;
         };
+        let sock = pooled.fd;
         let raw = sock.as_raw_fd();
         for o in opts.iter() {
             if o.level == libc::IPPROTO_IPV6
@@ -140,13 +146,17 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
             local: SocketAddr::new(normalize_ip(src_ip), client_host.port()),
             peer: Some(dst),
         };
-        // Announce first, so the announcement is on its way before the SYN.
-        link::send_oneway(&Request::Announce(Announce {
-            client_host,
-            server_host: host_dst,
-            client_overlay: id.local,
-            server_overlay: dst,
-        }));
+        // A leased port identifies the connection by itself, unless the destination's host
+        // listener serves several overlay endpoints of this family. Otherwise announce first,
+        // so the announcement is on its way before the SYN.
+        if !pooled.leased || routes.shared[pick] {
+            link::send_oneway(&Request::Announce(Announce {
+                client_host,
+                server_host: host_dst,
+                client_overlay: id.local,
+                server_overlay: dst,
+            }));
+        }
         let (ss, len) = addr::to_storage(host_dst, family);
         // SAFETY: ss holds a valid address of `len` bytes; the socket is non-blocking.
         let r = unsafe { real::connect(raw, &ss as *const _ as *const libc::sockaddr, len) };

@@ -56,14 +56,10 @@ pub fn available() -> bool {
 /// conversation), and when the router was replaced (they lead nowhere).
 pub fn forget_pool() {
     // Pooled host sockets too: after fork both processes would connect the same socket.
-    for s in POOL_FDS
-        .iter()
-        .chain(SOCKETS_V4.iter())
-        .chain(SOCKETS_V6.iter())
-    {
+    for s in POOL_FDS.iter().chain(SOCKETS.iter().flatten()) {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
-            discard(fd);
+            discard(fd & !LEASED);
         }
     }
 }
@@ -288,62 +284,85 @@ pub fn lookup_route(
     Ok(t.lookup(overlay))
 }
 
-/// Pools of ready host sockets (see `Request::Sockets`), per family: IPv4, IPv6. Small: each
-/// idle pooled socket holds a host port, and one round trip per 8 connects is cheap enough.
+/// Pools of ready host sockets (see `Request::Sockets`): IPv4 sockets, IPv6 sockets for IPv4
+/// overlay peers (IPv4-mapped), IPv6 sockets for IPv6 overlay peers; each pool's sockets are
+/// leased (if the router leases) to this container's overlay address of that peer family.
+/// Small: each idle pooled socket holds a host port, and one round trip per 8 connects is cheap
+/// enough.
 const SOCKET_POOL: usize = 16;
 const REFILL: u8 = 8;
-static SOCKETS_V4: [AtomicI32; SOCKET_POOL] = [const { AtomicI32::new(-1) }; SOCKET_POOL];
-static SOCKETS_V6: [AtomicI32; SOCKET_POOL] = [const { AtomicI32::new(-1) }; SOCKET_POOL];
+/// Marks a pooled descriptor whose port is leased (descriptors stay below 2^30).
+const LEASED: i32 = 1 << 30;
+static SOCKETS: [[AtomicI32; SOCKET_POOL]; 3] =
+    [const { [const { AtomicI32::new(-1) }; SOCKET_POOL] }; 3];
 
-fn pool_of(family: i32) -> &'static [AtomicI32; SOCKET_POOL] {
-    if family == libc::AF_INET6 {
-        &SOCKETS_V6
-    } else {
-        &SOCKETS_V4
+fn pool_of(family: i32, overlay_v6: bool) -> &'static [AtomicI32; SOCKET_POOL] {
+    match (family == libc::AF_INET6, overlay_v6) {
+        (false, _) => &SOCKETS[0],
+        (true, false) => &SOCKETS[1],
+        (true, true) => &SOCKETS[2],
     }
 }
 
-/// A ready host socket of `family`, refilling the pool from the router when it is empty.
-pub fn pooled_socket(family: i32) -> Option<OwnedFd> {
-    let pool = pool_of(family);
+/// A pooled host socket.
+pub struct Pooled {
+    pub fd: OwnedFd,
+    /// Its port is leased to the overlay address the pool was filled for: a connection from it
+    /// needs no announcement.
+    pub leased: bool,
+}
+
+/// A ready host socket of `family` for connections from `src` (this container's overlay
+/// address for peers of its family), refilling the pool from the router when it is empty.
+pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
+    let pool = pool_of(family, src.is_ipv6());
     for round in 0..2 {
         for s in pool.iter() {
-            let fd = s.swap(-1, Ordering::Acquire);
-            if fd >= 0 {
+            let v = s.swap(-1, Ordering::Acquire);
+            if v >= 0 {
+                let fd = v & !LEASED;
                 crate::fdtable::clear(fd);
-                // SAFETY: the pool owned this descriptor; now the caller does.
-                return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                return Some(Pooled {
+                    // SAFETY: the pool owned this descriptor; now the caller does.
+                    fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                    leased: v & LEASED != 0,
+                });
             }
         }
-        if round == 0 && !refill(family) {
+        if round == 0 && !refill(family, src) {
             return None;
         }
     }
     None
 }
 
-fn refill(family: i32) -> bool {
+fn refill(family: i32, src: core::net::IpAddr) -> bool {
     let mut buf = [0u8; MAX_FRAME];
     let Some((n, mut fds)) = call(
         &Request::Sockets {
             family,
             count: REFILL,
+            lease: Some(src),
         },
         &mut buf,
     ) else {
         return false;
     };
-    if !matches!(Reply::decode(&buf[..n]), Ok(Reply::SocketsOk { count }) if count > 0) {
-        return false;
-    }
-    let pool = pool_of(family);
+    let leased = match Reply::decode(&buf[..n]) {
+        Ok(Reply::SocketsOk { count, leased }) if count > 0 => leased,
+        _ => return false,
+    };
+    let pool = pool_of(family, src.is_ipv6());
     while let Some(fd) = fds.take() {
         use std::os::fd::IntoRawFd;
         let raw = adopt(fd.into_raw_fd());
-        if !pool.iter().any(|s| {
-            s.compare_exchange(-1, raw, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-        }) {
+        let v = if leased { raw | LEASED } else { raw };
+        if raw & LEASED != 0
+            || !pool.iter().any(|s| {
+                s.compare_exchange(-1, v, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+            })
+        {
             discard(raw);
         }
     }
@@ -370,7 +389,31 @@ pub fn lookup_accepted(
     let words = unsafe {
         core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::accept_table::TABLE_WORDS)
     };
-    slim_uapi::accept_table::AcceptTable::new(words)?.lookup(client_host, server_host)
+    slim_uapi::accept_table::AcceptTable::new(words)?.lookup_connection(client_host, server_host)
+}
+
+/// The overlay address a peer router leased `client_host`'s port to, and the overlay endpoint
+/// of that address's family that the local host listener `server_host` serves, if both are
+/// known without asking the router.
+pub fn lookup_leased(
+    client_host: &core::net::SocketAddr,
+    server_host: &core::net::SocketAddr,
+) -> Option<slim_uapi::accept_table::Entry> {
+    use slim_uapi::accept_table::{AcceptTable, Lease, TABLE_WORDS};
+    let p = ACCEPT_TABLE.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in lookup_accepted.
+    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, TABLE_WORDS) };
+    let t = AcceptTable::new(words)?;
+    let Lease::Owner(owner) = t.lease(client_host)? else {
+        return None;
+    };
+    Some(slim_uapi::accept_table::Entry {
+        client_overlay: core::net::SocketAddr::new(owner, client_host.port()),
+        server_overlay: t.listener_key(server_host, owner)?,
+    })
 }
 
 fn router_ino() -> u64 {

@@ -297,7 +297,11 @@ fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identi
     // The announcement normally arrives before the connection does (the client announces, then
     // connects); when it is a little late, give the router a moment before asking it.
     for attempt in 0..ACCEPT_TABLE_TRIES {
-        if let Some(e) = link::lookup_accepted(&peer_host, &local_host) {
+        // An announced connection first (it also holds connections pinned when their port
+        // changed owner), then the lease of the client's port.
+        if let Some(e) = link::lookup_accepted(&peer_host, &local_host)
+            .or_else(|| link::lookup_leased(&peer_host, &local_host))
+        {
             return Some(Identity {
                 local: e.server_overlay,
                 peer: Some(e.client_overlay),

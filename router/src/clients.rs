@@ -364,7 +364,14 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 },
                 None,
             ) => (router.query_tuple(*local_host, *peer_host), Vec::new()),
-            (Request::Sockets { family, count }, None) => router.sockets(*family, *count),
+            (
+                Request::Sockets {
+                    family,
+                    count,
+                    lease,
+                },
+                None,
+            ) => router.sockets(*family, *count, *lease).await,
             (Request::Announce(a), None) => {
                 router.client_announce(a);
                 continue;

@@ -6,6 +6,7 @@ mod clients;
 mod container;
 mod hostsock;
 mod kmod;
+mod leases;
 mod peers;
 mod router;
 mod secure;
@@ -93,6 +94,15 @@ struct Args {
     #[arg(long, value_name = "PID", conflicts_with_all = ["secure", "peers", "cluster_key"])]
     revoke: Option<u32>,
 
+    /// Host ports leased to containers for their pooled sockets, as LO-HI, or `off`. A leased
+    /// port is bound by one container's sockets only, and every peer router learns its owner
+    /// before the container gets it, so connections from it need no per-connection announcement
+    /// (no router wakes up per connection). The range must lie outside the ephemeral port range
+    /// (net.ipv4.ip_local_port_range). [default: the ports above the ephemeral range, if at
+    /// least 64; else off]
+    #[arg(long, value_name = "LO-HI|off", value_parser = parse_lease_ports)]
+    lease_ports: Option<LeasePorts>,
+
     /// Worker threads. One is the default: each request is a few system calls, and a single
     /// thread avoids waking (and migrating between) CPUs on every request.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -101,6 +111,23 @@ struct Args {
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeasePorts {
+    Off,
+    Range(u16, u16),
+}
+
+fn parse_lease_ports(s: &str) -> Result<LeasePorts, String> {
+    if s == "off" {
+        return Ok(LeasePorts::Off);
+    }
+    let bad = || format!("`{s}` is not a port range such as 61000-65535, or `off`");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = a.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = b.trim().parse().map_err(|_| bad())?;
+    Ok(LeasePorts::Range(lo, hi))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -124,10 +151,28 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
 }
 
 fn settings(args: &Args) -> anyhow::Result<router::Settings> {
+    let lease_ports = match args.lease_ports {
+        // Secure mode hands out no pooled sockets.
+        _ if args.secure => None,
+        Some(LeasePorts::Off) => None,
+        Some(LeasePorts::Range(lo, hi)) => {
+            leases::check_range(lo, hi).map_err(anyhow::Error::msg)?;
+            Some((lo, hi))
+        }
+        None => leases::default_range(),
+    };
+    let lease_ports = lease_ports.filter(|_| {
+        let ok = sockdiag::lists_bound_sockets();
+        if !ok {
+            tracing::warn!("this kernel does not list sockets that are only bound (sock_diag, Linux 6.8+): port leases off");
+        }
+        ok
+    });
     let mut s = router::Settings {
         host_v4: None,
         host_v6: None,
         prefixes: args.prefixes.clone(),
+        lease_ports,
     };
     for ip in &args.host_addr {
         if ip.is_unspecified() || ip.is_loopback() {
@@ -193,6 +238,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let secure = dev.is_some();
     let router = Arc::new(router::Router::new(settings, dev, seal));
+    match router.book().map(|b| b.range()) {
+        Some((lo, hi)) => tracing::info!(
+            "pooled sockets get ports leased from {lo}-{hi}: their connections need no announcement"
+        ),
+        None if !secure => tracing::info!(
+            "port leases off (--lease-ports, or too few ports above the ephemeral range): every pooled connection is announced"
+        ),
+        None => {}
+    }
     // Secure mode shares no tables with containers (they hold host endpoints).
     if !secure {
         match shm::SharedTable::create(c"slim-accept-table", slim_uapi::accept_table::TABLE_WORDS) {

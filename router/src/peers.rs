@@ -161,6 +161,38 @@ impl PeerSet {
         }
     }
 
+    /// Tells every peer that connections from these host endpoints (ports of ours) are from
+    /// `owner`, and waits (bounded) until each has acknowledged. False if one did not in time.
+    pub async fn lease(&self, ports: &[SocketAddr], owner: IpAddr, wait: Duration) -> bool {
+        let mut waits = Vec::new();
+        {
+            let conns = self.conns();
+            for (id, c) in conns.iter() {
+                let mut last = 0;
+                for p in ports {
+                    last = self.next_seq();
+                    let _ = c.tx.send(PeerMsg::Lease {
+                        seq: last,
+                        client_host: *p,
+                        overlay: owner,
+                    });
+                }
+                if last != 0 {
+                    waits.push((*id, c.host, c.acked.clone(), last));
+                }
+            }
+        }
+        let mut all = true;
+        for (id, host, mut acked, want) in waits {
+            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::warn!(peer = %host, conn = id, "peer did not confirm a port lease in time; pooled sockets without a lease meanwhile");
+                all = false;
+            }
+        }
+        all
+    }
+
     pub fn del_listeners(&self, entries: &[ListenerEntry]) {
         let conns = self.conns();
         for c in conns.values() {
@@ -366,10 +398,30 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PeerMsg>();
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let id = router.peers.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut initial_leases = 0u64;
     {
         // Register and queue the full table under one lock so that no listener added meanwhile
         // is missed or sent twice out of order.
         let mut conns = router.peers.conns();
+        // Leases first: the peer must know them before it learns a listener of ours that a
+        // connection from a leased port could reach... and before we use its listeners
+        // (see `leases_acked` below).
+        if let Some(book) = router.book() {
+            let host = router
+                .settings
+                .host_v4
+                .map(IpAddr::V4)
+                .or(router.settings.host_v6.map(IpAddr::V6));
+            for (port, owner) in book.all() {
+                let Some(host) = host else { break };
+                initial_leases = router.peers.next_seq();
+                let _ = tx.send(PeerMsg::Lease {
+                    seq: initial_leases,
+                    client_host: SocketAddr::new(host, port),
+                    overlay: owner,
+                });
+            }
+        }
         for e in router.tables().local_entries() {
             let _ = tx.send(PeerMsg::ListenerAdd {
                 seq: router.peers.next_seq(),
@@ -404,32 +456,73 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
         }
     });
     let owner = Owner::Peer(id);
+    // The peer's listener changes wait until it has acknowledged our leases: until then a
+    // connection from a port we leased while it was away could reach it before the lease.
+    let mut leases_acked = initial_leases == 0;
+    let mut held: Vec<PeerMsg> = Vec::new();
+    let apply = |m: PeerMsg| match m {
+        PeerMsg::ListenerAdd { seq, entry } => {
+            tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, shared = entry.shared, "peer listener added");
+            router.tables().add_route(
+                entry.overlay,
+                Route {
+                    host: entry.host,
+                    cookie: entry.cookie,
+                    owner,
+                    shared: entry.shared,
+                },
+            );
+            let _ = tx.send(PeerMsg::Ack { seq });
+        }
+        PeerMsg::ListenerDel { seq, entry } => {
+            tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener removed");
+            router
+                .tables()
+                .del_route(&entry.overlay, entry.cookie, owner);
+            let _ = tx.send(PeerMsg::Ack { seq });
+        }
+        _ => {}
+    };
     let result: anyhow::Result<()> = async {
         loop {
             match read_msg(&router, &link, &mut rd).await? {
-                PeerMsg::ListenerAdd { seq, entry } => {
-                    tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener added");
-                    router.tables().add_route(
-                        entry.overlay,
-                        Route {
-                            host: entry.host,
-                            cookie: entry.cookie,
-                            owner,
-                        },
-                    );
-                    let _ = tx.send(PeerMsg::Ack { seq });
-                }
-                PeerMsg::ListenerDel { seq, entry } => {
-                    tracing::debug!(peer = %host, overlay = %entry.overlay, host_ep = %entry.host, "peer listener removed");
-                    router
-                        .tables()
-                        .del_route(&entry.overlay, entry.cookie, owner);
-                    let _ = tx.send(PeerMsg::Ack { seq });
+                m @ (PeerMsg::ListenerAdd { .. } | PeerMsg::ListenerDel { .. }) => {
+                    if leases_acked {
+                        apply(m);
+                    } else {
+                        held.push(m);
+                    }
                 }
                 PeerMsg::Ack { seq } => {
                     ack_tx.send_modify(|a| *a = (*a).max(seq));
+                    if !leases_acked && seq >= initial_leases {
+                        leases_acked = true;
+                        for m in held.drain(..) {
+                            apply(m);
+                        }
+                    }
                 }
                 PeerMsg::Announce(a) => router.tables().announce(a),
+                PeerMsg::Lease {
+                    seq,
+                    client_host,
+                    overlay,
+                } => {
+                    let client_host = crate::hostsock::normalize(client_host);
+                    let pinned = router.tables().lease_from_peer(id, client_host, overlay, || {
+                        match crate::sockdiag::live_tcp_tuples() {
+                            Ok(t) => t.into_iter().collect(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "sock_diag dump failed; connections from a re-leased port not pinned");
+                                Vec::new()
+                            }
+                        }
+                    });
+                    if pinned > 0 {
+                        tracing::debug!(peer = %host, %client_host, %overlay, pinned, "port changed owner; earlier connections pinned");
+                    }
+                    let _ = tx.send(PeerMsg::Ack { seq });
+                }
                 PeerMsg::Hello { .. } => {}
             }
         }

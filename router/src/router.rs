@@ -37,6 +37,8 @@ pub struct Settings {
     pub host_v4: Option<std::net::Ipv4Addr>,
     pub host_v6: Option<std::net::Ipv6Addr>,
     pub prefixes: Vec<IpNet>,
+    /// Ports leased to containers' pooled sockets (`leases`), if any.
+    pub lease_ports: Option<(u16, u16)>,
 }
 
 impl Settings {
@@ -90,6 +92,8 @@ pub struct Router {
     pub sweep_due: std::sync::atomic::AtomicBool,
     /// Seeds the port choice of pooled sockets.
     seed: AtomicU64,
+    /// The ports leased to containers (None: leasing is off).
+    pub leases: Option<Mutex<crate::leases::LeaseBook>>,
 }
 
 impl Router {
@@ -99,6 +103,9 @@ impl Router {
         seal: Option<crate::peers::PeerSeal>,
     ) -> Self {
         Router {
+            leases: settings
+                .lease_ports
+                .map(|(lo, hi)| Mutex::new(crate::leases::LeaseBook::new(lo, hi))),
             settings,
             dev,
             seal: seal.map(std::sync::Arc::new),
@@ -156,14 +163,77 @@ impl Router {
             .collect()
     }
 
+    pub fn book(&self) -> Option<std::sync::MutexGuard<'_, crate::leases::LeaseBook>> {
+        self.leases
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Host sockets on ports leased to `owner`, once every connected peer knows the lease.
+    /// None if leasing is off, the range is busy, or a peer did not confirm in time.
+    async fn leased_sockets(
+        &self,
+        family: i32,
+        host: IpAddr,
+        owner: IpAddr,
+        count: u8,
+    ) -> Option<Vec<OwnedFd>> {
+        if !self.settings.in_overlay(owner) {
+            return None;
+        }
+        let owner = normalize_ip(owner);
+        let leased = self.book()?.lease(
+            family,
+            host,
+            owner,
+            count.min(MAX_POOL_BATCH) as usize,
+            crate::sockdiag::live_cookies_in,
+        );
+        if leased.sockets.is_empty() {
+            tracing::debug!("no free port in the lease range; pooled sockets without a lease");
+            return None;
+        }
+        if !leased.changed.is_empty() {
+            let host = normalize_ip(host);
+            let ports: Vec<SocketAddr> = leased
+                .changed
+                .iter()
+                .map(|p| SocketAddr::new(host, *p))
+                .collect();
+            tracing::debug!(%owner, ports = ports.len(), "ports leased");
+            if !self.peers.lease(&ports, owner, PEER_ACK_WAIT).await {
+                // A peer that has not applied the lease may still credit the port's previous
+                // owner: these sockets must not connect. (The peer applies it later anyway.)
+                return None;
+            }
+        }
+        Some(leased.sockets)
+    }
+
     /// Ready host sockets for a library's pool (see `Request::Sockets`).
-    pub fn sockets(&self, family: i32, count: u8) -> (Reply<'static>, Vec<OwnedFd>) {
+    pub async fn sockets(
+        &self,
+        family: i32,
+        count: u8,
+        lease: Option<IpAddr>,
+    ) -> (Reply<'static>, Vec<OwnedFd>) {
         let Some(host) = self.settings.listen_host(family) else {
             return (
                 Reply::Fallback(FallbackReason::FamilyUnsupported),
                 Vec::new(),
             );
         };
+        if let Some(owner) = lease {
+            if let Some(out) = self.leased_sockets(family, host, owner, count).await {
+                return (
+                    Reply::SocketsOk {
+                        count: out.len() as u8,
+                        leased: true,
+                    },
+                    out,
+                );
+            }
+        }
         let mut out = Vec::new();
         let ports = hostsock::ephemeral_ports();
         let mut seed = self
@@ -182,6 +252,7 @@ impl Router {
         (
             Reply::SocketsOk {
                 count: out.len() as u8,
+                leased: false,
             },
             out,
         )
@@ -486,11 +557,30 @@ impl Router {
     }
 
     pub fn query_tuple(&self, local_host: SocketAddr, peer_host: SocketAddr) -> Reply<'static> {
-        match self
-            .tables()
-            .identity(&(normalize(local_host), normalize(peer_host)))
-        {
-            Some(id) => Reply::Identity(id),
+        let (local, peer) = (normalize(local_host), normalize(peer_host));
+        // A connection from one of our leased ports was never announced.
+        let leased = self
+            .book()
+            .and_then(|b| b.owner(local.port()))
+            .filter(|_| self.settings.host_for(&local) == Some(local.ip()));
+        let t = self.tables();
+        if let Some(id) = t.identity(&(local, peer)) {
+            return Reply::Identity(id);
+        }
+        if let Some(owner) = leased {
+            if let Some(server) = t.route_key(&peer, owner) {
+                return Reply::Identity(Identity {
+                    local: SocketAddr::new(owner, local.port()),
+                    peer: Some(server),
+                });
+            }
+        }
+        // Or one accepted from a peer's leased port.
+        match t.derive(peer, local) {
+            Some(a) => Reply::Identity(Identity {
+                local: a.server_overlay,
+                peer: Some(a.client_overlay),
+            }),
             None => Reply::Unknown,
         }
     }
@@ -515,9 +605,10 @@ impl Router {
     pub fn sweep_identities(&self) {
         match crate::sockdiag::live_tcp_tuples() {
             Ok(live) => {
-                let n = self
-                    .tables()
-                    .retain_identities(|t| live.contains(t), std::time::Instant::now());
+                let mut t = self.tables();
+                t.retain_pins(|x| live.contains(x));
+                let n = t.retain_identities(|x| live.contains(x), std::time::Instant::now());
+                drop(t);
                 if n > 0 {
                     tracing::debug!(forgotten = n, "closed sockets forgotten");
                 }

@@ -76,8 +76,28 @@ impl SharedTable {
         }
     }
 
-    /// As a route table: sets the host listeners of an overlay endpoint.
-    pub fn set_routes(&self, overlay: &SocketAddr, hosts: &[SocketAddr]) {
+    /// As an accept table: publishes a peer's port lease (None: ask the router).
+    pub fn set_lease(&self, client_host: &SocketAddr, owner: Option<std::net::IpAddr>) {
+        if let Some(t) = AcceptTable::new(self.words) {
+            t.set_lease(client_host, owner);
+        }
+    }
+
+    /// As an accept table: publishes the overlay keys of a local host listener.
+    pub fn set_listener_keys(
+        &self,
+        host: &SocketAddr,
+        v4: Option<SocketAddr>,
+        v6: Option<SocketAddr>,
+    ) {
+        if let Some(t) = AcceptTable::new(self.words) {
+            t.set_listener_keys(host, v4, v6);
+        }
+    }
+
+    /// As a route table: sets the host listeners of an overlay endpoint (and whether each is
+    /// shared).
+    pub fn set_routes(&self, overlay: &SocketAddr, hosts: &[(SocketAddr, bool)]) {
         if let Some(t) = RouteTable::new(self.words) {
             if !t.set(overlay, hosts) {
                 tracing::warn!(%overlay, "route table full; this endpoint is reached over the overlay");

@@ -134,6 +134,68 @@ fn dump_family(family: u8, states: u32, out: &mut dyn FnMut(&InetDiagMsg)) -> io
 
 const TCP_TIME_WAIT: u32 = 6;
 const TCP_CLOSE: u32 = 7;
+/// Bound, neither listening nor connected: listed by Linux 6.8 and later.
+const TCP_BOUND_INACTIVE: u32 = 13;
+
+fn cookie_of(m: &InetDiagMsg) -> u64 {
+    m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32
+}
+
+/// Cookies of the TCP sockets of this network namespace bound to a port in `lo..=hi` that a
+/// program may still hold: connecting, connected, listening, or only bound (the state a pooled
+/// socket waits in). TIME_WAIT leftovers are not sockets anybody holds and are left out.
+pub fn live_cookies_in(lo: u16, hi: u16) -> io::Result<HashSet<u64>> {
+    let states = !(1 << TCP_TIME_WAIT) & !(1 << TCP_CLOSE);
+    let mut out = HashSet::new();
+    for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump_family(fam, states, &mut |m| {
+            let port = u16::from_be(m.id.sport);
+            if (lo..=hi).contains(&port) {
+                out.insert(cookie_of(m));
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Whether this kernel lists sockets that are only bound (Linux 6.8+), which port leases need
+/// to tell when a leased socket is gone.
+pub fn lists_bound_sockets() -> bool {
+    // SAFETY: plain socket(2); checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sin is a valid sockaddr_in of the stated length.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let Ok(cookie) = crate::hostsock::cookie(fd.as_raw_fd()) else {
+        return false;
+    };
+    if r != 0 {
+        return false;
+    }
+    let mut found = false;
+    let _ = dump_family(libc::AF_INET as u8, 1 << TCP_BOUND_INACTIVE, &mut |m| {
+        found |= cookie_of(m) == cookie;
+    });
+    found
+}
 
 /// Cookies of the TCP sockets of this network namespace that a program may still hold: every
 /// state but TIME_WAIT and CLOSE, which the kernel filters out (under a high connection rate
@@ -238,5 +300,22 @@ mod tests {
         drop(l);
         assert!(!listener_cookies().unwrap().contains(&lc));
         drop(c);
+    }
+
+    #[test]
+    fn lists_sockets_that_are_only_bound() {
+        if !lists_bound_sockets() {
+            eprintln!("this kernel does not list bound sockets (Linux < 6.8); skipped");
+            return;
+        }
+        let fd = crate::hostsock::exclusive_socket(libc::AF_INET, "127.0.0.1".parse().unwrap(), 0)
+            .unwrap();
+        let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+        let port = crate::hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd))
+            .unwrap()
+            .port();
+        assert!(live_cookies_in(port, port).unwrap().contains(&cookie));
+        drop(fd);
+        assert!(!live_cookies_in(port, port).unwrap().contains(&cookie));
     }
 }

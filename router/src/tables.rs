@@ -7,7 +7,7 @@
 use slim_uapi::peer::{Announce, ListenerEntry};
 use slim_uapi::proto::Identity;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -23,6 +23,8 @@ pub struct Route {
     pub host: SocketAddr,
     pub cookie: u64,
     pub owner: Owner,
+    /// See `ListenerEntry::shared`.
+    pub shared: bool,
 }
 
 /// A listener of this host, as registered by a container.
@@ -37,6 +39,27 @@ pub struct LocalListener {
 }
 
 type ConnKey = (SocketAddr, SocketAddr);
+
+/// A shared-table entry that answers nothing: the library asks the router.
+fn withdrawn() -> slim_uapi::accept_table::Entry {
+    slim_uapi::accept_table::Entry {
+        client_overlay: slim_uapi::accept_table::ANY,
+        server_overlay: slim_uapi::accept_table::ANY,
+    }
+}
+
+/// What peers are told about a local listener: one entry per overlay key.
+fn entries_of(cookie: u64, l: &LocalListener) -> Vec<ListenerEntry> {
+    l.keys
+        .iter()
+        .map(|k| ListenerEntry {
+            overlay: *k,
+            host: l.host,
+            cookie,
+            shared: l.keys.iter().filter(|o| o.is_ipv4() == k.is_ipv4()).count() > 1,
+        })
+        .collect()
+}
 /// A host socket as this host sees it: (its own endpoint, its peer's).
 pub type Tuple = (SocketAddr, SocketAddr);
 
@@ -57,6 +80,12 @@ pub struct Tables {
     announces: HashMap<ConnKey, (Announce, Instant)>,
     waiters: HashMap<ConnKey, Vec<oneshot::Sender<Announce>>>,
     identities: HashMap<Tuple, (Identity, Instant)>,
+    /// Peers' port leases: client host endpoint -> overlay address, and the peer connections
+    /// that told us (two routers may be connected twice).
+    leases: HashMap<SocketAddr, (IpAddr, Vec<u64>)>,
+    /// Connections that arrived from a port before its lease changed hands, kept with the
+    /// identity they had: (client host, server host) -> announcement.
+    pins: HashMap<ConnKey, Announce>,
     /// Where announcements are published for the preload libraries (None if unavailable).
     pub accept_table: Option<crate::shm::SharedTable>,
     /// Where the routes are published for the preload libraries (None if unavailable).
@@ -95,16 +124,33 @@ impl Tables {
         for k in touched {
             self.publish(&k);
         }
+        // Its leases too: the peer resends them all when it connects again, and meanwhile a
+        // lease it changed could not reach us. Accepts from those ports ask the router.
+        if let Owner::Peer(conn) = owner {
+            let mut gone = Vec::new();
+            self.leases.retain(|c, (_, conns)| {
+                conns.retain(|x| *x != conn);
+                if conns.is_empty() {
+                    gone.push(*c);
+                }
+                !conns.is_empty()
+            });
+            if let Some(t) = &self.accept_table {
+                for c in gone {
+                    t.set_lease(&c, None);
+                }
+            }
+        }
     }
 
     /// Copies the routes of one overlay endpoint to the shared route table (distinct host
     /// listeners: two peer connections to the same router report the same listener).
     fn publish(&self, overlay: &SocketAddr) {
         let Some(t) = &self.route_table else { return };
-        let mut hosts: Vec<SocketAddr> = Vec::new();
+        let mut hosts: Vec<(SocketAddr, bool)> = Vec::new();
         for r in self.routes.get(overlay).into_iter().flatten() {
-            if !hosts.contains(&r.host) {
-                hosts.push(r.host);
+            if !hosts.iter().any(|(h, _)| *h == r.host) {
+                hosts.push((r.host, r.shared));
             }
         }
         hosts.truncate(slim_uapi::route_table::MAX_ROUTES);
@@ -129,15 +175,7 @@ impl Tables {
     }
 
     pub fn add_local(&mut self, cookie: u64, l: LocalListener) -> Vec<ListenerEntry> {
-        let entries: Vec<ListenerEntry> = l
-            .keys
-            .iter()
-            .map(|k| ListenerEntry {
-                overlay: *k,
-                host: l.host,
-                cookie,
-            })
-            .collect();
+        let entries = entries_of(cookie, &l);
         for e in &entries {
             self.add_route(
                 e.overlay,
@@ -145,8 +183,19 @@ impl Tables {
                     host: e.host,
                     cookie,
                     owner: Owner::Local,
+                    shared: e.shared,
                 },
             );
+        }
+        if let Some(t) = &self.accept_table {
+            let only = |v4: bool| {
+                let mut it = l.keys.iter().filter(|k| k.is_ipv4() == v4);
+                match (it.next(), it.next()) {
+                    (Some(k), None) => Some(*k),
+                    _ => None,
+                }
+            };
+            t.set_listener_keys(&l.host, only(true), only(false));
         }
         self.local.insert(cookie, l);
         entries
@@ -156,15 +205,7 @@ impl Tables {
         let Some(l) = self.local.remove(&cookie) else {
             return Vec::new();
         };
-        let entries: Vec<ListenerEntry> = l
-            .keys
-            .iter()
-            .map(|k| ListenerEntry {
-                overlay: *k,
-                host: l.host,
-                cookie,
-            })
-            .collect();
+        let entries = entries_of(cookie, &l);
         for e in &entries {
             self.del_route(&e.overlay, cookie, Owner::Local);
         }
@@ -183,13 +224,7 @@ impl Tables {
     pub fn local_entries(&self) -> Vec<ListenerEntry> {
         self.local
             .iter()
-            .flat_map(|(cookie, l)| {
-                l.keys.iter().map(move |k| ListenerEntry {
-                    overlay: *k,
-                    host: l.host,
-                    cookie: *cookie,
-                })
-            })
+            .flat_map(|(cookie, l)| entries_of(*cookie, l))
             .collect()
     }
 
@@ -240,7 +275,8 @@ impl Tables {
         self.announces.insert(key, (a, Instant::now()));
     }
 
-    /// Takes the announcement for a host connection, or registers to be told when it arrives.
+    /// Takes the announcement for a host connection (or what its port's lease says), or
+    /// registers to be told when it arrives.
     pub fn take_announce(
         &mut self,
         client_host: SocketAddr,
@@ -250,9 +286,138 @@ impl Tables {
         if let Some((a, _)) = self.announces.remove(&key) {
             return Ok(a);
         }
+        if let Some(a) = self.derive(client_host, server_host) {
+            return Ok(a);
+        }
         let (tx, rx) = oneshot::channel();
         self.waiters.entry(key).or_default().push(tx);
         Err(rx)
+    }
+
+    /// The one overlay key of `client`'s family of the local listener at `server_host`.
+    fn local_key(&self, server_host: &SocketAddr, client: IpAddr) -> Option<SocketAddr> {
+        let l = self.local.values().find(|l| l.host == *server_host)?;
+        let mut it = l.keys.iter().filter(|k| k.is_ipv4() == client.is_ipv4());
+        match (it.next(), it.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        }
+    }
+
+    /// The one overlay endpoint of `client`'s family that a peer's host listener at `host`
+    /// serves (the other end of a connection from one of our leased ports).
+    pub fn route_key(&self, host: &SocketAddr, client: IpAddr) -> Option<SocketAddr> {
+        let mut it = self
+            .routes
+            .iter()
+            .filter(|(k, v)| {
+                k.is_ipv4() == client.is_ipv4() && v.iter().any(|r| r.host == *host && !r.shared)
+            })
+            .map(|(k, _)| *k);
+        match (it.next(), it.next()) {
+            (Some(k), None) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// A connection's identity without an announcement: pinned, or from its port's lease and
+    /// the listener's only overlay key of that family.
+    pub fn derive(&self, client_host: SocketAddr, server_host: SocketAddr) -> Option<Announce> {
+        if let Some(a) = self.pins.get(&(client_host, server_host)) {
+            return Some(*a);
+        }
+        let (owner, _) = self.leases.get(&client_host)?;
+        Some(Announce {
+            client_host,
+            server_host,
+            client_overlay: SocketAddr::new(*owner, client_host.port()),
+            server_overlay: self.local_key(&server_host, *owner)?,
+        })
+    }
+
+    /// A peer (connection `conn`) leased the port of `client_host` to `owner`. Connections from
+    /// that port that this host already has belonged to its previous owner: they are pinned to
+    /// that identity first. `live` lists this host's TCP connections as (local, peer).
+    pub fn lease_from_peer(
+        &mut self,
+        conn: u64,
+        client_host: SocketAddr,
+        owner: IpAddr,
+        live: impl FnOnce() -> Vec<Tuple>,
+    ) -> usize {
+        let prev = self.leases.get(&client_host).map(|(o, _)| *o);
+        let mut pinned = 0;
+        if let Some(prev) = prev.filter(|p| *p != owner) {
+            for (local, peer) in live() {
+                let key = (peer, local);
+                if peer != client_host || self.pins.contains_key(&key) {
+                    continue;
+                }
+                // Announced (its listener is shared), or identified by the old lease.
+                let announced = self.announces.get(&key).map(|(a, _)| *a);
+                let Some(a) = announced.or_else(|| {
+                    Some(Announce {
+                        client_host,
+                        server_host: local,
+                        client_overlay: SocketAddr::new(prev, client_host.port()),
+                        server_overlay: self.local_key(&local, prev)?,
+                    })
+                }) else {
+                    continue;
+                };
+                self.pins.insert(key, a);
+                self.announce(a);
+                pinned += 1;
+            }
+            // Announcements of the previous owner's connections from this port (to shared
+            // listeners) that are not pinned must not answer for the new owner's.
+            let stale: Vec<ConnKey> = self
+                .identities
+                .keys()
+                .map(|(s, c)| (*c, *s))
+                .chain(self.announces.keys().copied())
+                .filter(|(c, _)| *c == client_host)
+                .filter(|k| !self.pins.contains_key(k))
+                .collect();
+            for key in stale {
+                self.announces.remove(&key);
+                if let Some(t) = &self.accept_table {
+                    t.insert(&key.0, &key.1, &withdrawn());
+                }
+            }
+        }
+        let e = self
+            .leases
+            .entry(client_host)
+            .or_insert((owner, Vec::new()));
+        e.0 = owner;
+        if !e.1.contains(&conn) {
+            e.1.push(conn);
+        }
+        // With pins, the shared entry says "ask": a pinned connection's own entry in the shared
+        // table could be overwritten, and the lease must then not answer for it.
+        let ask = self.pins.keys().any(|(c, _)| *c == client_host);
+        if let Some(t) = &self.accept_table {
+            t.set_lease(&client_host, (!ask).then_some(owner));
+        }
+        // Accepts already waiting for a connection from this port.
+        let waiting: Vec<ConnKey> = self
+            .waiters
+            .keys()
+            .filter(|(c, _)| *c == client_host)
+            .copied()
+            .collect();
+        for (c, s) in waiting {
+            if let Some(a) = self.derive(c, s) {
+                self.announce(a);
+            }
+        }
+        pinned
+    }
+
+    /// Forgets pins of connections the kernel no longer has (`alive` takes (local, peer)).
+    pub fn retain_pins(&mut self, alive: impl Fn(&Tuple) -> bool) {
+        self.pins.retain(|(c, s), _| alive(&(*s, *c)));
     }
 
     pub fn set_identity(&mut self, tuple: Tuple, id: Identity) {
@@ -329,6 +494,7 @@ mod tests {
             host: sa("192.168.77.2:6000"),
             cookie: 1,
             owner: Owner::Peer(3),
+            shared: false,
         };
         t.add_route(sa("10.32.0.2:80"), r);
         assert!(t.route(&sa("10.32.0.2:80")).is_some());
@@ -344,5 +510,36 @@ mod tests {
         assert!(t.route(&sa("10.32.0.1:80")).is_some());
         assert_eq!(t.remove_local(5).len(), 1);
         assert!(t.route(&sa("10.32.0.1:80")).is_none());
+    }
+    #[test]
+    fn leases_identify_and_pin() {
+        let mut t = Tables::default();
+        let l = LocalListener {
+            host: sa("192.168.77.2:7000"),
+            keys: vec![sa("10.32.0.2:80"), sa("[fd00:32::2]:80")],
+            bound: sa("[::]:80"),
+            owner: 0,
+        };
+        t.add_local(5, l);
+        let c = sa("192.168.77.1:61000");
+        let s = sa("192.168.77.2:7000");
+        assert!(t.derive(c, s).is_none());
+        let x: IpAddr = "10.32.0.1".parse().unwrap();
+        let y: IpAddr = "10.32.0.3".parse().unwrap();
+        assert_eq!(t.lease_from_peer(1, c, x, Vec::new), 0);
+        let a = t.derive(c, s).unwrap();
+        assert_eq!(a.client_overlay, sa("10.32.0.1:61000"));
+        assert_eq!(a.server_overlay, sa("10.32.0.2:80"));
+        // A connection waiting for its accept when the port goes to y keeps x's identity.
+        let live = vec![(s, c)];
+        assert_eq!(t.lease_from_peer(1, c, y, || live), 1);
+        assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), x);
+        t.retain_pins(|_| false);
+        assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), y);
+        // A connection to another listener port is not this listener's.
+        assert!(t.derive(c, sa("192.168.77.2:7001")).is_none());
+        // The peer went away: its leases go with it.
+        t.drop_owner(Owner::Peer(1));
+        assert!(t.derive(c, s).is_none());
     }
 }

@@ -794,6 +794,7 @@ fn router_attacks(t: &mut Tally, cfg: &AttackCfg, child: RawFd) -> Result<()> {
             Request::Sockets {
                 family: libc::AF_INET,
                 count: 4,
+                lease: None,
             },
         ),
     ] {

@@ -161,6 +161,7 @@ fn listener_add(seq: u64) -> PeerMsg {
             overlay: "10.32.99.1:8080".parse().unwrap(),
             host: "127.0.0.1:9".parse().unwrap(),
             cookie: 0xa77ac,
+            shared: false,
         },
     }
 }

@@ -6,9 +6,17 @@
 //!
 //! Slots are [`crate::seqslot`] slots; data words 0-5: key (client host endpoint, server host
 //! endpoint), 6-11: value (client overlay endpoint, server overlay endpoint).
+//!
+//! Two more kinds of entries share the table, told apart by a stand-in endpoint in the key:
+//! - *leases* (server host endpoint [`ANY`]): every connection from this client host endpoint
+//!   is from this overlay address (`PeerMsg::Lease`);
+//! - *listener keys* (client host endpoint [`KEYS`]): the overlay endpoint, per family, that a
+//!   host listener of this host serves, when it serves exactly one of that family.
+//!
+//! Together they identify a connection from a leased port without any announcement.
 
 use crate::seqslot::{self, DATA_WORDS, SLOT_WORDS};
-use core::net::SocketAddr;
+use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use core::sync::atomic::AtomicU64;
 
 pub const SLOTS: usize = 1 << 16;
@@ -16,6 +24,19 @@ pub const TABLE_WORDS: usize = SLOTS * SLOT_WORDS;
 pub const TABLE_BYTES: usize = TABLE_WORDS * 8;
 /// Slots probed from the hashed position.
 const PROBE: usize = 4;
+/// The stand-in server endpoint of lease entries, and the "ask the router" value.
+pub const ANY: SocketAddr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
+/// The stand-in client endpoint of listener-key entries.
+pub const KEYS: SocketAddr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 1, 0, 0));
+
+/// What the table says about a client host endpoint's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Connections from it are from this overlay address.
+    Owner(IpAddr),
+    /// Some connections from it predate its current lease: only the router can tell them apart.
+    Ask,
+}
 
 /// Key (client host, server host) and value (client overlay, server overlay): 12 data words.
 fn key(client_host: &SocketAddr, server_host: &SocketAddr) -> [u64; 6] {
@@ -58,6 +79,58 @@ impl<'a> AcceptTable<'a> {
         seqslot::write(target, &data);
     }
 
+    /// Publishes the lease of a client host endpoint (None: ask the router).
+    pub fn set_lease(&self, client_host: &SocketAddr, owner: Option<IpAddr>) {
+        let v = owner.map_or(ANY, |ip| SocketAddr::new(ip, client_host.port()));
+        self.insert(
+            client_host,
+            &ANY,
+            &Entry {
+                client_overlay: v,
+                server_overlay: ANY,
+            },
+        );
+    }
+
+    /// The lease of a client host endpoint, if one was published.
+    pub fn lease(&self, client_host: &SocketAddr) -> Option<Lease> {
+        let e = self.lookup(client_host, &ANY)?;
+        Some(if e.client_overlay == ANY {
+            Lease::Ask
+        } else {
+            Lease::Owner(e.client_overlay.ip())
+        })
+    }
+
+    /// Publishes the overlay endpoints a host listener serves, one per family (None: none, or
+    /// more than one).
+    pub fn set_listener_keys(
+        &self,
+        server_host: &SocketAddr,
+        v4: Option<SocketAddr>,
+        v6: Option<SocketAddr>,
+    ) {
+        self.insert(
+            &KEYS,
+            server_host,
+            &Entry {
+                client_overlay: v4.unwrap_or(ANY),
+                server_overlay: v6.unwrap_or(ANY),
+            },
+        );
+    }
+
+    /// The one overlay endpoint of the family of `client` that the host listener serves.
+    pub fn listener_key(&self, server_host: &SocketAddr, client: IpAddr) -> Option<SocketAddr> {
+        let e = self.lookup(&KEYS, server_host)?;
+        let k = if client.is_ipv4() {
+            e.client_overlay
+        } else {
+            e.server_overlay
+        };
+        (k != ANY).then_some(k)
+    }
+
     /// Looks a host connection up. Lock-free and allocation-free.
     pub fn lookup(&self, client_host: &SocketAddr, server_host: &SocketAddr) -> Option<Entry> {
         let key = key(client_host, server_host);
@@ -69,6 +142,16 @@ impl<'a> AcceptTable<'a> {
             client_overlay: seqslot::unpack(&d[6..9])?,
             server_overlay: seqslot::unpack(&d[9..12])?,
         })
+    }
+
+    /// Looks an announced connection up; an entry the router withdrew (all [`ANY`]) is a miss.
+    pub fn lookup_connection(
+        &self,
+        client_host: &SocketAddr,
+        server_host: &SocketAddr,
+    ) -> Option<Entry> {
+        self.lookup(client_host, server_host)
+            .filter(|e| e.client_overlay != ANY)
     }
 }
 
@@ -118,5 +201,33 @@ mod tests {
                 assert_eq!(e.client_overlay.port(), p);
             }
         }
+    }
+
+    #[test]
+    fn leases_and_listener_keys() {
+        let words: Vec<AtomicU64> = (0..TABLE_WORDS).map(|_| AtomicU64::new(0)).collect();
+        let t = AcceptTable::new(&words).unwrap();
+        let c = sa("192.168.77.1:61000");
+        let s = sa("192.168.77.2:41000");
+        assert_eq!(t.lease(&c), None);
+        t.set_lease(&c, Some("10.32.0.1".parse().unwrap()));
+        assert_eq!(
+            t.lease(&c),
+            Some(Lease::Owner("10.32.0.1".parse().unwrap()))
+        );
+        // A lease is no connection entry, and a connection entry no lease.
+        assert_eq!(t.lookup(&c, &s), None);
+        t.set_lease(&c, None);
+        assert_eq!(t.lease(&c), Some(Lease::Ask));
+        assert_eq!(t.lease(&sa("192.168.77.1:61001")), None);
+
+        assert_eq!(t.listener_key(&s, "10.32.0.1".parse().unwrap()), None);
+        t.set_listener_keys(&s, Some(sa("10.32.0.2:80")), None);
+        assert_eq!(
+            t.listener_key(&s, "10.32.0.1".parse().unwrap()),
+            Some(sa("10.32.0.2:80"))
+        );
+        assert_eq!(t.listener_key(&s, "fd00:32::1".parse().unwrap()), None);
+        assert_eq!(t.lease(&s), None);
     }
 }

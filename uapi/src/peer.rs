@@ -30,6 +30,7 @@ mod kind {
     pub const LISTENER_DEL: u16 = 3;
     pub const ACK: u16 = 4;
     pub const ANNOUNCE: u16 = 5;
+    pub const LEASE: u16 = 6;
 }
 
 /// One overlay endpoint served by a host listener.
@@ -38,6 +39,10 @@ pub struct ListenerEntry {
     pub overlay: SocketAddr,
     pub host: SocketAddr,
     pub cookie: u64,
+    /// The host listener serves more than one overlay endpoint of this one's family, so the
+    /// receiving router cannot tell from the host connection alone which of them a client
+    /// dialled: clients must announce every connection to it, leased port or not.
+    pub shared: bool,
 }
 
 /// A host connection about to arrive at the receiver's listener, and the overlay endpoints it stands for.
@@ -51,11 +56,30 @@ pub struct Announce {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerMsg {
-    Hello { version: u16, host: IpAddr },
-    ListenerAdd { seq: u64, entry: ListenerEntry },
-    ListenerDel { seq: u64, entry: ListenerEntry },
-    Ack { seq: u64 },
+    Hello {
+        version: u16,
+        host: IpAddr,
+    },
+    ListenerAdd {
+        seq: u64,
+        entry: ListenerEntry,
+    },
+    ListenerDel {
+        seq: u64,
+        entry: ListenerEntry,
+    },
+    Ack {
+        seq: u64,
+    },
     Announce(Announce),
+    /// From now on every connection from the host endpoint `client_host` is from the overlay
+    /// address `overlay` (port: the host port): the sender bound a socket exclusively to that port
+    /// for a container with that address. Acknowledged; the sender hands the socket out only then.
+    Lease {
+        seq: u64,
+        client_host: SocketAddr,
+        overlay: IpAddr,
+    },
 }
 
 impl PeerMsg {
@@ -67,6 +91,7 @@ impl PeerMsg {
             PeerMsg::ListenerDel { .. } => kind::LISTENER_DEL,
             PeerMsg::Ack { .. } => kind::ACK,
             PeerMsg::Announce(_) => kind::ANNOUNCE,
+            PeerMsg::Lease { .. } => kind::LEASE,
         }
     }
 
@@ -93,6 +118,7 @@ impl PeerMsg {
                 w.sockaddr(&entry.overlay)?;
                 w.sockaddr(&entry.host)?;
                 w.u64(entry.cookie)?;
+                w.u8(entry.shared as u8)?;
             }
             PeerMsg::Ack { seq } => {
                 w.u16(kind::ACK)?;
@@ -104,6 +130,16 @@ impl PeerMsg {
                 w.sockaddr(&a.server_host)?;
                 w.sockaddr(&a.client_overlay)?;
                 w.sockaddr(&a.server_overlay)?;
+            }
+            PeerMsg::Lease {
+                seq,
+                client_host,
+                overlay,
+            } => {
+                w.u16(kind::LEASE)?;
+                w.u64(*seq)?;
+                w.sockaddr(client_host)?;
+                w.ip(Some(*overlay))?;
             }
         }
         let n = w.position();
@@ -133,6 +169,7 @@ impl PeerMsg {
                     overlay: r.sockaddr()?,
                     host: r.sockaddr()?,
                     cookie: r.u64()?,
+                    shared: r.u8()? != 0,
                 };
                 if k == kind::LISTENER_ADD {
                     PeerMsg::ListenerAdd { seq, entry }
@@ -147,6 +184,11 @@ impl PeerMsg {
                 client_overlay: r.sockaddr()?,
                 server_overlay: r.sockaddr()?,
             }),
+            kind::LEASE => PeerMsg::Lease {
+                seq: r.u64()?,
+                client_host: r.sockaddr()?,
+                overlay: r.ip()?.ok_or(DecodeError::BadField("overlay"))?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -295,6 +337,7 @@ mod tests {
             overlay: "10.32.0.2:80".parse().unwrap(),
             host: "192.168.77.2:41000".parse().unwrap(),
             cookie: 77,
+            shared: true,
         };
         for m in [
             PeerMsg::Hello {
@@ -310,6 +353,11 @@ mod tests {
                 client_overlay: "10.32.0.1:50000".parse().unwrap(),
                 server_overlay: "[fd00:32::2]:80".parse().unwrap(),
             }),
+            PeerMsg::Lease {
+                seq: 3,
+                client_host: "192.168.77.1:61000".parse().unwrap(),
+                overlay: "10.32.0.1".parse().unwrap(),
+            },
         ] {
             let mut buf = [0u8; MAX_PEER_FRAME];
             let n = m.encode(&mut buf).unwrap();

@@ -12,7 +12,7 @@ use crate::wire::{DecodeError, Overflow, Reader, Writer};
 use core::net::{IpAddr, SocketAddr};
 
 pub const MAGIC: u32 = 0x534C_494D; // "SLIM"
-pub const PROTO_VERSION: u16 = 2;
+pub const PROTO_VERSION: u16 = 3;
 /// [`Reply::HelloOk`] flag: the router runs in secure mode. Host sockets come restricted by the
 /// kernel module (they answer overlay addresses themselves), no shared tables or socket pools are
 /// offered, and accepted connections are identified with [`Request::IdentifyChild`].
@@ -188,10 +188,13 @@ pub enum Request {
     /// `Sockets`) towards a Slim listener; the router records it and tells the listener's router.
     Announce(crate::peer::Announce),
     /// Ready host sockets (bound to the host address, not connected) for the library's pool, so
-    /// that a connect needs no round trip: up to `count`, of `family`.
+    /// that a connect needs no round trip: up to `count`, of `family`. With `lease`, the library
+    /// will connect them only from that overlay address: the router may then lease their ports
+    /// to it (`SocketsOk::leased`), so that those connections need no announcement.
     Sockets {
         family: i32,
         count: u8,
+        lease: Option<IpAddr>,
     },
     /// Secure mode: a connection the library accepted on the host listener `listener_cookie`
     /// (attached with `SCM_RIGHTS`). The router finds which overlay connection it stands for,
@@ -262,8 +265,12 @@ pub enum Reply<'a> {
     Unknown,
     Fallback(FallbackReason),
     /// `count` host sockets are attached (`SCM_RIGHTS`), bound, non-blocking, not connected.
+    /// `leased`: their ports are leased to the overlay address the request named, and every
+    /// peer router knows it; connections from them need no announcement (unless the
+    /// destination's route is `shared`).
     SocketsOk {
         count: u8,
+        leased: bool,
     },
     /// `sockets` host sockets of the container were shut down.
     Revoked {
@@ -408,10 +415,15 @@ impl Request {
                 w.sockaddr(&a.client_overlay)?;
                 w.sockaddr(&a.server_overlay)?;
             }
-            Request::Sockets { family, count } => {
+            Request::Sockets {
+                family,
+                count,
+                lease,
+            } => {
                 header(&mut w, kind::SOCKETS)?;
                 w.i32(*family)?;
                 w.u8(*count)?;
+                w.ip(*lease)?;
             }
             Request::IdentifyChild { listener_cookie } => {
                 header(&mut w, kind::IDENTIFY_CHILD)?;
@@ -504,6 +516,7 @@ impl Request {
             kind::SOCKETS => Request::Sockets {
                 family: family_ok(r.i32()?)?,
                 count: r.u8()?,
+                lease: r.ip()?,
             },
             kind::IDENTIFY_CHILD => Request::IdentifyChild {
                 listener_cookie: r.u64()?,
@@ -544,9 +557,10 @@ impl<'a> Reply<'a> {
                 write_identity(&mut w, id)?;
             }
             Reply::Unknown => header(&mut w, kind::UNKNOWN)?,
-            Reply::SocketsOk { count } => {
+            Reply::SocketsOk { count, leased } => {
                 header(&mut w, kind::SOCKETS_OK)?;
                 w.u8(*count)?;
+                w.u8(*leased as u8)?;
             }
             Reply::Revoked { sockets } => {
                 header(&mut w, kind::REVOKED)?;
@@ -600,7 +614,10 @@ impl<'a> Reply<'a> {
             kind::LISTEN_OK => Reply::ListenOk { cookie: r.u64()? },
             kind::IDENTITY => Reply::Identity(read_identity(&mut r)?),
             kind::UNKNOWN => Reply::Unknown,
-            kind::SOCKETS_OK => Reply::SocketsOk { count: r.u8()? },
+            kind::SOCKETS_OK => Reply::SocketsOk {
+                count: r.u8()?,
+                leased: r.u8()? != 0,
+            },
             kind::REVOKED => Reply::Revoked { sockets: r.u32()? },
             kind::FALLBACK => Reply::Fallback(FallbackReason::from_u8(r.u8()?)?),
             kind::ERROR => {
@@ -680,6 +697,12 @@ mod tests {
         rt(Request::Sockets {
             family: 10,
             count: 32,
+            lease: None,
+        });
+        rt(Request::Sockets {
+            family: 2,
+            count: 8,
+            lease: Some("10.32.0.1".parse().unwrap()),
         });
         rt(Request::IdentifyChild { listener_cookie: 5 });
         rt(Request::Revoke { pid: 77 });
@@ -703,7 +726,10 @@ mod tests {
                 peer: None,
             }),
             Reply::Unknown,
-            Reply::SocketsOk { count: 32 },
+            Reply::SocketsOk {
+                count: 32,
+                leased: true,
+            },
             Reply::Revoked { sockets: 3 },
             Reply::Fallback(FallbackReason::NoListener),
             Reply::Error {

@@ -5,7 +5,8 @@
 //! whose slot holds no route) has no Slim listener: the connection takes the overlay.
 //!
 //! Slots are [`crate::seqslot`] slots; data words 0-2: key, then [`MAX_ROUTES`] routes of 3
-//! words each (all zero: no route).
+//! words each (all zero: no route). Bit [`SHARED_BIT`] of a route's third word says that its
+//! host listener is [`shared`](crate::peer::ListenerEntry::shared).
 
 use crate::seqslot::{self, DATA_WORDS, SLOT_WORDS};
 use core::net::SocketAddr;
@@ -17,6 +18,8 @@ pub const TABLE_BYTES: usize = TABLE_WORDS * 8;
 /// Data words: the key (3), then MAX_ROUTES routes of 3 words.
 pub const MAX_ROUTES: usize = 4;
 const PROBE: usize = 8;
+/// In a route's third word (port and family use bits 0-23).
+const SHARED_BIT: u64 = 1 << 32;
 
 pub struct RouteTable<'a> {
     words: &'a [AtomicU64],
@@ -27,6 +30,8 @@ pub struct RouteTable<'a> {
 pub struct Routes {
     pub count: usize,
     pub hosts: [Option<SocketAddr>; MAX_ROUTES],
+    /// Per host: connections to it must be announced even from a leased port.
+    pub shared: [bool; MAX_ROUTES],
 }
 
 impl<'a> RouteTable<'a> {
@@ -36,7 +41,7 @@ impl<'a> RouteTable<'a> {
 
     /// Sets the routes of `overlay` (an empty list removes them). One writer at a time. Returns
     /// false if the table is too full to place the key (lookups then miss: overlay fallback).
-    pub fn set(&self, overlay: &SocketAddr, hosts: &[SocketAddr]) -> bool {
+    pub fn set(&self, overlay: &SocketAddr, hosts: &[(SocketAddr, bool)]) -> bool {
         let key = seqslot::pack(overlay);
         let h = seqslot::hash(&key);
         let slots = || (0..PROBE).map(|p| seqslot::slot(self.words, h + p));
@@ -52,8 +57,12 @@ impl<'a> RouteTable<'a> {
         let Some(s) = target else { return false };
         let mut data = [0u64; DATA_WORDS];
         data[..3].copy_from_slice(&key);
-        for (r, host) in hosts.iter().take(MAX_ROUTES).enumerate() {
-            data[3 + r * 3..6 + r * 3].copy_from_slice(&seqslot::pack(host));
+        for (r, (host, shared)) in hosts.iter().take(MAX_ROUTES).enumerate() {
+            let mut w = seqslot::pack(host);
+            if *shared {
+                w[2] |= SHARED_BIT;
+            }
+            data[3 + r * 3..6 + r * 3].copy_from_slice(&w);
         }
         seqslot::write(s, &data);
         true
@@ -74,8 +83,10 @@ impl<'a> RouteTable<'a> {
             }
             let mut out = Routes::default();
             for r in 0..MAX_ROUTES {
-                if let Some(a) = seqslot::unpack(&d[3 + r * 3..6 + r * 3]) {
+                let w = &d[3 + r * 3..6 + r * 3];
+                if let Some(a) = seqslot::unpack(w) {
                     out.hosts[out.count] = Some(a);
+                    out.shared[out.count] = w[2] & SHARED_BIT != 0;
                     out.count += 1;
                 }
             }
@@ -89,6 +100,7 @@ impl<'a> RouteTable<'a> {
 mod tests {
     use super::*;
     extern crate std;
+    use std::vec;
     use std::vec::Vec;
 
     fn sa(s: &str) -> SocketAddr {
@@ -101,17 +113,26 @@ mod tests {
         let t = RouteTable::new(&words).unwrap();
         let k = sa("10.32.0.2:80");
         assert_eq!(t.lookup(&k), None);
-        assert!(t.set(&k, &[sa("192.168.77.2:41000")]));
+        assert!(t.set(&k, &[(sa("192.168.77.2:41000"), false)]));
         let r = t.lookup(&k).unwrap();
         assert_eq!((r.count, r.hosts[0]), (1, Some(sa("192.168.77.2:41000"))));
-        assert!(t.set(&k, &[sa("192.168.77.2:41000"), sa("192.168.77.2:41001")]));
-        assert_eq!(t.lookup(&k).unwrap().count, 2);
+        assert!(!r.shared[0]);
+        assert!(t.set(
+            &k,
+            &[
+                (sa("192.168.77.2:41000"), false),
+                (sa("192.168.77.2:41001"), true)
+            ]
+        ));
+        let r = t.lookup(&k).unwrap();
+        assert_eq!((r.count, r.shared[..2].to_vec()), (2, vec![false, true]));
+        assert_eq!(r.hosts[1], Some(sa("192.168.77.2:41001")));
         assert!(t.set(&k, &[]));
         assert_eq!(t.lookup(&k), None);
         // The removed key's slot is reused, and other keys are unaffected.
         let k6 = sa("[fd00:32::2]:80");
-        assert!(t.set(&k6, &[sa("192.168.77.2:41002")]));
-        assert!(t.set(&k, &[sa("192.168.77.2:41003")]));
+        assert!(t.set(&k6, &[(sa("192.168.77.2:41002"), false)]));
+        assert!(t.set(&k, &[(sa("192.168.77.2:41003"), false)]));
         assert_eq!(
             t.lookup(&k6).unwrap().hosts[0],
             Some(sa("192.168.77.2:41002"))
@@ -122,7 +143,10 @@ mod tests {
         );
         for p in 1..3000u16 {
             let key = SocketAddr::new("10.32.0.9".parse().unwrap(), p);
-            assert!(t.set(&key, &[SocketAddr::new("192.168.77.2".parse().unwrap(), p)]));
+            assert!(t.set(
+                &key,
+                &[(SocketAddr::new("192.168.77.2".parse().unwrap(), p), false)]
+            ));
         }
         for p in 1..3000u16 {
             let key = SocketAddr::new("10.32.0.9".parse().unwrap(), p);
