@@ -298,6 +298,72 @@ impl Drop for UnderlayCut {
     }
 }
 
+/// The counters h1's router logs on SIGUSR1, as `name=value` pairs of its latest such line.
+fn router_counters(host: &str) -> std::collections::HashMap<String, u64> {
+    let log = format!("/run/slim-lab/{host}.log");
+    let lines = |s: &str| s.lines().filter(|l| l.contains("counters;")).count();
+    let before = lines(&std::fs::read_to_string(&log).unwrap_or_default());
+    // SAFETY: kill(2) on the router's pid.
+    unsafe { libc::kill(router_pid(host) as i32, libc::SIGUSR1) };
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines(&text) > before
+    });
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("counters;"))
+        .unwrap_or("");
+    // Strip the terminal colours tracing may add.
+    let plain: String = line
+        .split('\x1b')
+        .map(|p| p.split_once('m').map_or(p, |(_, rest)| rest))
+        .collect();
+    plain
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Host ports leased to one container's pooled sockets change owner: c1 uses every port of h1's
+/// lease range (and keeps reusing its own), then c3, on the same host, gets ports that were
+/// c1's. The server in c2 must see c3's address on every one of c3's connections: the peer
+/// router learnt each change of owner before c3 could connect from that port.
+#[test]
+fn leased_ports_change_owner_and_connections_keep_their_identity() {
+    let _g = lab();
+    let tp = testprog();
+    let _rr = spawn("c2", true, &[&tp, "rr-serve", "7180"]);
+    let _s = serve("c2", true, 7181, &["--accept", "epoll"]);
+    let before = router_counters("h1");
+    // More connections than the range (61000-65535) has ports.
+    let out = ok("c1", true, &[&tp, "connrate", C2, "7180", "--secs", "1.5"]);
+    assert!(out.contains("errors=0"), "connrate: {out}");
+    let mid = router_counters("h1");
+    // c3 then checks, per connection, that the server saw its own address (several rounds, so
+    // that its pool is refilled with ports that were c1's).
+    for _ in 0..4 {
+        ok(
+            "c3",
+            true,
+            &[
+                &tp, "client", C2, "7181", "--conns", "40", "--procs", "2", "--bytes", "100",
+            ],
+        );
+    }
+    let after = router_counters("h1");
+    let get = |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    assert!(
+        get(&mid, "leases") > get(&before, "leases"),
+        "c1's pooled sockets got no leased ports: {mid:?}"
+    );
+    assert!(
+        get(&after, "lease_changes") > get(&mid, "lease_changes"),
+        "no leased port changed owner from c1 to c3 (the test did not test what it says): {after:?}"
+    );
+}
+
 #[test]
 fn nonblocking_connect_never_waits_for_the_network() {
     let _g = lab();

@@ -351,6 +351,9 @@ fn log_counters(router: &router::Router) {
         accepts = l(&c.accepts),
         unknown_accepts = l(&c.unknown_accepts),
         bad_frames = l(&c.bad_frames),
+        leases = l(&c.leases),
+        lease_changes = l(&c.lease_changes),
+        pinned = l(&c.pinned),
         sealed = router.seal.is_some(),
         "counters; sealed peer frames: {}",
         c.seal.summary()

@@ -518,6 +518,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                             }
                         }
                     });
+                    router.counters.pinned.fetch_add(pinned as u64, Ordering::Relaxed);
                     if pinned > 0 {
                         tracing::debug!(peer = %host, %client_host, %overlay, pinned, "port changed owner; earlier connections pinned");
                     }

@@ -28,6 +28,8 @@ pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
+/// The "peer connection" this router's own leases are recorded under (peer ids start at 1).
+const LOCAL_LEASES: u64 = 0;
 pub const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
 /// Most pooled sockets handed out in one reply (SCM_RIGHTS carries at most 253).
 const MAX_POOL_BATCH: u8 = 64;
@@ -75,6 +77,12 @@ pub struct Counters {
     /// Secure mode: requests refused because they named an address or socket that is not the
     /// caller's, or asked for something secure mode does not offer.
     pub refused: AtomicU64,
+    /// Ports leased to pooled sockets, and how many of those leases changed a port's owner.
+    pub leases: AtomicU64,
+    pub lease_changes: AtomicU64,
+    /// Connections of this host pinned to their old identity when their client's port changed
+    /// owner.
+    pub pinned: AtomicU64,
     /// Peer frames opened and refused on the sealed channel (`--cluster-key`).
     pub seal: crate::peers::SealCounters,
 }
@@ -94,6 +102,9 @@ pub struct Router {
     seed: AtomicU64,
     /// The ports leased to containers (None: leasing is off).
     pub leases: Option<Mutex<crate::leases::LeaseBook>>,
+    /// Leased sockets every peer knows about, ready for the next request of their owner (an
+    /// entry, even empty, while a lease is on its way to the peers).
+    stash: Mutex<std::collections::HashMap<(IpAddr, i32), Vec<OwnedFd>>>,
 }
 
 impl Router {
@@ -103,6 +114,7 @@ impl Router {
         seal: Option<crate::peers::PeerSeal>,
     ) -> Self {
         Router {
+            stash: Default::default(),
             leases: settings
                 .lease_ports
                 .map(|(lo, hi)| Mutex::new(crate::leases::LeaseBook::new(lo, hi))),
@@ -169,10 +181,12 @@ impl Router {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Host sockets on ports leased to `owner`, once every connected peer knows the lease.
-    /// None if leasing is off, the range is busy, or a peer did not confirm in time.
-    async fn leased_sockets(
-        &self,
+    /// Pooled sockets on ports leased to `owner` that can go out now: stashed ones whose lease
+    /// every peer has acknowledged, or ports that stay with their owner. Ports that change owner
+    /// are told to the peers in the background and stashed for the next request, so that a slow
+    /// or unreachable peer never holds up a connect (that request gets sockets without a lease).
+    fn leased_sockets(
+        self: &std::sync::Arc<Self>,
         family: i32,
         host: IpAddr,
         owner: IpAddr,
@@ -182,37 +196,101 @@ impl Router {
             return None;
         }
         let owner = normalize_ip(owner);
+        let count = count.min(MAX_POOL_BATCH) as usize;
+        {
+            let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = stash.get_mut(&(owner, family)) {
+                if !v.is_empty() {
+                    let n = v.len().saturating_sub(count);
+                    let out = v.split_off(n);
+                    if v.is_empty() {
+                        stash.remove(&(owner, family));
+                    }
+                    return Some(out);
+                }
+            }
+        }
+        let in_flight = self
+            .stash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(owner, family));
         let leased = self.book()?.lease(
             family,
             host,
             owner,
-            count.min(MAX_POOL_BATCH) as usize,
+            if in_flight { 0 } else { count },
             crate::sockdiag::live_cookies_in,
         );
-        if leased.sockets.is_empty() {
-            tracing::debug!("no free port in the lease range; pooled sockets without a lease");
-            return None;
+        self.counters
+            .leases
+            .fetch_add(leased.sockets.len() as u64, Ordering::Relaxed);
+        self.counters
+            .lease_changes
+            .fetch_add(leased.changed.len() as u64, Ordering::Relaxed);
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for fd in leased.sockets {
+            let port = hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd))
+                .map(|a| a.port())
+                .unwrap_or(0);
+            if leased.changed.contains(&port) {
+                later.push(fd);
+            } else {
+                now.push(fd);
+            }
         }
-        if !leased.changed.is_empty() {
+        if !later.is_empty() {
             let host = normalize_ip(host);
             let ports: Vec<SocketAddr> = leased
                 .changed
                 .iter()
                 .map(|p| SocketAddr::new(host, *p))
                 .collect();
-            tracing::debug!(%owner, ports = ports.len(), "ports leased");
-            if !self.peers.lease(&ports, owner, PEER_ACK_WAIT).await {
-                // A peer that has not applied the lease may still credit the port's previous
-                // owner: these sockets must not connect. (The peer applies it later anyway.)
-                return None;
-            }
+            // An empty stash entry marks the lease in flight.
+            self.stash
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((owner, family))
+                .or_default();
+            let me = self.clone();
+            tokio::spawn(async move {
+                tracing::debug!(%owner, ports = ports.len(), "ports leased");
+                me.lease_locally(&ports, owner);
+                let ok = me.peers.lease(&ports, owner, PEER_ACK_WAIT).await;
+                let mut stash = me.stash.lock().unwrap_or_else(|p| p.into_inner());
+                if ok {
+                    stash.entry((owner, family)).or_default().extend(later);
+                } else {
+                    // A peer that has not applied the lease may still credit a port's previous
+                    // owner: these sockets must not connect. (The peer applies it later anyway.)
+                    stash.remove(&(owner, family));
+                }
+            });
         }
-        Some(leased.sockets)
+        (!now.is_empty()).then_some(now)
+    }
+
+    /// Listeners of this host learn our own leases as a peer's learn them.
+    fn lease_locally(&self, ports: &[SocketAddr], owner: IpAddr) {
+        let mut live: Option<Vec<crate::tables::Tuple>> = None;
+        let mut t = self.tables();
+        for p in ports {
+            let n = t.lease_from_peer(LOCAL_LEASES, *p, owner, || {
+                live.get_or_insert_with(|| {
+                    crate::sockdiag::live_tcp_tuples()
+                        .map(|t| t.into_iter().collect())
+                        .unwrap_or_default()
+                })
+                .clone()
+            });
+            self.counters.pinned.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Ready host sockets for a library's pool (see `Request::Sockets`).
     pub async fn sockets(
-        &self,
+        self: &std::sync::Arc<Self>,
         family: i32,
         count: u8,
         lease: Option<IpAddr>,
@@ -224,7 +302,7 @@ impl Router {
             );
         };
         if let Some(owner) = lease {
-            if let Some(out) = self.leased_sockets(family, host, owner, count).await {
+            if let Some(out) = self.leased_sockets(family, host, owner, count) {
                 return (
                     Reply::SocketsOk {
                         count: out.len() as u8,
