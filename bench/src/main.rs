@@ -102,7 +102,7 @@ struct Cli {
     #[arg(long)]
     restart_routers: bool,
     /// First port of the benchmark's servers (it uses base+0..4, +100..104, ..., +400..404).
-    /// Keep them out of the lab's ephemeral range (10000-60999), where the routers' host
+    /// Keep them out of the lab's ephemeral range (10000-39999), where the routers' host
     /// listeners take their ports.
     #[arg(long, default_value_t = 8400)]
     port_base: u16,

@@ -287,10 +287,10 @@ pub fn lookup_route(
 /// Pools of ready host sockets (see `Request::Sockets`): IPv4 sockets, IPv6 sockets for IPv4
 /// overlay peers (IPv4-mapped), IPv6 sockets for IPv6 overlay peers; each pool's sockets are
 /// leased (if the router leases) to this container's overlay address of that peer family.
-/// Small: each idle pooled socket holds a host port, and one round trip per 8 connects is cheap
+/// Small: each idle pooled socket holds a host port, and one round trip per 16 connects is cheap
 /// enough.
-const SOCKET_POOL: usize = 16;
-const REFILL: u8 = 8;
+const SOCKET_POOL: usize = 32;
+const REFILL: u8 = 16;
 /// Marks a pooled descriptor whose port is leased (descriptors stay below 2^30).
 const LEASED: i32 = 1 << 30;
 static SOCKETS: [[AtomicI32; SOCKET_POOL]; 3] =

@@ -19,7 +19,7 @@
 //! peer again once the kernel allows reusing that 4-tuple (net.ipv4.tcp_tw_reuse).
 
 use crate::hostsock;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -31,6 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(20);
 struct Lease {
     owner: IpAddr,
     cookie: u64,
+    at: Instant,
 }
 
 pub struct LeaseBook {
@@ -43,8 +44,10 @@ pub struct LeaseBook {
     /// Every port this router has leased, with the socket it was last leased with.
     leases: HashMap<u16, Lease>,
     /// Leased ports whose socket is gone, by their last owner (so that an owner gets its own
-    /// ports back and ports rarely change owner).
-    free: HashMap<IpAddr, Vec<u16>>,
+    /// ports back and ports rarely change owner), least recently leased first: a port's
+    /// previous connection may have left a TIME_WAIT behind, and the kernel lets a new
+    /// connection to the same peer reuse that 4-tuple only a second or so later.
+    free: HashMap<IpAddr, VecDeque<u16>>,
     last_sweep: Option<Instant>,
 }
 
@@ -79,20 +82,27 @@ impl LeaseBook {
     /// Moves the ports whose socket no longer exists to the free lists. `live` lists the
     /// cookies of the sockets in the range that still exist.
     fn sweep(&mut self, live: &HashSet<u64>) {
-        let mut n = 0;
         let free: HashSet<u16> = self.free.values().flatten().copied().collect();
-        for (port, l) in &self.leases {
-            if !live.contains(&l.cookie) && !free.contains(port) {
-                self.free.entry(l.owner).or_default().push(*port);
-                n += 1;
-            }
+        let mut dead: Vec<(Instant, u16, IpAddr)> = self
+            .leases
+            .iter()
+            .filter(|(port, l)| !live.contains(&l.cookie) && !free.contains(port))
+            .map(|(port, l)| (l.at, *port, l.owner))
+            .collect();
+        dead.sort_unstable();
+        tracing::debug!(
+            freed = dead.len(),
+            leased = self.leases.len(),
+            "lease sweep"
+        );
+        for (_, port, owner) in dead {
+            self.free.entry(owner).or_default().push_back(port);
         }
-        tracing::debug!(freed = n, leased = self.leases.len(), "lease sweep");
     }
 
     /// A port to bind next for `owner`: its own free ports, then fresh ones, then anybody's.
     fn next_port(&mut self, owner: IpAddr) -> Option<(u16, bool)> {
-        if let Some(p) = self.free.get_mut(&owner).and_then(|v| v.pop()) {
+        if let Some(p) = self.free.get_mut(&owner).and_then(|v| v.pop_front()) {
             return Some((p, false));
         }
         while self.fresh_left > 0 {
@@ -104,7 +114,7 @@ impl LeaseBook {
             }
         }
         let other = self.free.values_mut().find(|v| !v.is_empty())?;
-        other.pop().map(|p| (p, false))
+        other.pop_front().map(|p| (p, false))
     }
 
     /// Binds up to `count` sockets of `family` to `host` and ports leased to `owner`. When the
@@ -158,7 +168,14 @@ impl LeaseBook {
             let Ok(cookie) = hostsock::cookie(fd.as_raw_fd()) else {
                 continue;
             };
-            let prev = self.leases.insert(port, Lease { owner, cookie });
+            let prev = self.leases.insert(
+                port,
+                Lease {
+                    owner,
+                    cookie,
+                    at: Instant::now(),
+                },
+            );
             if prev.is_none_or(|l| l.owner != owner) {
                 out.changed.push(port);
             }

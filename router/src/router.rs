@@ -28,6 +28,8 @@ pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
+/// Ports leased at a time for one owner (see `leased_sockets`).
+const LEASE_CHUNK: usize = 32;
 /// The "peer connection" this router's own leases are recorded under (peer ids start at 1).
 const LOCAL_LEASES: u64 = 0;
 pub const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
@@ -102,9 +104,10 @@ pub struct Router {
     seed: AtomicU64,
     /// The ports leased to containers (None: leasing is off).
     pub leases: Option<Mutex<crate::leases::LeaseBook>>,
-    /// Leased sockets every peer knows about, ready for the next request of their owner (an
-    /// entry, even empty, while a lease is on its way to the peers).
+    /// Leased sockets every peer knows about, ready for the next request of their owner.
     stash: Mutex<std::collections::HashMap<(IpAddr, i32), Vec<OwnedFd>>>,
+    /// Owners (and socket families) whose new leases are on their way to the peers.
+    leasing: Mutex<std::collections::HashSet<(IpAddr, i32)>>,
 }
 
 impl Router {
@@ -115,6 +118,7 @@ impl Router {
     ) -> Self {
         Router {
             stash: Default::default(),
+            leasing: Default::default(),
             leases: settings
                 .lease_ports
                 .map(|(lo, hi)| Mutex::new(crate::leases::LeaseBook::new(lo, hi))),
@@ -211,15 +215,20 @@ impl Router {
             }
         }
         let in_flight = self
-            .stash
+            .leasing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(owner, family));
+            .contains(&(owner, family));
+        if in_flight {
+            return None;
+        }
+        // A chunk at a time: the surplus waits in the stash, and the peers hear about a chunk's
+        // changes of owner in one burst (one wake-up) rather than a few ports at a time.
         let leased = self.book()?.lease(
             family,
             host,
             owner,
-            if in_flight { 0 } else { count },
+            count.max(LEASE_CHUNK),
             crate::sockdiag::live_cookies_in,
         );
         self.counters
@@ -240,6 +249,15 @@ impl Router {
                 now.push(fd);
             }
         }
+        if now.len() > count {
+            let surplus = now.split_off(count);
+            self.stash
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((owner, family))
+                .or_default()
+                .extend(surplus);
+        }
         if !later.is_empty() {
             let host = normalize_ip(host);
             let ports: Vec<SocketAddr> = leased
@@ -247,25 +265,30 @@ impl Router {
                 .iter()
                 .map(|p| SocketAddr::new(host, *p))
                 .collect();
-            // An empty stash entry marks the lease in flight.
-            self.stash
+            self.leasing
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .entry((owner, family))
-                .or_default();
+                .insert((owner, family));
             let me = self.clone();
             tokio::spawn(async move {
                 tracing::debug!(%owner, ports = ports.len(), "ports leased");
                 me.lease_locally(&ports, owner);
                 let ok = me.peers.lease(&ports, owner, PEER_ACK_WAIT).await;
-                let mut stash = me.stash.lock().unwrap_or_else(|p| p.into_inner());
                 if ok {
-                    stash.entry((owner, family)).or_default().extend(later);
-                } else {
-                    // A peer that has not applied the lease may still credit a port's previous
-                    // owner: these sockets must not connect. (The peer applies it later anyway.)
-                    stash.remove(&(owner, family));
+                    me.stash
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry((owner, family))
+                        .or_default()
+                        .extend(later);
                 }
+                // Else a peer that has not applied the lease may still credit a port's previous
+                // owner: these sockets must not connect (they close here; the peer applies the
+                // lease later anyway).
+                me.leasing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(owner, family));
             });
         }
         (!now.is_empty()).then_some(now)
