@@ -220,12 +220,15 @@ fn open() -> Option<i32> {
     WARNED_DOWN.store(false, Ordering::Relaxed);
     RETRY_AT.store(0, Ordering::Relaxed);
     if note_router_instance() || ACCEPT_TABLE.load(Ordering::Acquire).is_null() {
-        // The accept table, then the route table.
+        // The accept table, the route table, the lease table.
         if let Some(t) = tables.take() {
             map_table(&t, slim_uapi::accept_table::TABLE_BYTES, &ACCEPT_TABLE);
         }
         if let Some(t) = tables.take() {
             map_table(&t, slim_uapi::route_table::TABLE_BYTES, &ROUTE_TABLE);
+        }
+        if let Some(t) = tables.take() {
+            map_table(&t, slim_uapi::accept_table::TABLE_BYTES, &LEASE_TABLE);
         }
     }
     Some(fd)
@@ -243,6 +246,8 @@ pub fn secure() -> bool {
 /// The router's accept and route tables, mapped read-only (null until a router sent them).
 static ACCEPT_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 static ROUTE_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+/// Peers' port leases and our listeners' overlay keys (an accept table of its own).
+static LEASE_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 
 fn map_table(fd: &OwnedFd, bytes: usize, into: &AtomicPtr<AtomicU64>) {
     use std::os::fd::AsRawFd;
@@ -400,7 +405,7 @@ pub fn lookup_leased(
     server_host: &core::net::SocketAddr,
 ) -> Option<slim_uapi::accept_table::Entry> {
     use slim_uapi::accept_table::{AcceptTable, Lease, TABLE_WORDS};
-    let p = ACCEPT_TABLE.load(Ordering::Acquire);
+    let p = LEASE_TABLE.load(Ordering::Acquire);
     if p.is_null() {
         return None;
     }

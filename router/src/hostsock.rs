@@ -322,21 +322,6 @@ pub fn bound_socket(
     Err(last)
 }
 
-/// A host socket bound to `host` and exactly `port`, not connected, with no SO_REUSEADDR: the
-/// bind succeeds only when no other socket of this host holds the port, TIME_WAIT leftovers
-/// included, and while this one lives no other can take it (see `leases`).
-pub fn exclusive_socket(family: i32, host: IpAddr, port: u16) -> io::Result<OwnedFd> {
-    let fd = new_socket(family)?;
-    let raw = fd.as_raw_fd();
-    if family == libc::AF_INET6 {
-        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-    }
-    let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
-    // SAFETY: ss holds a valid address of length len.
-    cvt(unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) })?;
-    Ok(fd)
-}
-
 /// A host socket with SO_REUSEADDR bound to `host` and exactly `port`, not connected.
 pub fn reusable_socket(family: i32, host: IpAddr, port: u16) -> io::Result<OwnedFd> {
     let fd = new_socket(family)?;
@@ -351,7 +336,7 @@ pub fn reusable_socket(family: i32, host: IpAddr, port: u16) -> io::Result<Owned
     Ok(fd)
 }
 
-pub fn set_reuseaddr(fd: RawFd) -> io::Result<()> {
+fn set_reuseaddr(fd: RawFd) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
 }
 

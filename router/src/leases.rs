@@ -5,49 +5,48 @@
 //!
 //! Why it is exact:
 //! - Nobody else takes these ports: the range lies outside `ip_local_port_range`, so no
-//!   automatic port choice uses it, and only this router binds there.
-//! - A port is bound for a new socket only once the socket it was last leased with is gone:
-//!   the first time (this router's life) only if a bind without SO_REUSEADDR succeeds, i.e. no
-//!   socket at all holds it; afterwards only when sock_diag no longer lists the previous
-//!   socket's cookie in any state a program could hold (TIME_WAIT leftovers are not).
+//!   automatic port choice uses it, and only this router binds there (the range is Slim's, as
+//!   `--lease-ports` says).
+//! - A port is bound for a new lease only when sock_diag lists no socket on it that a program
+//!   could hold (TIME_WAIT leftovers are not such sockets; sockets that are only bound are,
+//!   which Linux 6.8 and later list). So the sockets of a port's previous lease are all gone.
 //! - A port changes owner only after every connected peer has acknowledged the new lease, and
 //!   a peer first pins the connections it already has from that port to their old identity
 //!   (`Tables::lease_from_peer`).
 //!
 //! Leased sockets carry SO_REUSEADDR, as ports chosen by connect() effectively do: a new
-//! lease's socket may bind next to the previous one's TIME_WAIT leftover, and reach the same
-//! peer again once the kernel allows reusing that 4-tuple (net.ipv4.tcp_tw_reuse).
+//! lease's socket binds next to the previous one's TIME_WAIT leftover, and reaches the same
+//! peer again once the kernel allows reusing that 4-tuple (net.ipv4.tcp_tw_reuse, after a
+//! second). Ports are therefore handed out least recently leased first.
 
 use crate::hostsock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 /// Sweeps (sock_diag dumps) at most this often when the range runs out.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
+/// Binds that may fail per call before giving up (ports a sweep found free may have been
+/// taken since, e.g. by a listener).
+const MAX_FAILED_BINDS: usize = 64;
 
 struct Lease {
     owner: IpAddr,
-    cookie: u64,
     at: Instant,
 }
 
 pub struct LeaseBook {
     lo: u16,
     hi: u16,
-    /// Next port never leased in this router's life to try.
-    fresh: u32,
-    /// Ports of this range never leased yet that are worth trying (not known busy).
-    fresh_left: u32,
-    /// Every port this router has leased, with the socket it was last leased with.
+    /// Every port this router has leased: to whom, and when last.
     leases: HashMap<u16, Lease>,
-    /// Leased ports whose socket is gone, by their last owner (so that an owner gets its own
-    /// ports back and ports rarely change owner), least recently leased first: a port's
-    /// previous connection may have left a TIME_WAIT behind, and the kernel lets a new
-    /// connection to the same peer reuse that 4-tuple only a second or so later.
+    /// Ports the last sweep found free, by their last owner here (so that an owner gets its
+    /// own ports back and ports rarely change owner), least recently leased first.
     free: HashMap<IpAddr, VecDeque<u16>>,
+    /// Free ports this router never leased.
+    unowned: VecDeque<u16>,
     last_sweep: Option<Instant>,
 }
 
@@ -63,10 +62,9 @@ impl LeaseBook {
         LeaseBook {
             lo,
             hi,
-            fresh: 0,
-            fresh_left: hi as u32 - lo as u32 + 1,
             leases: HashMap::new(),
             free: HashMap::new(),
+            unowned: VecDeque::new(),
             last_sweep: None,
         }
     }
@@ -75,104 +73,83 @@ impl LeaseBook {
         (self.lo, self.hi)
     }
 
-    fn span(&self) -> u32 {
-        self.hi as u32 - self.lo as u32 + 1
-    }
-
-    /// Moves the ports whose socket no longer exists to the free lists. `live` lists the
-    /// cookies of the sockets in the range that still exist.
-    fn sweep(&mut self, live: &HashSet<u64>) {
-        let free: HashSet<u16> = self.free.values().flatten().copied().collect();
+    /// Rebuilds the free lists from `live`: the (port, cookie) of every socket in the range
+    /// that a program may still hold.
+    fn sweep(&mut self, live: &[(u16, u64)]) {
+        let busy: HashSet<u16> = live.iter().map(|(p, _)| *p).collect();
+        self.unowned = (self.lo..=self.hi)
+            .filter(|p| !busy.contains(p) && !self.leases.contains_key(p))
+            .collect();
         let mut dead: Vec<(Instant, u16, IpAddr)> = self
             .leases
             .iter()
-            .filter(|(port, l)| !live.contains(&l.cookie) && !free.contains(port))
+            .filter(|(port, _)| !busy.contains(port))
             .map(|(port, l)| (l.at, *port, l.owner))
             .collect();
         dead.sort_unstable();
+        self.free.clear();
+        for (_, port, owner) in &dead {
+            self.free.entry(*owner).or_default().push_back(*port);
+        }
         tracing::debug!(
-            freed = dead.len(),
-            leased = self.leases.len(),
+            free = dead.len() + self.unowned.len(),
+            busy = busy.len(),
             "lease sweep"
         );
-        for (_, port, owner) in dead {
-            self.free.entry(owner).or_default().push_back(port);
-        }
     }
 
-    /// A port to bind next for `owner`: its own free ports, then fresh ones, then anybody's.
-    fn next_port(&mut self, owner: IpAddr) -> Option<(u16, bool)> {
+    /// A port to bind next for `owner`: its own free ports, then never-leased ones, then
+    /// anybody's.
+    fn next_port(&mut self, owner: IpAddr) -> Option<u16> {
         if let Some(p) = self.free.get_mut(&owner).and_then(|v| v.pop_front()) {
-            return Some((p, false));
+            return Some(p);
         }
-        while self.fresh_left > 0 {
-            self.fresh_left -= 1;
-            let p = self.lo as u32 + self.fresh % self.span();
-            self.fresh += 1;
-            if !self.leases.contains_key(&(p as u16)) {
-                return Some((p as u16, true));
-            }
+        if let Some(p) = self.unowned.pop_front() {
+            return Some(p);
         }
-        let other = self.free.values_mut().find(|v| !v.is_empty())?;
-        other.pop_front().map(|p| (p, false))
+        self.free.values_mut().find_map(|v| v.pop_front())
     }
 
     /// Binds up to `count` sockets of `family` to `host` and ports leased to `owner`. When the
-    /// range runs out, `live` (the cookies of the sockets in the range that still exist) tells
-    /// which leased ports are free again.
+    /// free lists run out, `live` (see `sweep`) refills them.
     pub fn lease(
         &mut self,
         family: i32,
         host: IpAddr,
         owner: IpAddr,
         count: usize,
-        live: impl FnOnce(u16, u16) -> io::Result<HashSet<u64>>,
+        live: impl FnOnce(u16, u16) -> io::Result<Vec<(u16, u64)>>,
     ) -> Leased {
         let mut out = Leased {
             sockets: Vec::new(),
             changed: Vec::new(),
         };
         let mut live = Some(live);
-        // Each port is tried at most once per call, however the lists shuffle.
-        let mut budget = self.span() as usize + count;
-        while out.sockets.len() < count && budget > 0 {
-            budget -= 1;
-            let Some((port, fresh)) = self.next_port(owner) else {
+        let mut failed = 0;
+        while out.sockets.len() < count && failed < MAX_FAILED_BINDS {
+            let Some(port) = self.next_port(owner) else {
                 let due = self.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
                 let Some(f) = live.take().filter(|_| due) else {
                     break;
                 };
                 self.last_sweep = Some(Instant::now());
                 match f(self.lo, self.hi) {
-                    Ok(cookies) => self.sweep(&cookies),
+                    Ok(l) => self.sweep(&l),
                     Err(e) => {
                         tracing::warn!(error = %e, "sock_diag dump failed; leased ports not reclaimed");
                         break;
                     }
                 }
-                // Fresh ports that were busy before may be free by now.
-                self.fresh_left = self.span();
                 continue;
             };
-            // A fresh port must be held by nobody at all (TIME_WAIT included); a reclaimed one
-            // only by its previous socket's TIME_WAIT leftovers.
-            let bound = if fresh {
-                hostsock::exclusive_socket(family, host, port).and_then(|fd| {
-                    hostsock::set_reuseaddr(fd.as_raw_fd())?;
-                    Ok(fd)
-                })
-            } else {
-                hostsock::reusable_socket(family, host, port)
-            };
-            let Ok(fd) = bound else { continue };
-            let Ok(cookie) = hostsock::cookie(fd.as_raw_fd()) else {
+            let Ok(fd) = hostsock::reusable_socket(family, host, port) else {
+                failed += 1;
                 continue;
             };
             let prev = self.leases.insert(
                 port,
                 Lease {
                     owner,
-                    cookie,
                     at: Instant::now(),
                 },
             );
@@ -235,13 +212,13 @@ mod tests {
         assert!(check_range(elo, ehi).is_err());
     }
 
-    /// Leases on loopback ports: owners keep their ports, a port comes back only when its
-    /// socket is gone, and changes owner only then.
+    /// Leases on loopback ports: a port comes back only when its socket is gone, to its owner
+    /// first, and changes owner only then.
     #[test]
     fn ports_come_back_only_when_their_socket_is_gone() {
         let host: IpAddr = "127.0.0.1".parse().unwrap();
         let (x, y): (IpAddr, IpAddr) = ("10.32.0.1".parse().unwrap(), "10.32.0.3".parse().unwrap());
-        // 64 ports above the ephemeral range of this namespace... or below it, if none.
+        // Four ports outside this namespace's ephemeral range.
         let (elo, ehi) = hostsock::ephemeral_ports();
         let lo = if ehi < 65535 - 200 {
             ehi + 100
@@ -249,7 +226,7 @@ mod tests {
             elo - 200
         };
         let mut book = LeaseBook::new(lo, lo + 3);
-        let live = |lo, hi| crate::sockdiag::live_cookies_in(lo, hi);
+        let live = crate::sockdiag::live_sockets_in;
         let a = book.lease(libc::AF_INET, host, x, 4, live);
         assert_eq!(
             a.sockets.len(),
@@ -258,19 +235,33 @@ mod tests {
             lo + 3
         );
         assert_eq!(a.changed.len(), 4);
-        // All four are held: nothing for y.
-        let b = book.lease(libc::AF_INET, host, y, 1, live);
-        assert!(b.sockets.is_empty());
+        // All four are held: nothing for y, even after a sweep.
+        book.last_sweep = None;
+        assert!(book
+            .lease(libc::AF_INET, host, y, 1, live)
+            .sockets
+            .is_empty());
         // One socket goes: its port comes back, to y now, as a change of owner.
         let mut socks = a.sockets;
-        let gone = hostsock::local_addr(socks.pop().unwrap().as_raw_fd())
+        let gone = hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&socks.pop().unwrap()))
             .unwrap()
             .port();
         book.last_sweep = None;
         let c = book.lease(libc::AF_INET, host, y, 1, live);
         assert_eq!(c.changed, vec![gone]);
         assert_eq!(book.owner(gone), Some(y));
+        // Back to x once y's socket is gone: x's own port, without a change... of x's ports
+        // none is free, so y's (formerly x's) port changes owner again.
         drop(c);
+        book.last_sweep = None;
+        let d = book.lease(libc::AF_INET, host, x, 1, live);
+        assert_eq!(d.changed, vec![gone]);
         drop(socks);
+        // Every socket gone: x gets its own ports back, with no change of owner.
+        book.last_sweep = None;
+        drop(d);
+        let e = book.lease(libc::AF_INET, host, x, 3, live);
+        assert_eq!(e.sockets.len(), 3);
+        assert!(e.changed.is_empty(), "{:?}", e.changed);
     }
 }

@@ -255,6 +255,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
             }
         }
+        match shm::SharedTable::create(c"slim-lease-table", slim_uapi::accept_table::TABLE_WORDS) {
+            Ok(t) => router.tables().lease_table = Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no shared lease table; accepts from leased ports ask the router")
+            }
+        }
         match shm::SharedTable::create(c"slim-route-table", slim_uapi::route_table::TABLE_WORDS) {
             Ok(t) => router.tables().route_table = Some(t),
             Err(e) => {
@@ -293,6 +299,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
             sweeper.tables().expire(std::time::Instant::now());
+            sweeper.expire_stashes();
             let (routes, local, announces, ids) = sweeper.tables().counts();
             let c = &sweeper.counters;
             tracing::debug!(

@@ -28,8 +28,25 @@ pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
-/// Ports leased at a time for one owner (see `leased_sockets`).
-const LEASE_CHUNK: usize = 32;
+/// Most ports leased at a time for one owner (see `leased_sockets`).
+const LEASE_CHUNK: usize = 256;
+/// A stash its owner has not drawn from for this long is closed.
+const STASH_IDLE: Duration = Duration::from_secs(30);
+
+/// Leased sockets ready for one owner (see `Router::leased_sockets`).
+struct Stash {
+    sockets: Vec<OwnedFd>,
+    used: std::time::Instant,
+}
+
+impl Default for Stash {
+    fn default() -> Self {
+        Stash {
+            sockets: Vec::new(),
+            used: std::time::Instant::now(),
+        }
+    }
+}
 /// The "peer connection" this router's own leases are recorded under (peer ids start at 1).
 const LOCAL_LEASES: u64 = 0;
 pub const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
@@ -105,7 +122,7 @@ pub struct Router {
     /// The ports leased to containers (None: leasing is off).
     pub leases: Option<Mutex<crate::leases::LeaseBook>>,
     /// Leased sockets every peer knows about, ready for the next request of their owner.
-    stash: Mutex<std::collections::HashMap<(IpAddr, i32), Vec<OwnedFd>>>,
+    stash: Mutex<std::collections::HashMap<(IpAddr, i32), Stash>>,
     /// Owners (and socket families) whose new leases are on their way to the peers.
     leasing: Mutex<std::collections::HashSet<(IpAddr, i32)>>,
 }
@@ -169,11 +186,11 @@ impl Router {
         (Reply::Fallback(why), None)
     }
 
-    /// Read-only descriptors of the shared tables, for a library's HelloOk: accept table first,
-    /// then route table.
+    /// Read-only descriptors of the shared tables, for a library's HelloOk: accept table, route
+    /// table, lease table.
     pub fn shared_tables(&self) -> Vec<OwnedFd> {
         let t = self.tables();
-        [&t.accept_table, &t.route_table]
+        [&t.accept_table, &t.route_table, &t.lease_table]
             .into_iter()
             .filter_map(|x| x.as_ref().and_then(|x| x.read_only_fd().try_clone().ok()))
             .collect()
@@ -185,10 +202,12 @@ impl Router {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Pooled sockets on ports leased to `owner` that can go out now: stashed ones whose lease
-    /// every peer has acknowledged, or ports that stay with their owner. Ports that change owner
-    /// are told to the peers in the background and stashed for the next request, so that a slow
-    /// or unreachable peer never holds up a connect (that request gets sockets without a lease).
+    /// Pooled sockets on ports leased to `owner`, from a stash of sockets whose lease every
+    /// peer knows. The stash is refilled ahead of need, a chunk at a time: ports that stay with
+    /// their owner go into it at once; ports that change owner go to the peers in one burst in
+    /// the background, and into the stash once all have acknowledged. So a slow or unreachable
+    /// peer never holds up a connect: with an empty stash the request gets sockets without a
+    /// lease (whose connections are announced).
     fn leased_sockets(
         self: &std::sync::Arc<Self>,
         family: i32,
@@ -200,37 +219,50 @@ impl Router {
             return None;
         }
         let owner = normalize_ip(owner);
+        let key = (owner, family);
         let count = count.min(MAX_POOL_BATCH) as usize;
-        {
-            let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(v) = stash.get_mut(&(owner, family)) {
-                if !v.is_empty() {
-                    let n = v.len().saturating_sub(count);
-                    let out = v.split_off(n);
-                    if v.is_empty() {
-                        stash.remove(&(owner, family));
-                    }
-                    return Some(out);
-                }
-            }
+        let (chunk, low) = {
+            let (lo, hi) = self.book()?.range();
+            let span = hi as usize - lo as usize + 1;
+            let chunk = (span / 64).clamp(count, LEASE_CHUNK);
+            (chunk, chunk / 2)
+        };
+        let stashed = self.stash().get(&key).map_or(0, |s| s.sockets.len());
+        let in_flight = self.leasing().contains(&key);
+        if stashed < low.max(count) && !in_flight {
+            self.restock(family, host, owner, chunk);
         }
-        let in_flight = self
-            .leasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(owner, family));
-        if in_flight {
-            return None;
-        }
-        // A chunk at a time: the surplus waits in the stash, and the peers hear about a chunk's
-        // changes of owner in one burst (one wake-up) rather than a few ports at a time.
-        let leased = self.book()?.lease(
-            family,
-            host,
-            owner,
-            count.max(LEASE_CHUNK),
-            crate::sockdiag::live_cookies_in,
-        );
+        let mut stash = self.stash();
+        let s = stash.get_mut(&key)?;
+        s.used = std::time::Instant::now();
+        let n = s.sockets.len().saturating_sub(count);
+        let out = s.sockets.split_off(n);
+        (!out.is_empty()).then_some(out)
+    }
+
+    fn stash(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(IpAddr, i32), Stash>> {
+        self.stash.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leasing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(IpAddr, i32)>> {
+        self.leasing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leases `chunk` more ports to `owner` for its stash (see `leased_sockets`).
+    fn restock(
+        self: &std::sync::Arc<Self>,
+        family: i32,
+        host: IpAddr,
+        owner: IpAddr,
+        chunk: usize,
+    ) {
+        let key = (owner, family);
+        let Some(leased) = self
+            .book()
+            .map(|mut b| b.lease(family, host, owner, chunk, crate::sockdiag::live_sockets_in))
+        else {
+            return;
+        };
         self.counters
             .leases
             .fetch_add(leased.sockets.len() as u64, Ordering::Relaxed);
@@ -249,49 +281,36 @@ impl Router {
                 now.push(fd);
             }
         }
-        if now.len() > count {
-            let surplus = now.split_off(count);
-            self.stash
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry((owner, family))
-                .or_default()
-                .extend(surplus);
+        self.stash().entry(key).or_default().sockets.extend(now);
+        if later.is_empty() {
+            return;
         }
-        if !later.is_empty() {
-            let host = normalize_ip(host);
-            let ports: Vec<SocketAddr> = leased
-                .changed
-                .iter()
-                .map(|p| SocketAddr::new(host, *p))
-                .collect();
-            self.leasing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((owner, family));
-            let me = self.clone();
-            tokio::spawn(async move {
-                tracing::debug!(%owner, ports = ports.len(), "ports leased");
-                me.lease_locally(&ports, owner);
-                let ok = me.peers.lease(&ports, owner, PEER_ACK_WAIT).await;
-                if ok {
-                    me.stash
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry((owner, family))
-                        .or_default()
-                        .extend(later);
-                }
-                // Else a peer that has not applied the lease may still credit a port's previous
-                // owner: these sockets must not connect (they close here; the peer applies the
-                // lease later anyway).
-                me.leasing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(owner, family));
-            });
-        }
-        (!now.is_empty()).then_some(now)
+        let host = normalize_ip(host);
+        let ports: Vec<SocketAddr> = leased
+            .changed
+            .iter()
+            .map(|p| SocketAddr::new(host, *p))
+            .collect();
+        self.leasing().insert(key);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tracing::debug!(%owner, ports = ports.len(), "ports leased");
+            me.lease_locally(&ports, owner);
+            if me.peers.lease(&ports, owner, PEER_ACK_WAIT).await {
+                me.stash().entry(key).or_default().sockets.extend(later);
+            }
+            // Else a peer that has not applied the lease may still credit a port's previous
+            // owner: these sockets must not connect (they close here; the peer applies the
+            // lease later anyway).
+            me.leasing().remove(&key);
+        });
+    }
+
+    /// Closes the stashed sockets of owners that stopped asking, so that their ports go back to
+    /// the range.
+    pub fn expire_stashes(&self) {
+        self.stash()
+            .retain(|_, s| s.used.elapsed() < STASH_IDLE && !s.sockets.is_empty());
     }
 
     /// Listeners of this host learn our own leases as a peer's learn them.

@@ -141,17 +141,17 @@ fn cookie_of(m: &InetDiagMsg) -> u64 {
     m.id.cookie[0] as u64 | (m.id.cookie[1] as u64) << 32
 }
 
-/// Cookies of the TCP sockets of this network namespace bound to a port in `lo..=hi` that a
-/// program may still hold: connecting, connected, listening, or only bound (the state a pooled
-/// socket waits in). TIME_WAIT leftovers are not sockets anybody holds and are left out.
-pub fn live_cookies_in(lo: u16, hi: u16) -> io::Result<HashSet<u64>> {
+/// The TCP sockets of this network namespace bound to a port in `lo..=hi` that a program may
+/// still hold, as (port, cookie): connecting, connected, listening, or only bound (the state a
+/// pooled socket waits in). TIME_WAIT leftovers are not sockets anybody holds and are left out.
+pub fn live_sockets_in(lo: u16, hi: u16) -> io::Result<Vec<(u16, u64)>> {
     let states = !(1 << TCP_TIME_WAIT) & !(1 << TCP_CLOSE);
-    let mut out = HashSet::new();
+    let mut out = Vec::new();
     for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         dump_family(fam, states, &mut |m| {
             let port = u16::from_be(m.id.sport);
             if (lo..=hi).contains(&port) {
-                out.insert(cookie_of(m));
+                out.push((port, cookie_of(m)));
             }
         })?;
     }
@@ -308,14 +308,14 @@ mod tests {
             eprintln!("this kernel does not list bound sockets (Linux < 6.8); skipped");
             return;
         }
-        let fd = crate::hostsock::exclusive_socket(libc::AF_INET, "127.0.0.1".parse().unwrap(), 0)
+        let fd = crate::hostsock::reusable_socket(libc::AF_INET, "127.0.0.1".parse().unwrap(), 0)
             .unwrap();
         let cookie = crate::hostsock::cookie(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
         let port = crate::hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd))
             .unwrap()
             .port();
-        assert!(live_cookies_in(port, port).unwrap().contains(&cookie));
+        assert_eq!(live_sockets_in(port, port).unwrap(), vec![(port, cookie)]);
         drop(fd);
-        assert!(!live_cookies_in(port, port).unwrap().contains(&cookie));
+        assert!(live_sockets_in(port, port).unwrap().is_empty());
     }
 }

@@ -88,6 +88,10 @@ pub struct Tables {
     pins: HashMap<ConnKey, Announce>,
     /// Where announcements are published for the preload libraries (None if unavailable).
     pub accept_table: Option<crate::shm::SharedTable>,
+    /// Where port leases and local listeners' overlay keys are published for the preload
+    /// libraries (None if unavailable): apart from the announcements, which would crowd them
+    /// out of their slots.
+    pub lease_table: Option<crate::shm::SharedTable>,
     /// Where the routes are published for the preload libraries (None if unavailable).
     pub route_table: Option<crate::shm::SharedTable>,
 }
@@ -135,7 +139,7 @@ impl Tables {
                 }
                 !conns.is_empty()
             });
-            if let Some(t) = &self.accept_table {
+            if let Some(t) = &self.lease_table {
                 for c in gone {
                     t.set_lease(&c, None);
                 }
@@ -187,7 +191,7 @@ impl Tables {
                 },
             );
         }
-        if let Some(t) = &self.accept_table {
+        if let Some(t) = &self.lease_table {
             let only = |v4: bool| {
                 let mut it = l.keys.iter().filter(|k| k.is_ipv4() == v4);
                 match (it.next(), it.next()) {
@@ -397,7 +401,7 @@ impl Tables {
         // With pins, the shared entry says "ask": a pinned connection's own entry in the shared
         // table could be overwritten, and the lease must then not answer for it.
         let ask = self.pins.keys().any(|(c, _)| *c == client_host);
-        if let Some(t) = &self.accept_table {
+        if let Some(t) = &self.lease_table {
             t.set_lease(&client_host, (!ask).then_some(owner));
         }
         // Accepts already waiting for a connection from this port.
