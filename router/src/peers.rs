@@ -169,11 +169,12 @@ impl PeerSet {
             let conns = self.conns();
             for (id, c) in conns.iter() {
                 let mut last = 0;
-                for p in ports {
+                for (start, count) in runs(ports) {
                     last = self.next_seq();
                     let _ = c.tx.send(PeerMsg::Lease {
                         seq: last,
-                        client_host: *p,
+                        client_host: start,
+                        count,
                         overlay: owner,
                     });
                 }
@@ -208,6 +209,24 @@ impl PeerSet {
     pub fn describe(&self) -> Vec<(u64, IpAddr)> {
         self.conns().iter().map(|(id, c)| (*id, c.host)).collect()
     }
+}
+
+/// Host endpoints of one address as runs of consecutive ports: (first, count).
+fn runs(ports: &[SocketAddr]) -> Vec<(SocketAddr, u16)> {
+    let mut sorted: Vec<SocketAddr> = ports.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<(SocketAddr, u16)> = Vec::new();
+    for p in sorted {
+        match out.last_mut() {
+            Some((start, n))
+                if start.ip() == p.ip() && start.port() as u32 + *n as u32 == p.port() as u32 =>
+            {
+                *n += 1
+            }
+            _ => out.push((p, 1)),
+        }
+    }
+    out
 }
 
 /// Accepts connections from peers that dial us.
@@ -412,14 +431,24 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                 .host_v4
                 .map(IpAddr::V4)
                 .or(router.settings.host_v6.map(IpAddr::V6));
+            let mut by_owner: HashMap<IpAddr, Vec<SocketAddr>> = HashMap::new();
             for (port, owner) in book.all() {
                 let Some(host) = host else { break };
-                initial_leases = router.peers.next_seq();
-                let _ = tx.send(PeerMsg::Lease {
-                    seq: initial_leases,
-                    client_host: SocketAddr::new(host, port),
-                    overlay: owner,
-                });
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push(SocketAddr::new(host, port));
+            }
+            for (owner, ports) in by_owner {
+                for (start, count) in runs(&ports) {
+                    initial_leases = router.peers.next_seq();
+                    let _ = tx.send(PeerMsg::Lease {
+                        seq: initial_leases,
+                        client_host: start,
+                        count,
+                        overlay: owner,
+                    });
+                }
             }
         }
         for e in router.tables().local_entries() {
@@ -506,21 +535,22 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                 PeerMsg::Lease {
                     seq,
                     client_host,
+                    count,
                     overlay,
                 } => {
-                    let client_host = crate::hostsock::normalize(client_host);
-                    let pinned = router.tables().lease_from_peer(id, client_host, overlay, || {
-                        match crate::sockdiag::live_tcp_tuples() {
-                            Ok(t) => t.into_iter().collect(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "sock_diag dump failed; connections from a re-leased port not pinned");
-                                Vec::new()
-                            }
+                    let start = crate::hostsock::normalize(client_host);
+                    let mut live = crate::tables::LiveConns::of_this_host();
+                    let mut pinned = 0;
+                    {
+                        let mut t = router.tables();
+                        for port in start.port() as u32..start.port() as u32 + count as u32 {
+                            let c = SocketAddr::new(start.ip(), port as u16);
+                            pinned += t.lease_from_peer(id, c, overlay, &mut live);
                         }
-                    });
+                    }
                     router.counters.pinned.fetch_add(pinned as u64, Ordering::Relaxed);
                     if pinned > 0 {
-                        tracing::debug!(peer = %host, %client_host, %overlay, pinned, "port changed owner; earlier connections pinned");
+                        tracing::debug!(peer = %host, %start, count, %overlay, pinned, "ports changed owner; earlier connections pinned");
                     }
                     let _ = tx.send(PeerMsg::Ack { seq });
                 }
@@ -534,4 +564,19 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     writer.abort();
     tracing::info!(peer = %host, conn = id, "peer router disconnected; its listeners are forgotten");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_go_as_runs() {
+        let h = |p: u16| SocketAddr::new("192.168.77.1".parse().unwrap(), p);
+        assert_eq!(
+            runs(&[h(40002), h(40000), h(40001), h(40005), h(65535)]),
+            vec![(h(40000), 3), (h(40005), 1), (h(65535), 1)]
+        );
+        assert!(runs(&[]).is_empty());
+    }
 }

@@ -315,17 +315,10 @@ impl Router {
 
     /// Listeners of this host learn our own leases as a peer's learn them.
     fn lease_locally(&self, ports: &[SocketAddr], owner: IpAddr) {
-        let mut live: Option<Vec<crate::tables::Tuple>> = None;
+        let mut live = crate::tables::LiveConns::of_this_host();
         let mut t = self.tables();
         for p in ports {
-            let n = t.lease_from_peer(LOCAL_LEASES, *p, owner, || {
-                live.get_or_insert_with(|| {
-                    crate::sockdiag::live_tcp_tuples()
-                        .map(|t| t.into_iter().collect())
-                        .unwrap_or_default()
-                })
-                .clone()
-            });
+            let n = t.lease_from_peer(LOCAL_LEASES, *p, owner, &mut live);
             self.counters.pinned.fetch_add(n as u64, Ordering::Relaxed);
         }
     }

@@ -40,6 +40,45 @@ pub struct LocalListener {
 
 type ConnKey = (SocketAddr, SocketAddr);
 
+/// This host's TCP connections by their peer's endpoint, from one sock_diag dump taken when
+/// first needed (a change of a port's owner pins the connections already made from it).
+pub struct LiveConns {
+    dump: Box<dyn FnMut() -> Vec<Tuple> + Send>,
+    by_peer: Option<HashMap<SocketAddr, Vec<SocketAddr>>>,
+}
+
+impl LiveConns {
+    pub fn new(dump: impl FnMut() -> Vec<Tuple> + Send + 'static) -> Self {
+        LiveConns {
+            dump: Box::new(dump),
+            by_peer: None,
+        }
+    }
+
+    /// From the kernel's sock_diag (a failed dump pins nothing, and says so).
+    pub fn of_this_host() -> Self {
+        LiveConns::new(|| match crate::sockdiag::live_tcp_tuples() {
+            Ok(t) => t.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "sock_diag dump failed; connections from a re-leased port not pinned");
+                Vec::new()
+            }
+        })
+    }
+
+    /// The local endpoints of the connections whose peer is `peer`.
+    fn from(&mut self, peer: &SocketAddr) -> Vec<SocketAddr> {
+        let by_peer = self.by_peer.get_or_insert_with(|| {
+            let mut m: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
+            for (local, peer) in (self.dump)() {
+                m.entry(peer).or_default().push(local);
+            }
+            m
+        });
+        by_peer.get(peer).cloned().unwrap_or_default()
+    }
+}
+
 /// A shared-table entry that answers nothing: the library asks the router.
 fn withdrawn() -> slim_uapi::accept_table::Entry {
     slim_uapi::accept_table::Entry {
@@ -347,14 +386,14 @@ impl Tables {
         conn: u64,
         client_host: SocketAddr,
         owner: IpAddr,
-        live: impl FnOnce() -> Vec<Tuple>,
+        live: &mut LiveConns,
     ) -> usize {
         let prev = self.leases.get(&client_host).map(|(o, _)| *o);
         let mut pinned = 0;
         if let Some(prev) = prev.filter(|p| *p != owner) {
-            for (local, peer) in live() {
-                let key = (peer, local);
-                if peer != client_host || self.pins.contains_key(&key) {
+            for local in live.from(&client_host) {
+                let key = (client_host, local);
+                if self.pins.contains_key(&key) {
                     continue;
                 }
                 // Announced (its listener is shared), or identified by the old lease.
@@ -530,13 +569,13 @@ mod tests {
         assert!(t.derive(c, s).is_none());
         let x: IpAddr = "10.32.0.1".parse().unwrap();
         let y: IpAddr = "10.32.0.3".parse().unwrap();
-        assert_eq!(t.lease_from_peer(1, c, x, Vec::new), 0);
+        assert_eq!(t.lease_from_peer(1, c, x, &mut LiveConns::new(Vec::new)), 0);
         let a = t.derive(c, s).unwrap();
         assert_eq!(a.client_overlay, sa("10.32.0.1:61000"));
         assert_eq!(a.server_overlay, sa("10.32.0.2:80"));
         // A connection waiting for its accept when the port goes to y keeps x's identity.
-        let live = vec![(s, c)];
-        assert_eq!(t.lease_from_peer(1, c, y, || live), 1);
+        let mut live = LiveConns::new(move || vec![(s, c)]);
+        assert_eq!(t.lease_from_peer(1, c, y, &mut live), 1);
         assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), x);
         t.retain_pins(|_| false);
         assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), y);

@@ -72,12 +72,14 @@ pub enum PeerMsg {
         seq: u64,
     },
     Announce(Announce),
-    /// From now on every connection from the host endpoint `client_host` is from the overlay
-    /// address `overlay` (port: the host port): the sender bound a socket exclusively to that port
-    /// for a container with that address. Acknowledged; the sender hands the socket out only then.
+    /// From now on every connection from the host endpoints `client_host` .. (`count` ports
+    /// from its port up) is from the overlay address `overlay` (port: the host port): the
+    /// sender leased those ports to a container with that address. Acknowledged; the sender
+    /// hands the sockets out only then.
     Lease {
         seq: u64,
         client_host: SocketAddr,
+        count: u16,
         overlay: IpAddr,
     },
 }
@@ -134,11 +136,13 @@ impl PeerMsg {
             PeerMsg::Lease {
                 seq,
                 client_host,
+                count,
                 overlay,
             } => {
                 w.u16(kind::LEASE)?;
                 w.u64(*seq)?;
                 w.sockaddr(client_host)?;
+                w.u16(*count)?;
                 w.ip(Some(*overlay))?;
             }
         }
@@ -184,11 +188,18 @@ impl PeerMsg {
                 client_overlay: r.sockaddr()?,
                 server_overlay: r.sockaddr()?,
             }),
-            kind::LEASE => PeerMsg::Lease {
-                seq: r.u64()?,
-                client_host: r.sockaddr()?,
-                overlay: r.ip()?.ok_or(DecodeError::BadField("overlay"))?,
-            },
+            kind::LEASE => {
+                let (seq, client_host, count) = (r.u64()?, r.sockaddr()?, r.u16()?);
+                if count == 0 || client_host.port() as u32 + count as u32 > 65536 {
+                    return Err(DecodeError::BadField("count"));
+                }
+                PeerMsg::Lease {
+                    seq,
+                    client_host,
+                    count,
+                    overlay: r.ip()?.ok_or(DecodeError::BadField("overlay"))?,
+                }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -356,6 +367,7 @@ mod tests {
             PeerMsg::Lease {
                 seq: 3,
                 client_host: "192.168.77.1:61000".parse().unwrap(),
+                count: 4536,
                 overlay: "10.32.0.1".parse().unwrap(),
             },
         ] {
@@ -364,6 +376,26 @@ mod tests {
             let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
             assert_eq!(len + 4, n);
             assert_eq!(PeerMsg::decode(&buf[4..n]).unwrap(), m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_past_the_last_port_does_not_decode() {
+        for (port, count, ok) in [(65535u16, 1u16, true), (65535, 2, false), (40000, 0, false)] {
+            let m = PeerMsg::Lease {
+                seq: 1,
+                client_host: SocketAddr::new("192.168.77.1".parse().unwrap(), port),
+                count,
+                overlay: "10.32.0.1".parse().unwrap(),
+            };
+            let mut buf = [0u8; MAX_PEER_FRAME];
+            let n = m.encode(&mut buf).unwrap();
+            assert_eq!(PeerMsg::decode(&buf[4..n]).is_ok(), ok, "{port} + {count}");
         }
     }
 }
