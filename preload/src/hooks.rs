@@ -646,6 +646,90 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     })
 }
 
+/// epoll_ctl on a Slim listener, whose descriptor is an epoll instance holding the overlay and
+/// the host listener. EPOLLEXCLUSIVE may not watch an epoll instance (EINVAL), so an exclusive
+/// registration watches the two listeners themselves, with the program's event data: the
+/// workers of a pre-fork server (nginx) then wake one at a time, as on a plain socket. Other
+/// registrations watch the instance.
+fn listener_epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+    i: usize,
+) -> c_int {
+    use core::sync::atomic::Ordering::Relaxed;
+    let exclusive = libc::EPOLLEXCLUSIVE as u32;
+    let r = listener::rec(i);
+    let inner = [r.host_fd.load(Relaxed), r.overlay_fd.load(Relaxed)];
+    // SAFETY: ev is null or valid, as the program's epoll_ctl call requires.
+    let wanted = (!ev.is_null()).then(|| unsafe { *ev });
+    match (op, wanted) {
+        (libc::EPOLL_CTL_ADD, Some(e))
+            if e.events & exclusive != 0 && inner.iter().all(|f| *f >= 0) =>
+        {
+            let mut added = 0;
+            for f in inner {
+                let mut e = e;
+                // SAFETY: e is a valid local copy; f is our hidden listener.
+                if unsafe { real::epoll_ctl(epfd, op, f, &mut e) } == 0 {
+                    added += 1;
+                } else {
+                    break;
+                }
+            }
+            if added == inner.len() {
+                return 0;
+            }
+            let saved = errno();
+            for f in &inner[..added] {
+                // SAFETY: undoing our own registration.
+                unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, *f, core::ptr::null_mut()) };
+            }
+            if saved == libc::EEXIST {
+                set_errno(saved);
+                return -1;
+            }
+            // Watch the instance instead, without the flag.
+            let mut e = e;
+            e.events &= !exclusive;
+            // SAFETY: e is a valid local copy.
+            unsafe { real::epoll_ctl(epfd, op, fd, &mut e) }
+        }
+        _ => {
+            let mut e = wanted.unwrap_or(libc::epoll_event { events: 0, u64: 0 });
+            e.events &= !exclusive;
+            let arg = if ev.is_null() {
+                core::ptr::null_mut()
+            } else {
+                &mut e as *mut _
+            };
+            // SAFETY: arg is null or a valid local copy.
+            let res = unsafe { real::epoll_ctl(epfd, op, fd, arg) };
+            if res == 0 || errno() != libc::ENOENT || op == libc::EPOLL_CTL_ADD {
+                return res;
+            }
+            // Registered exclusively: the two listeners stand for the descriptor.
+            let mut ok = 0;
+            let mut err = libc::ENOENT;
+            for f in inner.iter().filter(|f| **f >= 0) {
+                // SAFETY: as above, on our hidden listener.
+                if unsafe { real::epoll_ctl(epfd, op, *f, arg) } == 0 {
+                    ok += 1;
+                } else {
+                    err = errno();
+                }
+            }
+            if ok > 0 {
+                0
+            } else {
+                set_errno(err);
+                -1
+            }
+        }
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn epoll_ctl(
     epfd: c_int,
@@ -658,14 +742,9 @@ pub unsafe extern "C" fn epoll_ctl(
         let slot = fdtable::get(fd);
         let kind = slot.map(|s| s.kind()).unwrap_or(NONE);
         let exclusive = libc::EPOLLEXCLUSIVE as u32;
-        if kind == LISTENER && !ev.is_null() {
-            // A Slim listener is an epoll instance, which EPOLLEXCLUSIVE may not watch (EINVAL);
-            // without it, the workers of a pre-fork server all wake and one wins the accept.
-            // SAFETY: ev is valid (non-null, as epoll_ctl requires for ADD/MOD).
-            let mut e = unsafe { *ev };
-            e.events &= !exclusive;
-            // SAFETY: e is a valid local copy.
-            return unsafe { real::epoll_ctl(epfd, op, fd, &mut e) };
+        if kind == LISTENER {
+            let i = slot.map(|s| s.listener()).unwrap_or(0);
+            return listener_epoll_ctl(epfd, op, fd, ev, i);
         }
         // SAFETY: as above.
         let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
