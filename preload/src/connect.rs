@@ -139,17 +139,17 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
                 )
             };
         }
-        let Some(client_host) = addr::local_of(raw).map(normalize) else {
-            return Fast::AskRouter;
-        };
         let id = Identity {
-            local: SocketAddr::new(normalize_ip(src_ip), client_host.port()),
+            local: SocketAddr::new(normalize_ip(src_ip), pooled.port),
             peer: Some(dst),
         };
         // A leased port identifies the connection by itself, unless the destination's host
         // listener serves several overlay endpoints of this family. Otherwise announce first,
         // so the announcement is on its way before the SYN.
         if !pooled.leased || routes.shared[pick] {
+            let Some(client_host) = addr::local_of(raw).map(normalize) else {
+                return Fast::AskRouter;
+            };
             link::send_oneway(&Request::Announce(Announce {
                 client_host,
                 server_host: host_dst,

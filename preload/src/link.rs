@@ -56,10 +56,16 @@ pub fn available() -> bool {
 /// conversation), and when the router was replaced (they lead nowhere).
 pub fn forget_pool() {
     // Pooled host sockets too: after fork both processes would connect the same socket.
-    for s in POOL_FDS.iter().chain(SOCKETS.iter().flatten()) {
+    for s in &POOL_FDS {
         let fd = s.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
-            discard(fd & !LEASED);
+            discard(fd);
+        }
+    }
+    for s in SOCKETS.iter().flatten() {
+        let v = s.swap(EMPTY, Ordering::Relaxed);
+        if v != EMPTY {
+            discard(v as u32 as i32);
         }
     }
 }
@@ -296,12 +302,14 @@ pub fn lookup_route(
 /// enough.
 const SOCKET_POOL: usize = 32;
 const REFILL: u8 = 16;
-/// Marks a pooled descriptor whose port is leased (descriptors stay below 2^30).
-const LEASED: i32 = 1 << 30;
-static SOCKETS: [[AtomicI32; SOCKET_POOL]; 3] =
-    [const { [const { AtomicI32::new(-1) }; SOCKET_POOL] }; 3];
+/// A pool slot: empty, or a descriptor (bits 0-31), its host port (32-47) and whether the port
+/// is leased (bit 48).
+const EMPTY: u64 = u64::MAX;
+const LEASED: u64 = 1 << 48;
+static SOCKETS: [[AtomicU64; SOCKET_POOL]; 3] =
+    [const { [const { AtomicU64::new(EMPTY) }; SOCKET_POOL] }; 3];
 
-fn pool_of(family: i32, overlay_v6: bool) -> &'static [AtomicI32; SOCKET_POOL] {
+fn pool_of(family: i32, overlay_v6: bool) -> &'static [AtomicU64; SOCKET_POOL] {
     match (family == libc::AF_INET6, overlay_v6) {
         (false, _) => &SOCKETS[0],
         (true, false) => &SOCKETS[1],
@@ -312,6 +320,8 @@ fn pool_of(family: i32, overlay_v6: bool) -> &'static [AtomicI32; SOCKET_POOL] {
 /// A pooled host socket.
 pub struct Pooled {
     pub fd: OwnedFd,
+    /// Its host port.
+    pub port: u16,
     /// Its port is leased to the overlay address the pool was filled for: a connection from it
     /// needs no announcement.
     pub leased: bool,
@@ -323,13 +333,14 @@ pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
     let pool = pool_of(family, src.is_ipv6());
     for round in 0..2 {
         for s in pool.iter() {
-            let v = s.swap(-1, Ordering::Acquire);
-            if v >= 0 {
-                let fd = v & !LEASED;
+            let v = s.swap(EMPTY, Ordering::Acquire);
+            if v != EMPTY {
+                let fd = v as u32 as i32;
                 crate::fdtable::clear(fd);
                 return Some(Pooled {
                     // SAFETY: the pool owned this descriptor; now the caller does.
                     fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                    port: (v >> 32) as u16,
                     leased: v & LEASED != 0,
                 });
             }
@@ -353,21 +364,28 @@ fn refill(family: i32, src: core::net::IpAddr) -> bool {
     ) else {
         return false;
     };
-    let leased = match Reply::decode(&buf[..n]) {
-        Ok(Reply::SocketsOk { count, leased }) if count > 0 => leased,
+    let (leased, ports) = match Reply::decode(&buf[..n]) {
+        Ok(Reply::SocketsOk {
+            count,
+            leased,
+            ports,
+        }) if count > 0 => (leased, ports),
         _ => return false,
     };
     let pool = pool_of(family, src.is_ipv6());
+    let mut ports = ports.iter();
     while let Some(fd) = fds.take() {
         use std::os::fd::IntoRawFd;
         let raw = adopt(fd.into_raw_fd());
-        let v = if leased { raw | LEASED } else { raw };
-        if raw & LEASED != 0
-            || !pool.iter().any(|s| {
-                s.compare_exchange(-1, v, Ordering::Release, Ordering::Relaxed)
-                    .is_ok()
-            })
-        {
+        let Some(port) = ports.next() else {
+            discard(raw);
+            continue;
+        };
+        let v = raw as u32 as u64 | (port as u64) << 32 | if leased { LEASED } else { 0 };
+        if !pool.iter().any(|s| {
+            s.compare_exchange(EMPTY, v, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+        }) {
             discard(raw);
         }
     }

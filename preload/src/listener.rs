@@ -466,9 +466,7 @@ pub fn accept(
     flags: i32,
 ) -> i32 {
     let r = rec(i);
-    // SAFETY: F_GETFL on the program's descriptor.
-    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-    let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    let mut nonblock = None;
     loop {
         // Slim connections first, and now and then the overlay first, so that a steady stream of
         // one kind never starves the other; trying the empty queue costs a system call.
@@ -484,6 +482,12 @@ pub fn accept(
         if let Some(c) = got {
             return c;
         }
+        // Asked only now: most accepts find a connection waiting.
+        let nonblock = *nonblock.get_or_insert_with(|| {
+            // SAFETY: F_GETFL on the program's descriptor.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+            fl >= 0 && fl & libc::O_NONBLOCK != 0
+        });
         if nonblock {
             set_errno(libc::EAGAIN);
             return -1;

@@ -294,7 +294,7 @@ pub fn bound_socket(
     host: IpAddr,
     ports: (u16, u16),
     seed: &mut u64,
-) -> io::Result<OwnedFd> {
+) -> io::Result<(OwnedFd, u16)> {
     let fd = new_socket(family)?;
     let raw = fd.as_raw_fd();
     set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -312,7 +312,7 @@ pub fn bound_socket(
         let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
         // SAFETY: ss holds a valid address of length len.
         if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
-            return Ok(fd);
+            return Ok((fd, port));
         }
         last = io::Error::last_os_error();
         if last.raw_os_error() != Some(libc::EADDRINUSE) {

@@ -52,7 +52,8 @@ pub struct LeaseBook {
 
 /// Sockets bound to leased ports, and which of those ports changed owner (to be told to peers).
 pub struct Leased {
-    pub sockets: Vec<OwnedFd>,
+    /// Each with its port.
+    pub sockets: Vec<(OwnedFd, u16)>,
     pub changed: Vec<u16>,
 }
 
@@ -156,7 +157,7 @@ impl LeaseBook {
             if prev.is_none_or(|l| l.owner != owner) {
                 out.changed.push(port);
             }
-            out.sockets.push(fd);
+            out.sockets.push((fd, port));
         }
         out
     }
@@ -243,9 +244,7 @@ mod tests {
             .is_empty());
         // One socket goes: its port comes back, to y now, as a change of owner.
         let mut socks = a.sockets;
-        let gone = hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&socks.pop().unwrap()))
-            .unwrap()
-            .port();
+        let gone = socks.pop().unwrap().1;
         book.last_sweep = None;
         let c = book.lease(libc::AF_INET, host, y, 1, live);
         assert_eq!(c.changed, vec![gone]);

@@ -35,7 +35,8 @@ const STASH_IDLE: Duration = Duration::from_secs(30);
 
 /// Leased sockets ready for one owner (see `Router::leased_sockets`).
 struct Stash {
-    sockets: Vec<OwnedFd>,
+    /// Each with its port.
+    sockets: Vec<(OwnedFd, u16)>,
     used: std::time::Instant,
 }
 
@@ -214,7 +215,7 @@ impl Router {
         host: IpAddr,
         owner: IpAddr,
         count: u8,
-    ) -> Option<Vec<OwnedFd>> {
+    ) -> Option<Vec<(OwnedFd, u16)>> {
         if !self.settings.in_overlay(owner) {
             return None;
         }
@@ -271,14 +272,11 @@ impl Router {
             .fetch_add(leased.changed.len() as u64, Ordering::Relaxed);
         let mut now = Vec::new();
         let mut later = Vec::new();
-        for fd in leased.sockets {
-            let port = hostsock::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd))
-                .map(|a| a.port())
-                .unwrap_or(0);
+        for (fd, port) in leased.sockets {
             if leased.changed.contains(&port) {
-                later.push(fd);
+                later.push((fd, port));
             } else {
-                now.push(fd);
+                now.push((fd, port));
             }
         }
         self.stash().entry(key).or_default().sockets.extend(now);
@@ -336,15 +334,23 @@ impl Router {
                 Vec::new(),
             );
         };
+        let reply = |out: Vec<(OwnedFd, u16)>, leased: bool| {
+            let mut ports = slim_uapi::proto::PortList::default();
+            for (_, p) in &out {
+                ports.push(*p);
+            }
+            (
+                Reply::SocketsOk {
+                    count: out.len() as u8,
+                    leased,
+                    ports,
+                },
+                out.into_iter().map(|(fd, _)| fd).collect(),
+            )
+        };
         if let Some(owner) = lease {
             if let Some(out) = self.leased_sockets(family, host, owner, count) {
-                return (
-                    Reply::SocketsOk {
-                        count: out.len() as u8,
-                        leased: true,
-                    },
-                    out,
-                );
+                return reply(out, true);
             }
         }
         let mut out = Vec::new();
@@ -362,13 +368,7 @@ impl Router {
                 }
             }
         }
-        (
-            Reply::SocketsOk {
-                count: out.len() as u8,
-                leased: false,
-            },
-            out,
-        )
+        reply(out, false)
     }
 
     /// A library connected a pooled socket: record it and tell the listener's router.

@@ -120,6 +120,9 @@ impl<T: Copy, const N: usize> List<T, N> {
 
 pub type SockOpts = List<SockOpt, MAX_OPTS>;
 pub type IpList = List<IpAddr, MAX_IPS>;
+/// Most sockets one `SocketsOk` carries.
+pub const MAX_POOL_SOCKETS: usize = 64;
+pub type PortList = List<u16, MAX_POOL_SOCKETS>;
 
 /// Ask for a host connection to an overlay destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +274,9 @@ pub enum Reply<'a> {
     SocketsOk {
         count: u8,
         leased: bool,
+        /// The host port of each socket, in order (the library needs it to name the
+        /// connection, and is spared a getsockname per connect).
+        ports: PortList,
     },
     /// `sockets` host sockets of the container were shut down.
     Revoked {
@@ -557,10 +563,18 @@ impl<'a> Reply<'a> {
                 write_identity(&mut w, id)?;
             }
             Reply::Unknown => header(&mut w, kind::UNKNOWN)?,
-            Reply::SocketsOk { count, leased } => {
+            Reply::SocketsOk {
+                count,
+                leased,
+                ports,
+            } => {
                 header(&mut w, kind::SOCKETS_OK)?;
                 w.u8(*count)?;
                 w.u8(*leased as u8)?;
+                w.u8(ports.len() as u8)?;
+                for p in ports.iter() {
+                    w.u16(p)?;
+                }
             }
             Reply::Revoked { sockets } => {
                 header(&mut w, kind::REVOKED)?;
@@ -614,10 +628,21 @@ impl<'a> Reply<'a> {
             kind::LISTEN_OK => Reply::ListenOk { cookie: r.u64()? },
             kind::IDENTITY => Reply::Identity(read_identity(&mut r)?),
             kind::UNKNOWN => Reply::Unknown,
-            kind::SOCKETS_OK => Reply::SocketsOk {
-                count: r.u8()?,
-                leased: r.u8()? != 0,
-            },
+            kind::SOCKETS_OK => {
+                let (count, leased, n) = (r.u8()?, r.u8()? != 0, r.u8()? as usize);
+                if n > MAX_POOL_SOCKETS {
+                    return Err(DecodeError::BadField("ports"));
+                }
+                let mut ports = PortList::default();
+                for _ in 0..n {
+                    ports.push(r.u16()?);
+                }
+                Reply::SocketsOk {
+                    count,
+                    leased,
+                    ports,
+                }
+            }
             kind::REVOKED => Reply::Revoked { sockets: r.u32()? },
             kind::FALLBACK => Reply::Fallback(FallbackReason::from_u8(r.u8()?)?),
             kind::ERROR => {
@@ -727,8 +752,14 @@ mod tests {
             }),
             Reply::Unknown,
             Reply::SocketsOk {
-                count: 32,
+                count: 2,
                 leased: true,
+                ports: {
+                    let mut p = PortList::default();
+                    p.push(40000);
+                    p.push(65535);
+                    p
+                },
             },
             Reply::Revoked { sockets: 3 },
             Reply::Fallback(FallbackReason::NoListener),
