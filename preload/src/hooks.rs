@@ -647,10 +647,13 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 }
 
 /// epoll_ctl on a Slim listener, whose descriptor is an epoll instance holding the overlay and
-/// the host listener. EPOLLEXCLUSIVE may not watch an epoll instance (EINVAL), so an exclusive
-/// registration watches the two listeners themselves, with the program's event data: the
-/// workers of a pre-fork server (nginx) then wake one at a time, as on a plain socket. Other
-/// registrations watch the instance.
+/// the host listener. A registration watches the two listeners themselves, with the program's
+/// event data, rather than the instance: a wake-up through nested epoll instances costs the
+/// server a second wake-up per connection, and EPOLLEXCLUSIVE may not watch an epoll instance
+/// at all (EINVAL), while on the listeners it makes the workers of a pre-fork server (nginx)
+/// wake one at a time, as on a plain socket. If that cannot be done (the same listeners are
+/// already in this epoll set under another descriptor number, say), the instance is watched,
+/// without EPOLLEXCLUSIVE.
 fn listener_epoll_ctl(
     epfd: c_int,
     op: c_int,
@@ -665,9 +668,7 @@ fn listener_epoll_ctl(
     // SAFETY: ev is null or valid, as the program's epoll_ctl call requires.
     let wanted = (!ev.is_null()).then(|| unsafe { *ev });
     match (op, wanted) {
-        (libc::EPOLL_CTL_ADD, Some(e))
-            if e.events & exclusive != 0 && inner.iter().all(|f| *f >= 0) =>
-        {
+        (libc::EPOLL_CTL_ADD, Some(e)) if inner.iter().all(|f| *f >= 0) => {
             let mut added = 0;
             for f in inner {
                 let mut e = e;
@@ -681,14 +682,9 @@ fn listener_epoll_ctl(
             if added == inner.len() {
                 return 0;
             }
-            let saved = errno();
             for f in &inner[..added] {
                 // SAFETY: undoing our own registration.
                 unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, *f, core::ptr::null_mut()) };
-            }
-            if saved == libc::EEXIST {
-                set_errno(saved);
-                return -1;
             }
             // Watch the instance instead, without the flag.
             let mut e = e;

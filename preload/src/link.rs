@@ -234,7 +234,7 @@ fn open() -> Option<i32> {
             map_table(&t, slim_uapi::route_table::TABLE_BYTES, &ROUTE_TABLE);
         }
         if let Some(t) = tables.take() {
-            map_table(&t, slim_uapi::accept_table::TABLE_BYTES, &LEASE_TABLE);
+            map_table(&t, slim_uapi::accept_table::LEASE_TABLE_BYTES, &LEASE_TABLE);
         }
     }
     Some(fd)
@@ -422,14 +422,15 @@ pub fn lookup_leased(
     client_host: &core::net::SocketAddr,
     server_host: &core::net::SocketAddr,
 ) -> Option<slim_uapi::accept_table::Entry> {
-    use slim_uapi::accept_table::{AcceptTable, Lease, TABLE_WORDS};
+    use slim_uapi::accept_table::{AcceptTable, Lease, LEASE_TABLE_WORDS};
     let p = LEASE_TABLE.load(Ordering::Acquire);
     if p.is_null() {
         return None;
     }
-    // SAFETY: as in lookup_accepted.
-    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, TABLE_WORDS) };
-    let t = AcceptTable::new(words)?;
+    // SAFETY: p is a live read-only mapping of exactly LEASE_TABLE_WORDS u64 words (page-aligned),
+    // never unmapped; the router writes it only through atomics.
+    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, LEASE_TABLE_WORDS) };
+    let t = AcceptTable::for_leases(words)?;
     let Lease::Owner(owner) = t.lease(client_host)? else {
         return None;
     };

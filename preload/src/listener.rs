@@ -270,7 +270,6 @@ pub fn install(
     );
 }
 
-const ACCEPT_TABLE_TRIES: usize = 3;
 const OVERLAY_FIRST_EVERY: u32 = 8;
 
 /// Which overlay connection an accepted host connection stands for: from the router's accept
@@ -294,23 +293,18 @@ fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identi
         Some(l) => l,
         None => addr::normalize(addr::local_of(child)?),
     };
-    // The announcement normally arrives before the connection does (the client announces, then
-    // connects); when it is a little late, give the router a moment before asking it.
-    for attempt in 0..ACCEPT_TABLE_TRIES {
-        // An announced connection first (it also holds connections pinned when their port
-        // changed owner), then the lease of the client's port.
-        if let Some(e) = link::lookup_accepted(&peer_host, &local_host)
-            .or_else(|| link::lookup_leased(&peer_host, &local_host))
-        {
-            return Some(Identity {
-                local: e.server_overlay,
-                peer: Some(e.client_overlay),
-            });
-        }
-        if attempt + 1 < ACCEPT_TABLE_TRIES {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
-        }
+    // An announced connection first (it also holds connections pinned when their port changed
+    // owner), then the lease of the client's port. A miss (an announcement still on its way, a
+    // lease pushed out of its slot) asks the router, which waits for what is missing. No
+    // sched_yield to give the router a moment: next to a SCHED_IDLE task a yield can hand it a
+    // whole time slice.
+    if let Some(e) = link::lookup_accepted(&peer_host, &local_host)
+        .or_else(|| link::lookup_leased(&peer_host, &local_host))
+    {
+        return Some(Identity {
+            local: e.server_overlay,
+            peer: Some(e.client_overlay),
+        });
     }
     let listener_cookie = r.cookie.load(Ordering::Relaxed);
     let child_cookie = crate::hooks::cookie_of(child)?;

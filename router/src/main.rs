@@ -255,7 +255,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "no shared accept table; every accept asks the router")
             }
         }
-        match shm::SharedTable::create(c"slim-lease-table", slim_uapi::accept_table::TABLE_WORDS) {
+        match shm::SharedTable::create(
+            c"slim-lease-table",
+            slim_uapi::accept_table::LEASE_TABLE_WORDS,
+        ) {
             Ok(t) => router.tables().lease_table = Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "no shared lease table; accepts from leased ports ask the router")

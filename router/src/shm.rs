@@ -78,7 +78,7 @@ impl SharedTable {
 
     /// As an accept table: publishes a peer's port lease (None: ask the router).
     pub fn set_lease(&self, client_host: &SocketAddr, owner: Option<std::net::IpAddr>) {
-        if let Some(t) = AcceptTable::new(self.words) {
+        if let Some(t) = AcceptTable::for_leases(self.words) {
             t.set_lease(client_host, owner);
         }
     }
@@ -90,7 +90,7 @@ impl SharedTable {
         v4: Option<SocketAddr>,
         v6: Option<SocketAddr>,
     ) {
-        if let Some(t) = AcceptTable::new(self.words) {
+        if let Some(t) = AcceptTable::for_leases(self.words) {
             t.set_listener_keys(host, v4, v6);
         }
     }

@@ -22,8 +22,19 @@ use core::sync::atomic::AtomicU64;
 pub const SLOTS: usize = 1 << 16;
 pub const TABLE_WORDS: usize = SLOTS * SLOT_WORDS;
 pub const TABLE_BYTES: usize = TABLE_WORDS * 8;
-/// Slots probed from the hashed position.
+/// A lease table ([`AcceptTable::for_leases`]) is larger: an entry per port of every peer's
+/// lease range (25k ports per host in the lab, 4.5k with Linux's default ranges). Its pages are
+/// allocated only as entries land on them.
+pub const LEASE_SLOTS: usize = 1 << 18;
+pub const LEASE_TABLE_WORDS: usize = LEASE_SLOTS * SLOT_WORDS;
+pub const LEASE_TABLE_BYTES: usize = LEASE_TABLE_WORDS * 8;
+/// Slots probed from the hashed position (connection entries come and go; a miss costs a round
+/// trip to the router).
 const PROBE: usize = 4;
+/// Slots probed in a lease table ([`AcceptTable::for_leases`]): its entries stay (one per port
+/// of each host's lease range), and one pushed out would cost a round trip per connection from
+/// that port.
+pub const LEASE_PROBE: usize = 32;
 /// The stand-in server endpoint of lease entries, and the "ask the router" value.
 pub const ANY: SocketAddr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
 /// The stand-in client endpoint of listener-key entries.
@@ -47,6 +58,7 @@ fn key(client_host: &SocketAddr, server_host: &SocketAddr) -> [u64; 6] {
 /// A view of the table over shared memory.
 pub struct AcceptTable<'a> {
     words: &'a [AtomicU64],
+    probe: usize,
 }
 
 /// An announced connection: the overlay endpoints of its client and of its server.
@@ -59,7 +71,18 @@ pub struct Entry {
 impl<'a> AcceptTable<'a> {
     /// None if `words` is not exactly a table.
     pub fn new(words: &'a [AtomicU64]) -> Option<Self> {
-        (words.len() == TABLE_WORDS).then_some(AcceptTable { words })
+        (words.len() == TABLE_WORDS).then_some(AcceptTable {
+            words,
+            probe: PROBE,
+        })
+    }
+
+    /// A table of leases and listener keys (probed further).
+    pub fn for_leases(words: &'a [AtomicU64]) -> Option<Self> {
+        (words.len() == LEASE_TABLE_WORDS).then_some(AcceptTable {
+            words,
+            probe: LEASE_PROBE,
+        })
     }
 
     /// Publishes an entry. Only one writer at a time (the caller serializes).
@@ -68,7 +91,7 @@ impl<'a> AcceptTable<'a> {
         let h = seqslot::hash(&key);
         // The first probed slot that is empty or holds the same key; else the hashed slot
         // (overwriting the oldest-looking is not worth the bookkeeping).
-        let target = (0..PROBE)
+        let target = (0..self.probe)
             .map(|p| seqslot::slot(self.words, h + p))
             .find(|s| !seqslot::is_used(s) || seqslot::read(s).is_some_and(|d| d[..6] == key))
             .unwrap_or_else(|| seqslot::slot(self.words, h));
@@ -135,7 +158,7 @@ impl<'a> AcceptTable<'a> {
     pub fn lookup(&self, client_host: &SocketAddr, server_host: &SocketAddr) -> Option<Entry> {
         let key = key(client_host, server_host);
         let h = seqslot::hash(&key);
-        let d = (0..PROBE)
+        let d = (0..self.probe)
             .filter_map(|p| seqslot::read(seqslot::slot(self.words, h + p)))
             .find(|d| d[..6] == key)?;
         Some(Entry {
@@ -205,8 +228,8 @@ mod tests {
 
     #[test]
     fn leases_and_listener_keys() {
-        let words: Vec<AtomicU64> = (0..TABLE_WORDS).map(|_| AtomicU64::new(0)).collect();
-        let t = AcceptTable::new(&words).unwrap();
+        let words: Vec<AtomicU64> = (0..LEASE_TABLE_WORDS).map(|_| AtomicU64::new(0)).collect();
+        let t = AcceptTable::for_leases(&words).unwrap();
         let c = sa("192.168.77.1:61000");
         let s = sa("192.168.77.2:41000");
         assert_eq!(t.lease(&c), None);
@@ -229,5 +252,30 @@ mod tests {
         );
         assert_eq!(t.listener_key(&s, "fd00:32::1".parse().unwrap()), None);
         assert_eq!(t.lease(&s), None);
+    }
+
+    #[test]
+    fn every_lease_of_a_busy_cluster_stays_found() {
+        // Four peers that each leased every port of 40000-65535: all 102k leases stay found.
+        let words: Vec<AtomicU64> = (0..LEASE_TABLE_WORDS).map(|_| AtomicU64::new(0)).collect();
+        let t = AcceptTable::for_leases(&words).unwrap();
+        let hosts = [
+            "192.168.77.1",
+            "192.168.77.3",
+            "192.168.77.4",
+            "192.168.77.5",
+        ];
+        for h in hosts {
+            for p in 40000..=65535u16 {
+                let c = SocketAddr::new(h.parse().unwrap(), p);
+                t.set_lease(&c, Some("10.32.0.1".parse().unwrap()));
+            }
+        }
+        let missing = hosts
+            .iter()
+            .flat_map(|h| (40000..=65535u16).map(move |p| SocketAddr::new(h.parse().unwrap(), p)))
+            .filter(|c| t.lease(c).is_none())
+            .count();
+        assert_eq!(missing, 0);
     }
 }
