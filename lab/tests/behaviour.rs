@@ -532,10 +532,26 @@ print("OK router-robust")
 fn router_configuration_errors_name_the_problem() {
     let _g = lab();
     let router = bin("slim-router").display().to_string();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--host-addr", "192.168.77.1", "--prefix", "10.32.0.0/33"],
             "10.32.0.0/33",
+        ),
+        // The lab's ephemeral range is 10000-39999.
+        (
+            &[
+                "--host-addr",
+                "192.168.77.1",
+                "--socket",
+                "/run/slim-lab/test-z.sock",
+                "--lease-ports",
+                "30000-45000",
+            ],
+            "overlaps the ephemeral port range 10000-39999",
+        ),
+        (
+            &["--host-addr", "192.168.77.1", "--lease-ports", "61000"],
+            "is not a port range such as 61000-65535",
         ),
         (
             &[

@@ -68,6 +68,13 @@ pub fn forget_pool() {
             discard(v as u32 as i32);
         }
     }
+    // A reply on its way belongs to whoever sent the request (the parent, after fork).
+    for p in &PREFETCH {
+        let fd = p.swap(NO_PREFETCH, Ordering::AcqRel);
+        if fd >= 0 {
+            discard(fd);
+        }
+    }
 }
 
 fn take() -> Option<i32> {
@@ -309,14 +316,6 @@ const LEASED: u64 = 1 << 48;
 static SOCKETS: [[AtomicU64; SOCKET_POOL]; 3] =
     [const { [const { AtomicU64::new(EMPTY) }; SOCKET_POOL] }; 3];
 
-fn pool_of(family: i32, overlay_v6: bool) -> &'static [AtomicU64; SOCKET_POOL] {
-    match (family == libc::AF_INET6, overlay_v6) {
-        (false, _) => &SOCKETS[0],
-        (true, false) => &SOCKETS[1],
-        (true, true) => &SOCKETS[2],
-    }
-}
-
 /// A pooled host socket.
 pub struct Pooled {
     pub fd: OwnedFd,
@@ -327,16 +326,43 @@ pub struct Pooled {
     pub leased: bool,
 }
 
+/// Per pool, a router connection whose `Sockets` request is on its way (sent ahead of need, so
+/// that a connect seldom waits for the router), or NO_PREFETCH, or SENDING.
+const NO_PREFETCH: i32 = -1;
+const SENDING: i32 = -2;
+static PREFETCH: [AtomicI32; 3] = [const { AtomicI32::new(NO_PREFETCH) }; 3];
+/// A refill is asked for ahead of need when the pool holds this many sockets or fewer.
+const LOW_WATER: usize = REFILL as usize;
+
+fn pool_index(family: i32, overlay_v6: bool) -> usize {
+    match (family == libc::AF_INET6, overlay_v6) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    }
+}
+
 /// A ready host socket of `family` for connections from `src` (this container's overlay
-/// address for peers of its family), refilling the pool from the router when it is empty.
+/// address for peers of its family). When the pool runs low, more are asked for without
+/// waiting; only an empty pool waits for the router.
 pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
-    let pool = pool_of(family, src.is_ipv6());
+    let idx = pool_index(family, src.is_ipv6());
+    let pool = &SOCKETS[idx];
+    collect_prefetch(idx, src, libc::MSG_DONTWAIT);
     for round in 0..2 {
         for s in pool.iter() {
             let v = s.swap(EMPTY, Ordering::Acquire);
             if v != EMPTY {
                 let fd = v as u32 as i32;
                 crate::fdtable::clear(fd);
+                if pool
+                    .iter()
+                    .filter(|s| s.load(Ordering::Relaxed) != EMPTY)
+                    .count()
+                    <= LOW_WATER
+                {
+                    start_prefetch(family, src, idx);
+                }
                 return Some(Pooled {
                     // SAFETY: the pool owned this descriptor; now the caller does.
                     fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -345,26 +371,90 @@ pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
                 });
             }
         }
-        if round == 0 && !refill(family, src) {
+        if round == 1 {
+            break;
+        }
+        // Empty: wait for the refill on its way, or ask for one now.
+        if !collect_prefetch(idx, src, 0) && !refill(family, src) {
             return None;
         }
     }
     None
 }
 
+fn sockets_request(family: i32, src: core::net::IpAddr) -> Request {
+    Request::Sockets {
+        family,
+        count: REFILL,
+        lease: Some(src),
+    }
+}
+
+/// Sends a `Sockets` request for pool `idx` and leaves its reply to `collect_prefetch`.
+fn start_prefetch(family: i32, src: core::net::IpAddr, idx: usize) {
+    if !available()
+        || PREFETCH[idx]
+            .compare_exchange(NO_PREFETCH, SENDING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let fd = take().or_else(open);
+    let mut buf = [0u8; MAX_FRAME];
+    let sent =
+        fd.filter(|fd| send_request(*fd, &sockets_request(family, src), None, &mut buf).is_some());
+    match sent {
+        Some(fd) => PREFETCH[idx].store(fd, Ordering::Release),
+        None => {
+            if let Some(fd) = fd {
+                discard(fd);
+            }
+            PREFETCH[idx].store(NO_PREFETCH, Ordering::Release);
+        }
+    }
+}
+
+/// Installs the reply to pool `idx`'s prefetch if it has come (`flags` 0: waits for it).
+/// Returns whether sockets were installed.
+fn collect_prefetch(idx: usize, src: core::net::IpAddr, flags: i32) -> bool {
+    let fd = PREFETCH[idx].load(Ordering::Acquire);
+    if fd < 0
+        || PREFETCH[idx]
+            .compare_exchange(fd, SENDING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; MAX_FRAME];
+    match recv_reply(fd, &mut buf, flags) {
+        None if errno() == libc::EAGAIN && flags != 0 => {
+            PREFETCH[idx].store(fd, Ordering::Release);
+            false
+        }
+        None => {
+            discard(fd);
+            PREFETCH[idx].store(NO_PREFETCH, Ordering::Release);
+            false
+        }
+        Some((n, fds)) => {
+            give_back(fd);
+            PREFETCH[idx].store(NO_PREFETCH, Ordering::Release);
+            install(idx, src, &buf[..n], fds)
+        }
+    }
+}
+
 fn refill(family: i32, src: core::net::IpAddr) -> bool {
     let mut buf = [0u8; MAX_FRAME];
-    let Some((n, mut fds)) = call(
-        &Request::Sockets {
-            family,
-            count: REFILL,
-            lease: Some(src),
-        },
-        &mut buf,
-    ) else {
+    let Some((n, fds)) = call(&sockets_request(family, src), &mut buf) else {
         return false;
     };
-    let (leased, ports) = match Reply::decode(&buf[..n]) {
+    install(pool_index(family, src.is_ipv6()), src, &buf[..n], fds)
+}
+
+/// Puts the sockets of a `SocketsOk` reply into pool `idx`.
+fn install(idx: usize, _src: core::net::IpAddr, reply: &[u8], mut fds: Passed) -> bool {
+    let (leased, ports) = match Reply::decode(reply) {
         Ok(Reply::SocketsOk {
             count,
             leased,
@@ -372,7 +462,7 @@ fn refill(family: i32, src: core::net::IpAddr) -> bool {
         }) if count > 0 => (leased, ports),
         _ => return false,
     };
-    let pool = pool_of(family, src.is_ipv6());
+    let pool = &SOCKETS[idx];
     let mut ports = ports.iter();
     while let Some(fd) = fds.take() {
         use std::os::fd::IntoRawFd;
@@ -544,6 +634,19 @@ fn exchange(
     attach: Option<i32>,
     buf: &mut [u8; MAX_FRAME],
 ) -> Option<(usize, Passed)> {
+    send_request(fd, req, attach, buf)?;
+    if !req.expects_reply() {
+        return Some((0, Passed::new()));
+    }
+    recv_reply(fd, buf, 0)
+}
+
+fn send_request(
+    fd: i32,
+    req: &Request,
+    attach: Option<i32>,
+    buf: &mut [u8; MAX_FRAME],
+) -> Option<()> {
     let n = req.encode(buf).ok()?;
     loop {
         let mut iov = libc::iovec {
@@ -571,15 +674,17 @@ fn exchange(
         // SAFETY: msg points at live buffers of the sizes it states.
         let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
         if r >= 0 {
-            break;
+            return Some(());
         }
         if errno() != libc::EINTR {
             return None;
         }
     }
-    if !req.expects_reply() {
-        return Some((0, Passed::new()));
-    }
+}
+
+/// The router's reply on `fd` (`flags`: 0 to wait for it, MSG_DONTWAIT not to; then None with
+/// errno EAGAIN if it has not come yet).
+fn recv_reply(fd: i32, buf: &mut [u8; MAX_FRAME], flags: i32) -> Option<(usize, Passed)> {
     // Room for MAX_PASSED descriptors (CMSG_SPACE(64 * 4) = 272 bytes).
     let mut cbuf = [0u64; 40];
     loop {
@@ -594,7 +699,7 @@ fn exchange(
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = core::mem::size_of_val(&cbuf);
         // SAFETY: msg points at live buffers of the sizes it states.
-        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
         if r < 0 {
             if errno() == libc::EINTR {
                 continue;
