@@ -545,7 +545,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                         let mut t = router.tables();
                         for port in start.port() as u32..start.port() as u32 + count as u32 {
                             let c = SocketAddr::new(start.ip(), port as u16);
-                            pinned += t.lease_from_peer(id, c, overlay, &mut live);
+                            pinned += t.lease_from_peer(c, overlay, &mut live);
                         }
                     }
                     router.counters.pinned.fetch_add(pinned as u64, Ordering::Relaxed);

@@ -48,8 +48,6 @@ impl Default for Stash {
         }
     }
 }
-/// The "peer connection" this router's own leases are recorded under (peer ids start at 1).
-const LOCAL_LEASES: u64 = 0;
 pub const PEER_ACK_WAIT: Duration = Duration::from_secs(2);
 /// Most pooled sockets handed out in one reply (SCM_RIGHTS carries at most 253).
 const MAX_POOL_BATCH: u8 = 64;
@@ -316,7 +314,7 @@ impl Router {
         let mut live = crate::tables::LiveConns::of_this_host();
         let mut t = self.tables();
         for p in ports {
-            let n = t.lease_from_peer(LOCAL_LEASES, *p, owner, &mut live);
+            let n = t.lease_from_peer(*p, owner, &mut live);
             self.counters.pinned.fetch_add(n as u64, Ordering::Relaxed);
         }
     }

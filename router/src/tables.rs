@@ -119,9 +119,8 @@ pub struct Tables {
     announces: HashMap<ConnKey, (Announce, Instant)>,
     waiters: HashMap<ConnKey, Vec<oneshot::Sender<Announce>>>,
     identities: HashMap<Tuple, (Identity, Instant)>,
-    /// Peers' port leases: client host endpoint -> overlay address, and the peer connections
-    /// that told us (two routers may be connected twice).
-    leases: HashMap<SocketAddr, (IpAddr, Vec<u64>)>,
+    /// Port leases (peers' and our own): client host endpoint -> overlay address.
+    leases: HashMap<SocketAddr, IpAddr>,
     /// Connections that arrived from a port before its lease changed hands, kept with the
     /// identity they had: (client host, server host) -> announcement.
     pins: HashMap<ConnKey, Announce>,
@@ -167,23 +166,10 @@ impl Tables {
         for k in touched {
             self.publish(&k);
         }
-        // Its leases too: the peer resends them all when it connects again, and meanwhile a
-        // lease it changed could not reach us. Accepts from those ports ask the router.
-        if let Owner::Peer(conn) = owner {
-            let mut gone = Vec::new();
-            self.leases.retain(|c, (_, conns)| {
-                conns.retain(|x| *x != conn);
-                if conns.is_empty() {
-                    gone.push(*c);
-                }
-                !conns.is_empty()
-            });
-            if let Some(t) = &self.lease_table {
-                for c in gone {
-                    t.set_lease(&c, None);
-                }
-            }
-        }
+        // Its leases stay: they remain true for the sockets they were made for, and a port of
+        // that host changes owner only through a lease that reaches us before any connection
+        // from the new socket can (a reconnecting peer sends its whole table first, and we use
+        // its listeners only once we have acknowledged it... and it ours).
     }
 
     /// Copies the routes of one overlay endpoint to the shared route table (distinct host
@@ -369,7 +355,7 @@ impl Tables {
         if let Some(a) = self.pins.get(&(client_host, server_host)) {
             return Some(*a);
         }
-        let (owner, _) = self.leases.get(&client_host)?;
+        let owner = self.leases.get(&client_host)?;
         Some(Announce {
             client_host,
             server_host,
@@ -378,17 +364,16 @@ impl Tables {
         })
     }
 
-    /// A peer (connection `conn`) leased the port of `client_host` to `owner`. Connections from
+    /// A peer (or this router) leased the port of `client_host` to `owner`. Connections from
     /// that port that this host already has belonged to its previous owner: they are pinned to
     /// that identity first. `live` lists this host's TCP connections as (local, peer).
     pub fn lease_from_peer(
         &mut self,
-        conn: u64,
         client_host: SocketAddr,
         owner: IpAddr,
         live: &mut LiveConns,
     ) -> usize {
-        let prev = self.leases.get(&client_host).map(|(o, _)| *o);
+        let prev = self.leases.get(&client_host).copied();
         let mut pinned = 0;
         if let Some(prev) = prev.filter(|p| *p != owner) {
             for local in live.from(&client_host) {
@@ -429,14 +414,7 @@ impl Tables {
                 }
             }
         }
-        let e = self
-            .leases
-            .entry(client_host)
-            .or_insert((owner, Vec::new()));
-        e.0 = owner;
-        if !e.1.contains(&conn) {
-            e.1.push(conn);
-        }
+        self.leases.insert(client_host, owner);
         // With pins, the shared entry says "ask": a pinned connection's own entry in the shared
         // table could be overwritten, and the lease must then not answer for it.
         let ask = self.pins.keys().any(|(c, _)| *c == client_host);
@@ -569,20 +547,20 @@ mod tests {
         assert!(t.derive(c, s).is_none());
         let x: IpAddr = "10.32.0.1".parse().unwrap();
         let y: IpAddr = "10.32.0.3".parse().unwrap();
-        assert_eq!(t.lease_from_peer(1, c, x, &mut LiveConns::new(Vec::new)), 0);
+        assert_eq!(t.lease_from_peer(c, x, &mut LiveConns::new(Vec::new)), 0);
         let a = t.derive(c, s).unwrap();
         assert_eq!(a.client_overlay, sa("10.32.0.1:61000"));
         assert_eq!(a.server_overlay, sa("10.32.0.2:80"));
         // A connection waiting for its accept when the port goes to y keeps x's identity.
         let mut live = LiveConns::new(move || vec![(s, c)]);
-        assert_eq!(t.lease_from_peer(1, c, y, &mut live), 1);
+        assert_eq!(t.lease_from_peer(c, y, &mut live), 1);
         assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), x);
         t.retain_pins(|_| false);
         assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), y);
         // A connection to another listener port is not this listener's.
         assert!(t.derive(c, sa("192.168.77.2:7001")).is_none());
-        // The peer went away: its leases go with it.
+        // The peer went away: its leases stay true for the sockets they were made for.
         t.drop_owner(Owner::Peer(1));
-        assert!(t.derive(c, s).is_none());
+        assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), y);
     }
 }
