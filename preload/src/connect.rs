@@ -83,9 +83,6 @@ fn route_source(dst: SocketAddr) -> Option<IpAddr> {
 enum Fast {
     /// A pooled host socket, its connect started and announced.
     Done(OwnedFd, Identity),
-    /// A pooled host socket, announced, for a blocking connect the caller makes itself (on the
-    /// program's descriptor, once the socket is there) to this host listener.
-    Deferred(OwnedFd, Identity, SocketAddr),
     /// The router's table says no Slim listener is there: the overlay it is.
     NoListener,
     /// No table, no pooled socket, or a case the fast path does not cover.
@@ -97,13 +94,7 @@ static NEXT_ROUTE: AtomicU32 = AtomicU32::new(0);
 /// Connects without a round trip to the router: the destination's host listener comes from the
 /// router's shared route table, the host socket from the pool the router filled, and the router
 /// is told afterwards (a one-way message) so that it can announce the connection.
-fn fast_connect(
-    family: i32,
-    src_ip: IpAddr,
-    dst: SocketAddr,
-    opts: &SockOpts,
-    blocking: bool,
-) -> Fast {
+fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -> Fast {
     let routes = match link::lookup_route(&dst) {
         Err(()) => return Fast::AskRouter,
         Ok(None) => return Fast::NoListener,
@@ -165,9 +156,6 @@ fn fast_connect(
                 client_overlay: id.local,
                 server_overlay: dst,
             }));
-        }
-        if blocking {
-            return Fast::Deferred(sock, id, host_dst);
         }
         let (ss, len) = addr::to_storage(host_dst, family);
         // SAFETY: ss holds a valid address of `len` bytes; the socket is non-blocking.
@@ -233,6 +221,34 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
         _ => SockOpts::default(),
     };
     let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
+    let (host, id, cookie) = match fast_connect(family, src_ip, ndst, &opts) {
+        Fast::Done(host, id) => (host, id, 0),
+        Fast::NoListener => return None,
+        Fast::AskRouter => {
+            let req = Request::Connect(ConnectReq {
+                family,
+                src_ip,
+                dst: ndst,
+                opts,
+            });
+            let mut buf = [0u8; MAX_FRAME];
+            let (n, mut passed) = link::call(&req, &mut buf)?;
+            let (id, cookie) = match Reply::decode(&buf[..n]) {
+                Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
+                Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
+                    slog!(DEBUG, "connect to {dst} refused by the router: {message}");
+                    set_errno(e);
+                    return Some(-1);
+                }
+                Ok(other) => {
+                    slog!(DEBUG, "connect to {dst}: {:?}; using the overlay", other);
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            (passed.take()?, id, cookie)
+        }
+    };
     // SAFETY: fcntl queries on the program's descriptor.
     let (fl, fdfl) = unsafe {
         (
@@ -242,96 +258,8 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     };
     let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
     let cloexec = fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0;
-    let (host, id, cookie, deferred) = match fast_connect(family, src_ip, ndst, &opts, !nonblock) {
-        Fast::Done(host, id) => (host, id, 0, None),
-        Fast::Deferred(host, id, to) => (host, id, 0, Some(to)),
-        Fast::NoListener => return None,
-        Fast::AskRouter => match router_connect(family, src_ip, ndst, opts, dst)? {
-            Ok((host, id, cookie)) => (host, id, cookie, None),
-            Err(r) => return Some(r),
-        },
-    };
-    if !install(fd, host, cloexec, family, cookie, id, &regs) {
-        return None;
-    }
-    slog!(DEBUG, "fd {fd}: Slim connection {} -> {dst}", id.local);
-    if let Some(to) = deferred {
-        // The program's blocking socket again, and the kernel's own blocking connect on it:
-        // timeouts (SO_SNDTIMEO), signals and errors are exactly the kernel's.
-        // SAFETY: F_SETFL on the program's descriptor, with the program's own flags.
-        unsafe { real::fcntl(fd, libc::F_SETFL, fl.max(0) as usize) };
-        let (ss, len) = addr::to_storage(to, family);
-        // SAFETY: ss holds a valid address of `len` bytes.
-        let r = unsafe { real::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
-        if r == 0 || errno() != libc::EADDRNOTAVAIL {
-            return Some(r);
-        }
-        // The pooled socket's 4-tuple is still taken (a TIME_WAIT too young to reuse): the
-        // router makes the connection from a port the kernel picks.
-        let (host, id, cookie) =
-            match router_connect(family, src_ip, ndst, SockOpts::default(), dst)? {
-                Ok(x) => x,
-                Err(r) => return Some(r),
-            };
-        if !install(fd, host, cloexec, family, cookie, id, &regs) {
-            set_errno(libc::EADDRNOTAVAIL);
-            return Some(-1);
-        }
-        return Some(finish_blocking(fd));
-    }
-    if nonblock {
-        set_errno(libc::EINPROGRESS);
-        return Some(-1);
-    }
-    Some(finish_blocking(fd))
-}
-
-/// Asks the router for a host connection. None: use the overlay; Err: the program's connect
-/// fails with this result (errno set).
-fn router_connect(
-    family: i32,
-    src_ip: IpAddr,
-    ndst: SocketAddr,
-    opts: SockOpts,
-    dst: SocketAddr,
-) -> Option<Result<(OwnedFd, Identity, u64), i32>> {
-    let req = Request::Connect(ConnectReq {
-        family,
-        src_ip,
-        dst: ndst,
-        opts,
-    });
-    let mut buf = [0u8; MAX_FRAME];
-    let (n, mut passed) = link::call(&req, &mut buf)?;
-    let (id, cookie) = match Reply::decode(&buf[..n]) {
-        Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
-        Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
-            slog!(DEBUG, "connect to {dst} refused by the router: {message}");
-            set_errno(e);
-            return Some(Err(-1));
-        }
-        Ok(other) => {
-            slog!(DEBUG, "connect to {dst}: {:?}; using the overlay", other);
-            return None;
-        }
-        Err(_) => return None,
-    };
-    Some(Ok((passed.take()?, id, cookie)))
-}
-
-/// Puts the host socket under the program's descriptor number (dup3 atomically replaces its
-/// unconnected overlay socket), records it, and re-adds it to the epoll sets the program had
-/// registered the old socket in.
-fn install(
-    fd: i32,
-    host: OwnedFd,
-    cloexec: bool,
-    family: i32,
-    cookie: u64,
-    id: Identity,
-    regs: &[Option<crate::fdtable::EpollReg>],
-) -> bool {
-    // SAFETY: dup3 onto the program's descriptor number.
+    // SAFETY: dup3 onto the program's descriptor number atomically replaces its unconnected
+    // overlay socket with the host socket, whose connect is already under way.
     let d = unsafe {
         real::dup3(
             host.as_raw_fd(),
@@ -341,12 +269,12 @@ fn install(
     };
     drop(host);
     if d < 0 {
-        return false;
+        return None;
     }
     if let Some(s) = fdtable::get_or_alloc(fd) {
         s.set_conn(family, cookie, id.local, id.peer);
     }
-    for reg in regs.iter().flatten() {
+    for reg in regs.into_iter().flatten() {
         let mut ev = libc::epoll_event {
             events: reg.events,
             u64: reg.data,
@@ -354,7 +282,12 @@ fn install(
         // SAFETY: ev is valid; re-registers the new socket where the program had registered the old.
         unsafe { real::epoll_ctl(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
-    true
+    slog!(DEBUG, "fd {fd}: Slim connection {} -> {dst}", id.local);
+    if nonblock {
+        set_errno(libc::EINPROGRESS);
+        return Some(-1);
+    }
+    Some(finish_blocking(fd))
 }
 
 fn set_blocking(fd: i32) {
