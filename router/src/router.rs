@@ -28,8 +28,11 @@ pub fn in_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// announcement left the client's router before the connection's SYN, so it is normally there first.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// How long a listen waits for the peers to confirm they know the new listener.
-/// Most ports leased at a time for one owner (see `leased_sockets`).
-const LEASE_CHUNK: usize = 256;
+/// Most ports leased at a time for one owner (see `leased_sockets`). Small: a restock is a burst
+/// of socket/setsockopt/bind calls, and a long burst on a busy CPU delays whoever it preempts
+/// (`make bench-quick --only conn1`: 0.7x the host network's one-client rate with 256, 0.8x with
+/// 32 or 64).
+const LEASE_CHUNK: usize = 64;
 /// A stash its owner has not drawn from for this long is closed.
 const STASH_IDLE: Duration = Duration::from_secs(30);
 
