@@ -763,11 +763,11 @@ pub unsafe extern "C" fn epoll_ctl(
         {
             // SAFETY: ev valid as above.
             let e0 = unsafe { *ev };
-            if e0.events & exclusive != 0 && recover_listener(fd).is_some() {
-                let mut e = e0;
-                e.events &= !exclusive;
-                // SAFETY: e is a valid local copy.
-                return unsafe { real::epoll_ctl(epfd, op, fd, &mut e) };
+            // A listener inherited across exec, met for the first time: registered as any.
+            if e0.events & exclusive != 0 {
+                if let Some((i, _)) = recover_listener(fd) {
+                    return listener_epoll_ctl(epfd, op, fd, ev, i);
+                }
             }
             set_errno(libc::EINVAL);
         }

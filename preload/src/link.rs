@@ -262,6 +262,18 @@ static ROUTE_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut())
 /// Peers' port leases and our listeners' overlay keys (an accept table of its own).
 static LEASE_TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 
+/// A table `map_table` mapped (None until a router sent it), as its `words` words.
+fn mapped(table: &AtomicPtr<AtomicU64>, words: usize) -> Option<&'static [AtomicU64]> {
+    let p = table.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: map_table stores only live read-only mappings of the table's whole size (the
+    // callers pass that size), page-aligned and never unmapped; the router writes them only
+    // through atomics.
+    Some(unsafe { core::slice::from_raw_parts(p as *const AtomicU64, words) })
+}
+
 fn map_table(fd: &OwnedFd, bytes: usize, into: &AtomicPtr<AtomicU64>) {
     use std::os::fd::AsRawFd;
     // SAFETY: a read-only shared mapping of the router's sealed table (it cannot shrink under
@@ -289,15 +301,10 @@ fn map_table(fd: &OwnedFd, bytes: usize, into: &AtomicPtr<AtomicU64>) {
 pub fn lookup_route(
     overlay: &core::net::SocketAddr,
 ) -> Result<Option<slim_uapi::route_table::Routes>, ()> {
-    let p = ROUTE_TABLE.load(Ordering::Acquire);
-    if p.is_null() || !available() {
+    if !available() {
         return Err(());
     }
-    // SAFETY: p is a live read-only mapping of exactly TABLE_WORDS u64 words (page-aligned),
-    // never unmapped; the router writes it only through atomics.
-    let words = unsafe {
-        core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::route_table::TABLE_WORDS)
-    };
+    let words = mapped(&ROUTE_TABLE, slim_uapi::route_table::TABLE_WORDS).ok_or(())?;
     let t = slim_uapi::route_table::RouteTable::new(words).ok_or(())?;
     Ok(t.lookup(overlay))
 }
@@ -348,7 +355,7 @@ fn pool_index(family: i32, overlay_v6: bool) -> usize {
 pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
     let idx = pool_index(family, src.is_ipv6());
     let pool = &SOCKETS[idx];
-    collect_prefetch(idx, src, libc::MSG_DONTWAIT);
+    collect_prefetch(idx, libc::MSG_DONTWAIT);
     for round in 0..2 {
         for s in pool.iter() {
             let v = s.swap(EMPTY, Ordering::Acquire);
@@ -375,7 +382,7 @@ pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
             break;
         }
         // Empty: wait for the refill on its way, or ask for one now.
-        if !collect_prefetch(idx, src, 0) && !refill(family, src) {
+        if !collect_prefetch(idx, 0) && !refill(family, src) {
             return None;
         }
     }
@@ -416,7 +423,7 @@ fn start_prefetch(family: i32, src: core::net::IpAddr, idx: usize) {
 
 /// Installs the reply to pool `idx`'s prefetch if it has come (`flags` 0: waits for it).
 /// Returns whether sockets were installed.
-fn collect_prefetch(idx: usize, src: core::net::IpAddr, flags: i32) -> bool {
+fn collect_prefetch(idx: usize, flags: i32) -> bool {
     let fd = PREFETCH[idx].load(Ordering::Acquire);
     if fd < 0
         || PREFETCH[idx]
@@ -439,7 +446,7 @@ fn collect_prefetch(idx: usize, src: core::net::IpAddr, flags: i32) -> bool {
         Some((n, fds)) => {
             give_back(fd);
             PREFETCH[idx].store(NO_PREFETCH, Ordering::Release);
-            install(idx, src, &buf[..n], fds)
+            install(idx, &buf[..n], fds)
         }
     }
 }
@@ -449,11 +456,11 @@ fn refill(family: i32, src: core::net::IpAddr) -> bool {
     let Some((n, fds)) = call(&sockets_request(family, src), &mut buf) else {
         return false;
     };
-    install(pool_index(family, src.is_ipv6()), src, &buf[..n], fds)
+    install(pool_index(family, src.is_ipv6()), &buf[..n], fds)
 }
 
 /// Puts the sockets of a `SocketsOk` reply into pool `idx`.
-fn install(idx: usize, _src: core::net::IpAddr, reply: &[u8], mut fds: Passed) -> bool {
+fn install(idx: usize, reply: &[u8], mut fds: Passed) -> bool {
     let (leased, ports) = match Reply::decode(reply) {
         Ok(Reply::SocketsOk {
             count,
@@ -493,15 +500,7 @@ pub fn lookup_accepted(
     client_host: &core::net::SocketAddr,
     server_host: &core::net::SocketAddr,
 ) -> Option<slim_uapi::accept_table::Entry> {
-    let p = ACCEPT_TABLE.load(Ordering::Acquire);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: p is a live read-only mapping of exactly TABLE_WORDS u64 words (page-aligned),
-    // never unmapped; the router writes it only through atomics.
-    let words = unsafe {
-        core::slice::from_raw_parts(p as *const AtomicU64, slim_uapi::accept_table::TABLE_WORDS)
-    };
+    let words = mapped(&ACCEPT_TABLE, slim_uapi::accept_table::TABLE_WORDS)?;
     slim_uapi::accept_table::AcceptTable::new(words)?.lookup_connection(client_host, server_host)
 }
 
@@ -513,13 +512,7 @@ pub fn lookup_leased(
     server_host: &core::net::SocketAddr,
 ) -> Option<slim_uapi::accept_table::Entry> {
     use slim_uapi::accept_table::{AcceptTable, Lease, LEASE_TABLE_WORDS};
-    let p = LEASE_TABLE.load(Ordering::Acquire);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: p is a live read-only mapping of exactly LEASE_TABLE_WORDS u64 words (page-aligned),
-    // never unmapped; the router writes it only through atomics.
-    let words = unsafe { core::slice::from_raw_parts(p as *const AtomicU64, LEASE_TABLE_WORDS) };
+    let words = mapped(&LEASE_TABLE, LEASE_TABLE_WORDS)?;
     let t = AcceptTable::for_leases(words)?;
     let Lease::Owner(owner) = t.lease(client_host)? else {
         return None;

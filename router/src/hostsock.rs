@@ -295,12 +295,8 @@ pub fn bound_socket(
     ports: (u16, u16),
     seed: &mut u64,
 ) -> io::Result<(OwnedFd, u16)> {
-    let fd = new_socket(family)?;
+    let fd = new_reusable(family)?;
     let raw = fd.as_raw_fd();
-    set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    if family == libc::AF_INET6 {
-        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-    }
     let span = (ports.1.saturating_sub(ports.0) as u64).max(1);
     let mut last = io::Error::from_raw_os_error(libc::EADDRINUSE);
     for _ in 0..16 {
@@ -324,20 +320,28 @@ pub fn bound_socket(
 
 /// A host socket with SO_REUSEADDR bound to `host` and exactly `port`, not connected.
 pub fn reusable_socket(family: i32, host: IpAddr, port: u16) -> io::Result<OwnedFd> {
-    let fd = new_socket(family)?;
-    let raw = fd.as_raw_fd();
-    set_reuseaddr(raw)?;
-    if family == libc::AF_INET6 {
-        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-    }
+    let fd = new_reusable(family)?;
     let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
     // SAFETY: ss holds a valid address of length len.
-    cvt(unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) })?;
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
     Ok(fd)
 }
 
-fn set_reuseaddr(fd: RawFd) -> io::Result<()> {
-    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+/// A new host socket with SO_REUSEADDR (and, for IPv6, reaching IPv4 hosts too), not bound.
+fn new_reusable(family: i32) -> io::Result<OwnedFd> {
+    let fd = new_socket(family)?;
+    let raw = fd.as_raw_fd();
+    set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if family == libc::AF_INET6 {
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    Ok(fd)
 }
 
 /// The ephemeral port range of this network namespace.

@@ -134,49 +134,23 @@ impl PeerSet {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Sends new listeners to every peer and waits (bounded) until each has acknowledged them.
-    pub async fn add_listeners(&self, entries: &[ListenerEntry], wait: Duration) {
+    /// Sends `n` messages (`make(i, seq)`) to every peer and waits (bounded) until each has
+    /// acknowledged them all. False if one did not in time (`what` says what, in the warning).
+    async fn send_acked(
+        &self,
+        n: usize,
+        make: impl Fn(usize, u64) -> PeerMsg,
+        wait: Duration,
+        what: &str,
+    ) -> bool {
         let mut waits = Vec::new();
         {
             let conns = self.conns();
             for (id, c) in conns.iter() {
                 let mut last = 0;
-                for e in entries {
+                for i in 0..n {
                     last = self.next_seq();
-                    let _ = c.tx.send(PeerMsg::ListenerAdd {
-                        seq: last,
-                        entry: *e,
-                    });
-                }
-                if last != 0 {
-                    waits.push((*id, c.host, c.acked.clone(), last));
-                }
-            }
-        }
-        for (id, host, mut acked, want) in waits {
-            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(peer = %host, conn = id, "peer did not confirm a new listener in time");
-            }
-        }
-    }
-
-    /// Tells every peer that connections from these host endpoints (ports of ours) are from
-    /// `owner`, and waits (bounded) until each has acknowledged. False if one did not in time.
-    pub async fn lease(&self, ports: &[SocketAddr], owner: IpAddr, wait: Duration) -> bool {
-        let mut waits = Vec::new();
-        {
-            let conns = self.conns();
-            for (id, c) in conns.iter() {
-                let mut last = 0;
-                for (start, count) in runs(ports) {
-                    last = self.next_seq();
-                    let _ = c.tx.send(PeerMsg::Lease {
-                        seq: last,
-                        client_host: start,
-                        count,
-                        overlay: owner,
-                    });
+                    let _ = c.tx.send(make(i, last));
                 }
                 if last != 0 {
                     waits.push((*id, c.host, c.acked.clone(), last));
@@ -187,11 +161,40 @@ impl PeerSet {
         for (id, host, mut acked, want) in waits {
             let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
             if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(peer = %host, conn = id, "peer did not confirm a port lease in time; pooled sockets without a lease meanwhile");
+                tracing::warn!(peer = %host, conn = id, "peer did not confirm {what} in time");
                 all = false;
             }
         }
         all
+    }
+
+    /// Sends new listeners to every peer and waits (bounded) until each has acknowledged them.
+    pub async fn add_listeners(&self, entries: &[ListenerEntry], wait: Duration) {
+        let make = |i: usize, seq| PeerMsg::ListenerAdd {
+            seq,
+            entry: entries[i],
+        };
+        self.send_acked(entries.len(), make, wait, "a new listener")
+            .await;
+    }
+
+    /// Tells every peer that connections from these host endpoints (ports of ours) are from
+    /// `owner`, and waits (bounded) until each has acknowledged. False if one did not in time.
+    pub async fn lease(&self, ports: &[SocketAddr], owner: IpAddr, wait: Duration) -> bool {
+        let runs = runs(ports);
+        let make = |i: usize, seq| PeerMsg::Lease {
+            seq,
+            client_host: runs[i].0,
+            count: runs[i].1,
+            overlay: owner,
+        };
+        self.send_acked(
+            runs.len(),
+            make,
+            wait,
+            "a port lease (pooled sockets without a lease meanwhile)",
+        )
+        .await
     }
 
     pub fn del_listeners(&self, entries: &[ListenerEntry]) {

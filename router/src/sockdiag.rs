@@ -161,35 +161,13 @@ pub fn live_sockets_in(lo: u16, hi: u16) -> io::Result<Vec<(u16, u64)>> {
 /// Whether this kernel lists sockets that are only bound (Linux 6.8+), which port leases need
 /// to tell when a leased socket is gone.
 pub fn lists_bound_sockets() -> bool {
-    // SAFETY: plain socket(2); checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    let Ok(fd) = crate::hostsock::reusable_socket(libc::AF_INET, Ipv4Addr::LOCALHOST.into(), 0)
+    else {
         return false;
-    }
-    // SAFETY: fd was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sin is a valid sockaddr_in of the stated length.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
     };
     let Ok(cookie) = crate::hostsock::cookie(fd.as_raw_fd()) else {
         return false;
     };
-    if r != 0 {
-        return false;
-    }
     let mut found = false;
     let _ = dump_family(libc::AF_INET as u8, 1 << TCP_BOUND_INACTIVE, &mut |m| {
         found |= cookie_of(m) == cookie;
