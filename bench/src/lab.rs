@@ -65,7 +65,26 @@ pub const OVERLAY_SAME_HOST: Mode = Mode {
     what: "c1 -> c3, both on h1, over the host's bridge, no Slim",
 };
 
-pub const ALL_MODES: [Mode; 5] = [HOST, OVERLAY, SLIM, SLIM_SAME_HOST, OVERLAY_SAME_HOST];
+/// The host network's own same-host path (loopback in h1's namespace): the fair baseline for
+/// the two same-host modes, whose traffic never leaves h1 either (Slim's goes over loopback
+/// too, host socket to host socket).
+pub const HOST_SAME_HOST: Mode = Mode {
+    key: "host_same_host",
+    client: "h1",
+    server: "h1",
+    slim: false,
+    index: 5,
+    what: "h1 -> h1 (loopback in the host's namespace), no Slim",
+};
+
+pub const ALL_MODES: [Mode; 6] = [
+    HOST,
+    OVERLAY,
+    SLIM,
+    SLIM_SAME_HOST,
+    OVERLAY_SAME_HOST,
+    HOST_SAME_HOST,
+];
 
 pub fn mode_by_key(key: &str) -> Option<Mode> {
     ALL_MODES.iter().copied().find(|m| m.key == key)

@@ -39,8 +39,8 @@ struct Cli {
     /// Seconds per run [default: 4, --quick: 1].
     #[arg(long)]
     secs: Option<f64>,
-    /// Modes, comma separated, from host, overlay, slim, slim_same_host, overlay_same_host
-    /// [default: all five; --quick: all but overlay_same_host].
+    /// Modes, comma separated, from host, overlay, slim, slim_same_host, overlay_same_host,
+    /// host_same_host [default: all six; --quick: host, overlay, slim, slim_same_host].
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Only these measurements (group names rr, conn1, conn4, tput1, tput4, nginx_keepalive,

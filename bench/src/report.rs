@@ -208,38 +208,47 @@ pub fn table(metrics: &[&Metric], modes: &[Mode], r: &Results) -> String {
     write_table(&mut out, &header, &rows, &[0, 1, 7, 8]);
     let (slim, overlay) = (has("slim_same_host"), has("overlay_same_host"));
     if slim || overlay {
-        out.push_str("\nSame host (c1 -> c3, both containers on h1):\n");
+        // Same-host traffic never leaves h1: its fair baseline is h1 -> h1 when it was measured,
+        // else the two-host host network.
+        let base = if has("host_same_host") {
+            "host_same_host"
+        } else {
+            "host"
+        };
+        out.push_str(&format!(
+            "\nSame host (c1 -> c3, both containers on h1; ratios to {base}):\n"
+        ));
         let mut header = vec!["workload".to_string(), "unit".to_string()];
+        // (mode, None): its cell; (a, Some(b)): the ratio a/b.
+        let mut cols: Vec<(&str, Option<&str>)> = Vec::new();
+        if base == "host_same_host" {
+            cols.push((base, None));
+        }
         if slim {
-            header.push("slim_same_host".into());
+            cols.push(("slim_same_host", None));
         }
         if overlay {
-            header.push("overlay_same_host".into());
-            header.push("overlay_same_host/host".into());
+            cols.push(("overlay_same_host", None));
+            cols.push(("overlay_same_host", Some(base)));
         }
         if slim {
-            header.push("slim_same_host/host".into());
+            cols.push(("slim_same_host", Some(base)));
         }
         if slim && overlay {
-            header.push("slim_same_host/overlay_same_host".into());
+            cols.push(("slim_same_host", Some("overlay_same_host")));
         }
+        header.extend(cols.iter().map(|(a, b)| match b {
+            None => a.to_string(),
+            Some(b) => format!("{a}/{b}"),
+        }));
         let rows: Vec<Vec<String>> = metrics
             .iter()
             .map(|m| {
                 let mut row = vec![m.title.to_string(), m.unit.to_string()];
-                if slim {
-                    row.push(cell_text(r.get(m.key, "slim_same_host")));
-                }
-                if overlay {
-                    row.push(cell_text(r.get(m.key, "overlay_same_host")));
-                    row.push(ratio_text(r, m.key, "overlay_same_host", "host"));
-                }
-                if slim {
-                    row.push(ratio_text(r, m.key, "slim_same_host", "host"));
-                }
-                if slim && overlay {
-                    row.push(ratio_text(r, m.key, "slim_same_host", "overlay_same_host"));
-                }
+                row.extend(cols.iter().map(|(a, b)| match b {
+                    None => cell_text(r.get(m.key, a)),
+                    Some(b) => ratio_text(r, m.key, a, b),
+                }));
                 row
             })
             .collect();
@@ -309,6 +318,12 @@ pub fn results_json(metrics: &[&Metric], modes: &[Mode], r: &Results) -> (Json, 
                         "slim_same_host" => Some("overlay_same_host"),
                         _ => None,
                     };
+                    // And each same-host mode against the host network's same-host path.
+                    if mode.key.ends_with("_same_host") && mode.key != "host_same_host" {
+                        if let Some(v) = r.median(m.key, "host_same_host").filter(|v| *v > 0.0) {
+                            j.set("ratio_to_host_same_host", s.median / v);
+                        }
+                    }
                     if let Some(o) = overlay {
                         if let Some(v) = r.median(m.key, o).filter(|v| *v > 0.0) {
                             j.set(&format!("ratio_to_{o}"), s.median / v);
@@ -368,10 +383,15 @@ import matplotlib.pyplot as plt
 src, dst = sys.argv[1], sys.argv[2]
 d = json.load(open(src))
 res = d["results"]
+# Same-host modes are shown against the host network's own same-host path when it was measured.
+same_base = "host_same_host" if any(
+    isinstance(c, dict) and (c.get("host_same_host") or {}).get("median")
+    for c in res.values()) else "host"
+base_name = "host, same host" if same_base == "host_same_host" else "host"
 series = [("overlay", "VXLAN overlay / host", "#999999"),
           ("slim", "Slim / host", "#1f77b4"),
-          ("overlay_same_host", "VXLAN overlay, same host / host", "#d9d9d9"),
-          ("slim_same_host", "Slim, same host / host", "#9ecae1")]
+          ("overlay_same_host", "VXLAN overlay, same host / " + base_name, "#d9d9d9"),
+          ("slim_same_host", "Slim, same host / " + base_name, "#9ecae1")]
 rows = []
 for w, cells in res.items():
     if not isinstance(cells, dict) or "host" not in cells:
@@ -384,7 +404,10 @@ for w, cells in res.items():
     for key, _, _ in series:
         c = cells.get(key) or {}
         m = c.get("median")
-        vals.append(m / h if m is not None else None)
+        b = h
+        if key.endswith("_same_host"):
+            b = (cells.get(same_base) or {}).get("median")
+        vals.append(m / b if m is not None and b else None)
     label = w + ("" if hib else "  (lower is better)")
     rows.append((label, vals))
 if not rows:
@@ -413,7 +436,7 @@ ax.set_xlim(0, top * 1.1)
 ax.set_yticks(range(len(rows)))
 ax.set_yticklabels([r[0] for r in rows], fontsize=8)
 ax.invert_yaxis()
-ax.set_xlabel("ratio of medians to the host network (1.0 = host)")
+ax.set_xlabel("ratio of medians to the host network (1.0 = host; same-host bars: to %s)" % base_name)
 title = "Slim vs VXLAN overlay vs host network, %s, commit %s%s" % (
     d.get("date", "?"), (d.get("commit") or "?")[:10], ", quick run" if d.get("quick") else "")
 if any("loaded machine" in n for n in d.get("notes", [])):
@@ -518,5 +541,29 @@ mod tests {
         assert!(text.contains("10.00 [9.000..11.00]"), "{text}");
         assert!(text.contains("0.98x"), "{text}");
         assert!(text.contains("pass"), "{text}");
+    }
+
+    #[test]
+    fn same_host_modes_are_compared_with_the_same_host_baseline() {
+        use crate::lab::{HOST_SAME_HOST, SLIM_SAME_HOST};
+        let t = metric("tcp_throughput_4");
+        let mut r = results(t.key, 48.0, 24.0, 47.0);
+        r.cell(t.key, "slim_same_host").runs = vec![30.0];
+        let modes = [HOST, OVERLAY, SLIM, SLIM_SAME_HOST];
+        // Without h1 -> h1, the two-host host network is the only baseline there is.
+        let text = table(&[t], &modes, &r);
+        assert!(text.contains("slim_same_host/host\n"), "{text}");
+        assert!(text.contains("0.62x"), "{text}");
+        r.cell(t.key, "host_same_host").runs = vec![32.0];
+        let modes = [HOST, OVERLAY, SLIM, SLIM_SAME_HOST, HOST_SAME_HOST];
+        let text = table(&[t], &modes, &r);
+        assert!(text.contains("slim_same_host/host_same_host"), "{text}");
+        assert!(text.contains("0.94x"), "{text}");
+        let (res, _) = results_json(&[t], &modes, &r);
+        let same = res.get(t.key).and_then(|w| w.get("slim_same_host")).unwrap();
+        let Some(Json::Num(ratio)) = same.get("ratio_to_host_same_host") else {
+            panic!("no ratio_to_host_same_host");
+        };
+        assert!((ratio - 30.0 / 32.0).abs() < 1e-9);
     }
 }
