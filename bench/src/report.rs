@@ -560,7 +560,10 @@ mod tests {
         assert!(text.contains("slim_same_host/host_same_host"), "{text}");
         assert!(text.contains("0.94x"), "{text}");
         let (res, _) = results_json(&[t], &modes, &r);
-        let same = res.get(t.key).and_then(|w| w.get("slim_same_host")).unwrap();
+        let same = res
+            .get(t.key)
+            .and_then(|w| w.get("slim_same_host"))
+            .unwrap();
         let Some(Json::Num(ratio)) = same.get("ratio_to_host_same_host") else {
             panic!("no ratio_to_host_same_host");
         };
