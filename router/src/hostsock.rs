@@ -278,7 +278,12 @@ fn bind_host(fd: RawFd, family: i32, host: IpAddr) -> io::Result<()> {
         // A v6 socket reaches IPv4 hosts through IPv4-mapped addresses.
         set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
     }
-    let (ss, len) = to_sockaddr(&SocketAddr::new(host, 0), family)?;
+    bind_to(fd, SocketAddr::new(host, 0), family)
+}
+
+/// bind(2) of `fd` to `addr`, spelled for a socket of `family`.
+fn bind_to(fd: RawFd, addr: SocketAddr, family: i32) -> io::Result<()> {
+    let (ss, len) = to_sockaddr(&addr, family)?;
     // SAFETY: ss holds a valid address of length len.
     cvt(unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) })?;
     Ok(())
@@ -305,12 +310,10 @@ pub fn bound_socket(
         *seed ^= *seed >> 7;
         *seed ^= *seed << 17;
         let port = ports.0 + (*seed % span) as u16;
-        let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
-        // SAFETY: ss holds a valid address of length len.
-        if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
-            return Ok((fd, port));
+        match bind_to(raw, SocketAddr::new(host, port), family) {
+            Ok(()) => return Ok((fd, port)),
+            Err(e) => last = e,
         }
-        last = io::Error::last_os_error();
         if last.raw_os_error() != Some(libc::EADDRINUSE) {
             break;
         }
@@ -321,15 +324,7 @@ pub fn bound_socket(
 /// A host socket with SO_REUSEADDR bound to `host` and exactly `port`, not connected.
 pub fn reusable_socket(family: i32, host: IpAddr, port: u16) -> io::Result<OwnedFd> {
     let fd = new_reusable(family)?;
-    let (ss, len) = to_sockaddr(&SocketAddr::new(host, port), family)?;
-    // SAFETY: ss holds a valid address of length len.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })?;
+    bind_to(fd.as_raw_fd(), SocketAddr::new(host, port), family)?;
     Ok(fd)
 }
 
@@ -440,16 +435,7 @@ pub fn check_local_address(ip: IpAddr) -> io::Result<()> {
         libc::AF_INET6
     };
     let fd = new_socket(family)?;
-    let (ss, len) = to_sockaddr(&SocketAddr::new(ip, 0), family)?;
-    // SAFETY: ss holds a valid address of length len.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })?;
-    Ok(())
+    bind_to(fd.as_raw_fd(), SocketAddr::new(ip, 0), family)
 }
 
 #[cfg(test)]
