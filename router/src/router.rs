@@ -717,6 +717,9 @@ impl Router {
 
     /// Forgets identities of host sockets the kernel no longer has.
     pub fn sweep_identities(&self) {
+        if !self.tables().sweep_needed(std::time::Instant::now()) {
+            return;
+        }
         match crate::sockdiag::live_tcp_tuples() {
             Ok(live) => {
                 let mut t = self.tables();

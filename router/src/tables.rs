@@ -457,6 +457,17 @@ impl Tables {
 
     /// Keeps the identities whose socket `alive` says still exists, and young ones (announced
     /// connections whose socket may not exist yet); returns how many went.
+    /// Whether a sweep could forget anything: pins, or identities past their grace period. A
+    /// sock_diag dump walks every TCP socket of the host, TIME_WAIT ones included (tens of
+    /// thousands under a high connection rate), so it is skipped when it cannot matter.
+    pub fn sweep_needed(&self, now: Instant) -> bool {
+        !self.pins.is_empty()
+            || self
+                .identities
+                .values()
+                .any(|(_, born)| now.duration_since(*born) >= IDENTITY_GRACE)
+    }
+
     pub fn retain_identities(&mut self, alive: impl Fn(&Tuple) -> bool, now: Instant) -> usize {
         let before = self.identities.len();
         self.identities
@@ -506,6 +517,30 @@ mod tests {
         let mut rx = t.take_announce(a.client_host, a.server_host).unwrap_err();
         t.announce(a);
         assert_eq!(rx.try_recv().unwrap(), a);
+    }
+
+    /// The periodic sweep dumps every TCP socket of the host: only when something could go.
+    #[test]
+    fn sweeps_only_when_something_could_be_forgotten() {
+        let mut t = Tables::default();
+        let now = Instant::now();
+        assert!(!t.sweep_needed(now));
+        let tuple = (sa("192.168.77.2:6000"), sa("192.168.77.1:5000"));
+        t.set_identity(
+            tuple,
+            Identity {
+                local: sa("10.32.0.2:80"),
+                peer: Some(sa("10.32.0.1:5000")),
+            },
+        );
+        assert!(
+            !t.sweep_needed(now),
+            "identities within their grace period stay"
+        );
+        let later = Instant::now() + IDENTITY_GRACE;
+        assert!(t.sweep_needed(later));
+        assert_eq!(t.retain_identities(|_| false, later), 1);
+        assert!(!t.sweep_needed(later));
     }
 
     #[test]
