@@ -697,3 +697,20 @@ fn attack_suite_finds_unrestricted_sockets_without_secure_mode() {
         assert!(t.contains(expect), "expected {expect:?} in:\n{t}");
     }
 }
+
+/// Once a process's connections go the fast way, socket() may hand it a host socket: it must
+/// still look and behave like a fresh socket of the container (flags, getsockname, options,
+/// bind to the overlay address, listen, loopback, dup, a refused connect, exec).
+#[test]
+fn fresh_sockets_stay_fresh_sockets_of_the_container() {
+    let _g = lab();
+    let _s = serve("c2", true, 7150, &[]);
+    let tp = testprog();
+    let out = ok(
+        "c1",
+        true,
+        &[&tp, "fresh-sockets", C2, "7150", "--dead-port", "7151"],
+    );
+    assert!(out.contains("OK fresh-inherited"), "{out}");
+    assert!(out.contains("OK fresh-sockets"), "{out}");
+}

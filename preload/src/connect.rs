@@ -2,7 +2,7 @@
 
 use crate::addr::{self, normalize};
 use crate::config;
-use crate::fdtable::{self, CANDIDATE, CONN, LISTENER, NONE, PLAIN};
+use crate::fdtable::{self, CANDIDATE, CONN, HOSTED, LISTENER, NONE, PLAIN};
 use crate::hooks::{errno, set_errno, sock_int};
 use crate::link;
 use crate::listener;
@@ -182,14 +182,294 @@ fn normalize_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The container's IPv4 source address for overlay peers (0: none), set once a connection
+/// from it went the fast way. From then on `socket()` hands out pooled host sockets: a connect
+/// to a Slim listener then needs no second socket and no descriptor swap. The first socket
+/// that has to become an overlay socket after all clears it, so a program whose connections
+/// mostly go elsewhere stops paying for the swap.
+static HOSTED_SRC: AtomicU32 = AtomicU32::new(0);
+
+/// socket(AF_INET, SOCK_STREAM) once connections are known to go the fast way: a pooled host
+/// socket under the lowest free descriptor number, as socket() would give, with the flags the
+/// program asked for. None: make an ordinary socket.
+pub fn hosted_socket(ty: i32) -> Option<i32> {
+    let src = HOSTED_SRC.load(Ordering::Relaxed);
+    if src == 0 || !link::available() {
+        return None;
+    }
+    let src_ip = IpAddr::V4(Ipv4Addr::from(src));
+    let pooled = link::pooled_socket(libc::AF_INET, src_ip)?;
+    let cmd = if ty & libc::SOCK_CLOEXEC != 0 {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: F_DUPFD on the pooled descriptor, which we own; the copy is the program's.
+    let fd = unsafe { real::fcntl(pooled.fd.as_raw_fd(), cmd, 0) };
+    drop(pooled.fd);
+    if fd < 0 {
+        return None;
+    }
+    if ty & libc::SOCK_NONBLOCK == 0 {
+        // Pooled sockets are non-blocking; this one blocks, as asked.
+        // SAFETY: F_SETFL on the descriptor just made.
+        unsafe { real::fcntl(fd, libc::F_SETFL, 0) };
+    }
+    let Some(slot) = fdtable::get_or_alloc(fd) else {
+        // SAFETY: the descriptor just made, not yet handed out.
+        unsafe { real::close(fd) };
+        return None;
+    };
+    slot.set_hosted(
+        libc::AF_INET,
+        SocketAddr::new(src_ip, pooled.port),
+        pooled.leased,
+    );
+    Some(fd)
+}
+
+/// Replaces `fd`'s socket with `new` under the same number, keeping the descriptor's
+/// close-on-exec flag and file status flags (O_NONBLOCK) and the program's epoll
+/// registrations. Returns false (errno set) if the descriptor could not be replaced.
+fn swap_in(fd: i32, new: OwnedFd, regs: &[Option<fdtable::EpollReg>]) -> bool {
+    // SAFETY: fcntl queries and F_SETFL on the program's descriptor and our own.
+    let cloexec = unsafe {
+        let fl = real::fcntl(fd, libc::F_GETFL, 0);
+        if fl >= 0 {
+            real::fcntl(new.as_raw_fd(), libc::F_SETFL, fl as usize);
+        }
+        let fdfl = real::fcntl(fd, libc::F_GETFD, 0);
+        fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0
+    };
+    // SAFETY: dup3 onto the program's descriptor number atomically replaces its socket.
+    let d = unsafe {
+        real::dup3(
+            new.as_raw_fd(),
+            fd,
+            if cloexec { libc::O_CLOEXEC } else { 0 },
+        )
+    };
+    if d < 0 {
+        return false;
+    }
+    for reg in regs.iter().flatten() {
+        let mut ev = libc::epoll_event {
+            events: reg.events,
+            u64: reg.data,
+        };
+        // SAFETY: ev is valid; registers the new socket where the program had the old one.
+        unsafe { real::epoll_ctl(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    true
+}
+
+/// A fresh overlay socket (in the container's network namespace) with `opts` applied.
+fn overlay_socket(family: i32, opts: &SockOpts) -> Option<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let raw = unsafe { real::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: raw was just made and is owned by nobody else.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    for o in opts.iter() {
+        let v = o.value();
+        // SAFETY: v is a valid buffer of v.len() bytes.
+        unsafe {
+            real::setsockopt(
+                raw,
+                o.level,
+                o.name,
+                v.as_ptr().cast(),
+                v.len() as libc::socklen_t,
+            )
+        };
+    }
+    Some(sock)
+}
+
+/// Makes a HOSTED socket an ordinary overlay one, with the program's options, before it is
+/// used for anything but a connect to a Slim listener (bind, listen, dup, a connect
+/// elsewhere). `missed`: a connect that could not use it, which stops further hosting.
+/// Returns false (errno set) if no overlay socket could be made.
+pub fn unhost(fd: i32, missed: bool) -> bool {
+    let Some(s) = fdtable::get(fd).filter(|s| s.kind() == HOSTED) else {
+        return true;
+    };
+    if missed {
+        HOSTED_SRC.store(0, Ordering::Relaxed);
+    }
+    let Some(sock) = overlay_socket(s.family(), &s.opts()) else {
+        return false;
+    };
+    if !swap_in(fd, sock, &s.epoll_regs()) {
+        return false;
+    }
+    s.make_candidate();
+    slog!(DEBUG, "fd {fd}: host socket given back for an overlay one");
+    true
+}
+
+/// The network namespace cookie of a socket (Linux 5.14+).
+fn netns_cookie(fd: i32) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = core::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: v/len valid for writes.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Whether `fd`, a socket this process has no record of, lives in another network namespace:
+/// a HOSTED socket inherited across exec, which the new program image knows nothing about.
+fn foreign_netns(fd: i32) -> bool {
+    let Some(theirs) = netns_cookie(fd) else {
+        return false;
+    };
+    // SAFETY: plain socket(2), closed below.
+    let probe = unsafe { real::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if probe < 0 {
+        return false;
+    }
+    let ours = netns_cookie(probe);
+    // SAFETY: our own temporary socket.
+    unsafe { real::close(probe) };
+    ours.is_some_and(|o| o != theirs)
+}
+
+/// A socket without a record that [`foreign_netns`] found in the host's namespace becomes an
+/// overlay socket (the options set on it before exec are lost with the records). For the bind,
+/// listen and connect hooks.
+pub fn recover_hosted(fd: i32) -> bool {
+    if fdtable::kind(fd) != NONE || !foreign_netns(fd) {
+        return false;
+    }
+    let family = match addr::local_of(fd) {
+        Some(SocketAddr::V6(_)) => libc::AF_INET6,
+        _ => libc::AF_INET,
+    };
+    let Some(sock) = overlay_socket(family, &SockOpts::default()) else {
+        return false;
+    };
+    if !swap_in(fd, sock, &[]) {
+        return false;
+    }
+    if let Some(s) = fdtable::get_or_alloc(fd) {
+        s.set_candidate();
+    }
+    slog!(
+        DEBUG,
+        "fd {fd}: inherited host socket replaced by an overlay one"
+    );
+    true
+}
+
+enum Hosted {
+    /// The connect's outcome, for the program.
+    Done(i32),
+    /// Now an overlay socket (a candidate): carry on as for any.
+    Candidate,
+    /// Now an overlay socket, and the overlay it is.
+    Overlay,
+}
+
+/// connect() on a HOSTED socket: to a Slim listener straight from this socket (the kernel does
+/// the blocking, timeouts and EINTR as for any connect); anywhere else, after turning it into an
+/// overlay socket.
+fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
+    let give_back = |missed: bool| {
+        if unhost(fd, missed) {
+            Hosted::Candidate
+        } else {
+            Hosted::Done(-1)
+        }
+    };
+    let Some(local) = s.local.load() else {
+        return give_back(true);
+    };
+    let routes = match link::lookup_route(&ndst) {
+        Err(()) => return give_back(true),
+        Ok(None) => {
+            return match give_back(true) {
+                Hosted::Candidate => Hosted::Overlay,
+                other => other,
+            }
+        }
+        Ok(Some(r)) => r,
+    };
+    let pick = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed) as usize % routes.count;
+    let Some(host_dst) = routes.hosts[pick].filter(|h| h.is_ipv4()) else {
+        return give_back(true);
+    };
+    if route_source(ndst) != Some(local.ip()) {
+        return give_back(true);
+    }
+    let (ss, len) = addr::to_storage(host_dst, libc::AF_INET);
+    let mut leased = s.leased();
+    let mut local = local;
+    let regs = s.epoll_regs();
+    // A 4-tuple already in use (the port is shared with connections to other destinations)
+    // fails at once: another pooled socket takes this one's place.
+    for _ in 0..3 {
+        if !leased || routes.shared[pick] {
+            let Some(client_host) = addr::local_of(fd).map(normalize) else {
+                return Hosted::Done(-1);
+            };
+            link::send_oneway(&Request::Announce(Announce {
+                client_host,
+                server_host: host_dst,
+                client_overlay: local,
+                server_overlay: ndst,
+            }));
+        }
+        s.set_conn(libc::AF_INET, 0, local, Some(ndst));
+        // SAFETY: ss holds a valid address of `len` bytes.
+        let r = unsafe { real::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        if r == 0 || errno() != libc::EADDRNOTAVAIL {
+            slog!(DEBUG, "fd {fd}: Slim connection {local} -> {ndst} (hosted)");
+            return Hosted::Done(r);
+        }
+        let Some(pooled) = link::pooled_socket(libc::AF_INET, local.ip()) else {
+            break;
+        };
+        let port = pooled.port;
+        leased = pooled.leased;
+        if !swap_in(fd, pooled.fd, &regs) {
+            break;
+        }
+        local = SocketAddr::new(local.ip(), port);
+    }
+    set_errno(libc::EADDRNOTAVAIL);
+    Hosted::Done(-1)
+}
+
 /// The connect hook. Returns None when the call should go to the C library unchanged.
 pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     let ndst = normalize(dst);
     let cfg = config::get();
-    if addr::is_local_only(ndst.ip()) || !cfg.in_overlay(ndst.ip()) {
+    let mut kind = fdtable::kind(fd);
+    let elsewhere = addr::is_local_only(ndst.ip()) || !cfg.in_overlay(ndst.ip());
+    if kind == HOSTED {
+        if elsewhere {
+            return (!unhost(fd, true)).then_some(-1);
+        }
+        let s = fdtable::get(fd)?;
+        match connect_hosted(fd, s, ndst) {
+            Hosted::Done(r) => return Some(r),
+            Hosted::Overlay => return None,
+            Hosted::Candidate => kind = CANDIDATE,
+        }
+    }
+    if elsewhere {
         return None;
     }
-    let kind = fdtable::kind(fd);
     match kind {
         CONN => return Some(reconnect(fd)),
         LISTENER | PLAIN => return None,
@@ -198,7 +478,11 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     if !link::available() || !is_tcp(fd, kind) {
         return None;
     }
-    let local = addr::local_of(fd)?;
+    let mut local = addr::local_of(fd)?;
+    if local.port() != 0 && recover_hosted(fd) {
+        kind = CANDIDATE;
+        local = addr::local_of(fd)?;
+    }
     let family = family_of(&local);
     if local.port() != 0 {
         // The program chose its own source port; only the overlay can honour that.
@@ -222,7 +506,12 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     };
     let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
     let (host, id, cookie) = match fast_connect(family, src_ip, ndst, &opts) {
-        Fast::Done(host, id) => (host, id, 0),
+        Fast::Done(host, id) => {
+            if let (libc::AF_INET, IpAddr::V4(v4)) = (family, src_ip) {
+                HOSTED_SRC.store(u32::from(v4), Ordering::Relaxed);
+            }
+            (host, id, 0)
+        }
         Fast::NoListener => return None,
         Fast::AskRouter => {
             let req = Request::Connect(ConnectReq {

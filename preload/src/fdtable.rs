@@ -26,6 +26,11 @@ pub const LISTENER: u8 = 3;
 pub const HIDDEN: u8 = 4;
 /// A socket the router said it does not know (checked once after exec; not asked again).
 pub const PLAIN: u8 = 5;
+/// A pooled host socket that `socket()` handed to the program, not connected yet (see
+/// `connect::hosted_socket`). Its options and epoll registrations are recorded as for a
+/// candidate, so that an overlay socket can take its place if the program does anything with it
+/// but connect to a Slim listener; `local` holds the overlay identity it will have.
+pub const HOSTED: u8 = 6;
 
 const CHUNK: usize = 256;
 const CHUNKS: usize = 4096;
@@ -119,6 +124,8 @@ pub struct Slot {
     pub local: PackedAddr,
     pub peer: PackedAddr,
     listener: AtomicU32,
+    /// HOSTED: whether the socket's host port is leased to its overlay address.
+    leased: AtomicU8,
     opts: [OptSlot; MAX_TRACKED_OPTS],
     regs: [RegSlot; MAX_REGS],
 }
@@ -158,6 +165,25 @@ impl Slot {
         self.kind.store(CANDIDATE, Ordering::Release);
     }
 
+    pub fn set_hosted(&self, family: i32, local: SocketAddr, leased: bool) {
+        self.clear();
+        self.family.store(family as u8, Ordering::Relaxed);
+        self.local.store(Some(local));
+        self.leased.store(leased as u8, Ordering::Relaxed);
+        self.kind.store(HOSTED, Ordering::Release);
+    }
+
+    /// HOSTED: whether its port is leased (a connection from it needs no announcement).
+    pub fn leased(&self) -> bool {
+        self.leased.load(Ordering::Relaxed) != 0
+    }
+
+    /// A HOSTED socket replaced by an overlay one: a candidate again, with the options and
+    /// epoll registrations recorded so far.
+    pub fn make_candidate(&self) {
+        self.kind.store(CANDIDATE, Ordering::Release);
+    }
+
     pub fn set_plain(&self) {
         self.clear();
         self.kind.store(PLAIN, Ordering::Release);
@@ -188,7 +214,7 @@ impl Slot {
     pub fn copy_from(&self, o: &Slot) -> u8 {
         let kind = o.kind();
         self.clear();
-        if kind == CONN || kind == LISTENER || kind == PLAIN {
+        if kind == CONN || kind == LISTENER || kind == PLAIN || kind == HOSTED {
             self.family
                 .store(o.family.load(Ordering::Relaxed), Ordering::Relaxed);
             self.cookie.store(o.cookie(), Ordering::Relaxed);
@@ -196,6 +222,8 @@ impl Slot {
             self.peer.copy_from(&o.peer);
             self.listener
                 .store(o.listener.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.leased
+                .store(o.leased.load(Ordering::Relaxed), Ordering::Relaxed);
             self.kind.store(kind, Ordering::Release);
             kind
         } else {

@@ -8,7 +8,7 @@
 
 use crate::addr;
 use crate::connect;
-use crate::fdtable::{self, CANDIDATE, CONN, HIDDEN, LISTENER, NONE, PLAIN};
+use crate::fdtable::{self, CANDIDATE, CONN, HIDDEN, HOSTED, LISTENER, NONE, PLAIN};
 use crate::link;
 use crate::listener;
 use crate::real;
@@ -154,9 +154,11 @@ fn recover_conn(fd: c_int, kernel_view: core::net::SocketAddr) -> bool {
     if addr::is_local_only(ip) || crate::config::get().in_overlay(ip) || !link::available() {
         return false;
     }
-    let (Some(cookie), Some(local_host), Some(peer_host)) =
-        (cookie_of(fd), addr::local_of(fd), addr::peer_of(fd))
-    else {
+    let Some(peer_host) = addr::peer_of(fd) else {
+        // Unconnected: a fresh socket from before exec, if it lives in the host's namespace.
+        return connect::recover_hosted(fd);
+    };
+    let (Some(cookie), Some(local_host)) = (cookie_of(fd), addr::local_of(fd)) else {
         return false;
     };
     let mut buf = [0u8; MAX_FRAME];
@@ -191,6 +193,17 @@ fn recover_conn(fd: c_int, kernel_view: core::net::SocketAddr) -> bool {
 
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    if domain == libc::AF_INET
+        && ty & 0xf == libc::SOCK_STREAM
+        && (proto == 0 || proto == libc::IPPROTO_TCP)
+    {
+        let saved = errno();
+        if let Ok(Some(fd)) = catch_unwind(AssertUnwindSafe(|| connect::hosted_socket(ty))) {
+            set_errno(saved);
+            return fd;
+        }
+        set_errno(saved);
+    }
     // SAFETY: forwarded unchanged.
     let fd = unsafe { real::socket(domain, ty, proto) };
     if fd >= 0 {
@@ -226,9 +239,39 @@ pub unsafe extern "C" fn connect(fd: c_int, a: *const sockaddr, len: socklen_t) 
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, a: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded under bind(2)'s contract.
+    guarded!(unsafe { real::bind(fd, a, len) }, {
+        match fdtable::kind(fd) {
+            HOSTED if !connect::unhost(fd, false) => return -1,
+            NONE => {
+                // SAFETY: as above.
+                let r = unsafe { real::bind(fd, a, len) };
+                if r < 0 && errno() == libc::EINVAL && connect::recover_hosted(fd) {
+                    // SAFETY: as above, now on an overlay socket.
+                    return unsafe { real::bind(fd, a, len) };
+                }
+                return r;
+            }
+            _ => {}
+        }
+        // SAFETY: as above.
+        unsafe { real::bind(fd, a, len) }
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     guarded!(unsafe { real::listen(fd, backlog) }, {
-        let kind = fdtable::kind(fd);
+        let mut kind = fdtable::kind(fd);
+        if kind == HOSTED {
+            if !connect::unhost(fd, false) {
+                return -1;
+            }
+            kind = CANDIDATE;
+        } else if kind == NONE && connect::recover_hosted(fd) {
+            kind = CANDIDATE;
+        }
         if let Some((i, _)) = listener_of(fd) {
             let r = listener::rec(i);
             // SAFETY: our hidden listeners; adjusts their backlog like a repeated listen().
@@ -323,6 +366,19 @@ unsafe fn name_common(fd: c_int, a: *mut sockaddr, len: *mut socklen_t, peer: bo
         } else if now != Some(known) {
             s.clear();
             kind = NONE;
+        }
+    }
+    if let (HOSTED, Some(s)) = (kind, slot) {
+        if addr::peer_of(fd).is_some() {
+            // Connected through another descriptor of it (a dup): find out as after exec.
+            s.clear();
+            kind = NONE;
+        } else if !peer {
+            // Not bound as far as the program knows: the wildcard address with port 0.
+            let any = core::net::SocketAddr::new(core::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+            // SAFETY: the caller's (addr, len) pair.
+            unsafe { addr::write_out(any, libc::AF_INET, a, len) };
+            return 0;
         }
     }
     if kind == LISTENER {
@@ -435,7 +491,16 @@ pub unsafe extern "C" fn setsockopt(
                     real::setsockopt(o, level, name, v, len)
                 }
             }
-            CANDIDATE => {
+            k @ (CANDIDATE | HOSTED) => {
+                // A device is named in the container's namespace: only an overlay socket can
+                // be bound to it.
+                if k == HOSTED
+                    && level == libc::SOL_SOCKET
+                    && (name == libc::SO_BINDTODEVICE || name == libc::SO_BINDTOIFINDEX)
+                    && !connect::unhost(fd, false)
+                {
+                    return -1;
+                }
                 // SAFETY: as above.
                 let r = unsafe { real::setsockopt(fd, level, name, v, len) };
                 if r == 0 && !v.is_null() && (len as usize) <= slim_uapi::proto::MAX_OPT_LEN {
@@ -744,7 +809,7 @@ pub unsafe extern "C" fn epoll_ctl(
         }
         // SAFETY: as above.
         let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
-        if r == 0 && kind == CANDIDATE {
+        if r == 0 && (kind == CANDIDATE || kind == HOSTED) {
             if let Some(s) = slot {
                 // SAFETY: ev is valid for ADD/MOD; DEL may pass null.
                 let (events, data) = if ev.is_null() {

@@ -60,6 +60,7 @@ fn lookup(slot: &AtomicUsize, name: &'static str) -> usize {
 real_fns! {
     socket: fn(domain: c_int, ty: c_int, proto: c_int) -> c_int;
     connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    bind: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     listen: fn(fd: c_int, backlog: c_int) -> c_int;
     accept: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;

@@ -1,5 +1,6 @@
 //! The logic of `slim-testprog`: plain libc socket calls, as C programs make them.
 
+pub mod fresh;
 pub mod peer_attack;
 
 use anyhow::{anyhow, bail, Context, Result};

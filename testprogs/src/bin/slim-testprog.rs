@@ -17,6 +17,9 @@ fn usage() -> ! {
          slim-testprog client ADDR PORT [--style block|epoll-before|epoll-after|epoll-et|poll|select] [--conns N] [--procs P] [--bytes B] [--v6sock]\n  \
          slim-testprog inherit ADDR PORT   (connect, then dup2, fork and exec `check-fd`)\n  \
          slim-testprog check-fd FD ADDR    (exec'd: verify an inherited connection)\n  \
+         slim-testprog fresh-sockets ADDR PORT --dead-port P   (fresh sockets once connections go the fast way: flags,\n    \
+         options, bind, listen, loopback, dup, a refused connect, exec)\n  \
+         slim-testprog fresh-inherited FD ADDR OVERLAY_IP   (exec'd by fresh-sockets)\n  \
          slim-testprog setup-storm ADDR PORT N (single-threaded epoll: N non-blocking connects, timer serviced meanwhile)\n  \
          slim-testprog rr-serve PORT          (epoll echo server for rr and connrate)\n  \
          slim-testprog rr ADDR PORT [--secs S] [--size B]   (one connection ping-pong: rate, p50, p99)\n  \
@@ -119,6 +122,19 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             conn_client(parse_target(&args), secs, procs)
+        }
+        "fresh-sockets" => {
+            let dead: u16 = opt(&args, "--dead-port")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage());
+            slim_testprogs::fresh::fresh_sockets(parse_target(&args), dead)
+        }
+        "fresh-inherited" => {
+            let parse = |i: usize| args.get(i).cloned().unwrap_or_else(|| usage());
+            match (parse(1).parse(), parse(2).parse(), parse(3).parse()) {
+                (Ok(fd), Ok(addr), Ok(ip)) => slim_testprogs::fresh::fresh_inherited(fd, addr, ip),
+                _ => usage(),
+            }
         }
         "setup-storm" => {
             let addr = parse_target(&args);
