@@ -429,11 +429,13 @@ fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
                 server_overlay: ndst,
             }));
         }
-        s.set_conn(libc::AF_INET, 0, local, Some(ndst));
         // SAFETY: ss holds a valid address of `len` bytes.
         let r = unsafe { real::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
-        if r == 0 || errno() != libc::EADDRNOTAVAIL {
+        let e = errno();
+        if r == 0 || e != libc::EADDRNOTAVAIL {
+            s.set_conn(libc::AF_INET, 0, local, Some(ndst));
             slog!(DEBUG, "fd {fd}: Slim connection {local} -> {ndst} (hosted)");
+            set_errno(e);
             return Hosted::Done(r);
         }
         let Some(pooled) = link::pooled_socket(libc::AF_INET, local.ip()) else {
@@ -445,9 +447,10 @@ fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
             break;
         }
         local = SocketAddr::new(local.ip(), port);
+        s.rehost(local, leased);
     }
-    set_errno(libc::EADDRNOTAVAIL);
-    Hosted::Done(-1)
+    // No pooled socket can reach this destination now: the ordinary way (the router makes one).
+    give_back(false)
 }
 
 /// The connect hook. Returns None when the call should go to the C library unchanged.

@@ -173,6 +173,12 @@ impl Slot {
         self.kind.store(HOSTED, Ordering::Release);
     }
 
+    /// HOSTED: another pooled socket took this one's place (its options recorded so far stay).
+    pub fn rehost(&self, local: SocketAddr, leased: bool) {
+        self.local.store(Some(local));
+        self.leased.store(leased as u8, Ordering::Relaxed);
+    }
+
     /// HOSTED: whether its port is leased (a connection from it needs no announcement).
     pub fn leased(&self) -> bool {
         self.leased.load(Ordering::Relaxed) != 0
