@@ -247,9 +247,12 @@ pub unsafe extern "C" fn bind(fd: c_int, a: *const sockaddr, len: socklen_t) -> 
             NONE => {
                 // SAFETY: as above.
                 let r = unsafe { real::bind(fd, a, len) };
-                if r < 0 && errno() == libc::EINVAL && connect::recover_hosted(fd) {
-                    // SAFETY: as above, now on an overlay socket.
-                    return unsafe { real::bind(fd, a, len) };
+                if r < 0 && errno() == libc::EINVAL {
+                    if connect::recover_hosted(fd) {
+                        // SAFETY: as above, now on an overlay socket.
+                        return unsafe { real::bind(fd, a, len) };
+                    }
+                    set_errno(libc::EINVAL);
                 }
                 return r;
             }

@@ -1,9 +1,11 @@
 //! `libslim_preload.so`: loaded with LD_PRELOAD into unmodified container programs.
 //!
-//! It intercepts the control path of TCP sockets (connect, listen, accept, getsockname,
-//! getpeername, socket options, close, dup, fcntl, epoll_ctl) and, for overlay destinations that
-//! have a Slim listener, replaces the program's socket with a host-network socket from the router,
-//! under the same descriptor number. The data path (send, recv, read, write, poll) is never
+//! It intercepts the control path of TCP sockets (socket, connect, bind, listen, accept,
+//! getsockname, getpeername, socket options, close, dup, fcntl, epoll_ctl) and, for overlay
+//! destinations that have a Slim listener, replaces the program's socket with a host-network
+//! socket from the router, under the same descriptor number. Once a process's connections go
+//! that way, socket() itself hands out the host socket, which becomes an ordinary overlay socket
+//! again if the program uses it for anything else (see `connect::hosted_socket`). The data path (send, recv, read, write, poll) is never
 //! touched: after setup the program talks to the kernel directly. Whenever Slim cannot help (no
 //! router, a peer without Slim, a destination outside the overlay prefixes, UDP, loopback, Unix
 //! sockets), the call goes to the C library unchanged.

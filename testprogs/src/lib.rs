@@ -958,8 +958,12 @@ pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
             let limit = std::time::Duration::from_secs_f64(secs);
             let mut n: u64 = 0;
             let mut errors: u64 = 0;
+            // Stalls show here, not in the rate: the slowest connection and how many took
+            // over 10 ms.
+            let (mut slowest, mut slow) = (0f64, 0u64);
             let mut b = [b'c'; 1];
             while start.elapsed() < limit {
+                let t0 = std::time::Instant::now();
                 // SAFETY: plain socket calls on our own descriptor.
                 unsafe {
                     let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -977,8 +981,14 @@ pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
                         errors += 1;
                     }
                 }
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                slowest = slowest.max(ms);
+                slow += (ms > 10.0) as u64;
             }
-            let line = format!("{n} {errors} {}\n", start.elapsed().as_secs_f64());
+            let line = format!(
+                "{n} {errors} {} {slowest} {slow}\n",
+                start.elapsed().as_secs_f64()
+            );
             // SAFETY: writing our result to the pipe, then leaving without running destructors.
             unsafe {
                 libc::write(p[1], line.as_ptr().cast(), line.len());
@@ -990,6 +1000,7 @@ pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
         pipes.push((pid, p[0]));
     }
     let (mut total, mut errors, mut longest) = (0u64, 0u64, 0f64);
+    let (mut slowest, mut slow) = (0f64, 0u64);
     for (pid, rfd) in pipes {
         // SAFETY: rfd is our read end; File closes it.
         let mut f = unsafe { std::fs::File::from_raw_fd(rfd) };
@@ -1002,15 +1013,17 @@ pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        if v.len() != 3 {
+        if v.len() != 5 {
             bail!("a client process reported nothing");
         }
         total += v[0] as u64;
         errors += v[1] as u64;
         longest = longest.max(v[2]);
+        slowest = slowest.max(v[3]);
+        slow += v[4] as u64;
     }
     println!(
-        "CONN count={total} errors={errors} secs={longest:.3} rate={:.1}",
+        "CONN count={total} errors={errors} secs={longest:.3} rate={:.1} slowest_ms={slowest:.1} over_10ms={slow}",
         total as f64 / longest
     );
     if errors > 0 {
