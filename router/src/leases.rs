@@ -48,8 +48,6 @@ pub struct LeaseBook {
     /// Free ports this router never leased.
     unowned: VecDeque<u16>,
     last_sweep: Option<Instant>,
-    /// A sweep ahead of need is running (see `sweep_ahead`).
-    sweeping: bool,
 }
 
 /// Sockets bound to leased ports, and which of those ports changed owner (to be told to peers).
@@ -69,33 +67,6 @@ impl LeaseBook {
             free: HashMap::new(),
             unowned: VecDeque::new(),
             last_sweep: None,
-            sweeping: false,
-        }
-    }
-
-    /// Whether the free ports are running low, so that a sweep should run now, off the
-    /// request path (a dump walks every TCP socket of the host, TIME_WAIT ones included: tens
-    /// of milliseconds under a high connection rate, which a connect waiting for its pool
-    /// would otherwise wait out). Marks the sweep as running; see [`LeaseBook::sweep_done`].
-    pub fn sweep_ahead(&mut self) -> bool {
-        let span = self.hi as usize - self.lo as usize + 1;
-        let free = self.unowned.len() + self.free.values().map(VecDeque::len).sum::<usize>();
-        let due = self.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
-        if self.sweeping || !due || free >= span / 4 {
-            return false;
-        }
-        self.sweeping = true;
-        self.last_sweep = Some(Instant::now());
-        true
-    }
-
-    /// The result of a sweep started by [`LeaseBook::sweep_ahead`] with a dump taken from
-    /// `started` on (`None`: the dump failed). Ports leased since then count as busy: their
-    /// sockets may be missing from the dump.
-    pub fn sweep_done(&mut self, live: Option<&[(u16, u64)]>, started: Instant) {
-        self.sweeping = false;
-        if let Some(live) = live {
-            self.sweep_since(live, Some(started));
         }
     }
 
@@ -106,19 +77,7 @@ impl LeaseBook {
     /// Rebuilds the free lists from `live`: the (port, cookie) of every socket in the range
     /// that a program may still hold.
     fn sweep(&mut self, live: &[(u16, u64)]) {
-        self.sweep_since(live, None);
-    }
-
-    fn sweep_since(&mut self, live: &[(u16, u64)], started: Option<Instant>) {
-        let mut busy: HashSet<u16> = live.iter().map(|(p, _)| *p).collect();
-        if let Some(t) = started {
-            busy.extend(
-                self.leases
-                    .iter()
-                    .filter(|(_, l)| l.at >= t)
-                    .map(|(p, _)| *p),
-            );
-        }
+        let busy: HashSet<u16> = live.iter().map(|(p, _)| *p).collect();
         self.unowned = (self.lo..=self.hi)
             .filter(|p| !busy.contains(p) && !self.leases.contains_key(p))
             .collect();
@@ -252,54 +211,6 @@ mod tests {
         assert!(check_range(5000, 5010).is_err());
         let (elo, ehi) = hostsock::ephemeral_ports();
         assert!(check_range(elo, ehi).is_err());
-    }
-
-    /// A sweep ahead of need starts only when free ports run low, and a port leased while its
-    /// dump was being taken stays busy.
-    #[test]
-    fn sweeps_ahead_of_need_keep_ports_leased_meanwhile() {
-        let host: IpAddr = "127.0.0.1".parse().unwrap();
-        let x: IpAddr = "10.32.0.1".parse().unwrap();
-        let (elo, ehi) = hostsock::ephemeral_ports();
-        let lo = if ehi < 65535 - 200 {
-            ehi + 100
-        } else {
-            elo - 200
-        };
-        let mut book = LeaseBook::new(lo, lo + 7);
-        let nothing = |_, _| Ok(Vec::new());
-        let a = book.lease(libc::AF_INET, host, x, 4, nothing);
-        assert_eq!(
-            a.sockets.len(),
-            4,
-            "the test's ports {lo}-{} are busy",
-            lo + 7
-        );
-        book.last_sweep = None;
-        assert!(!book.sweep_ahead(), "half the range is still free");
-        let started = Instant::now();
-        let b = book.lease(libc::AF_INET, host, x, 3, nothing);
-        assert_eq!(b.sockets.len(), 3);
-        book.last_sweep = None;
-        assert!(book.sweep_ahead());
-        assert!(!book.sweep_ahead(), "one sweep at a time");
-        // The dump (taken before b's sockets existed) lists none of them, and a's are gone.
-        let leased_meanwhile = b.sockets.iter().map(|(_, p)| *p).collect::<Vec<_>>();
-        book.sweep_done(Some(&[]), started);
-        let mut back = Vec::new();
-        while let Some(p) = book.next_port(x) {
-            back.push(p);
-        }
-        assert!(
-            back.iter().all(|p| !leased_meanwhile.contains(p)),
-            "{back:?} hands out {leased_meanwhile:?} again"
-        );
-        assert_eq!(
-            back.len(),
-            5,
-            "a's four ports and the never-leased one: {back:?}"
-        );
-        drop(a);
     }
 
     /// Leases on loopback ports: a port comes back only when its socket is gone, to its owner

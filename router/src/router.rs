@@ -265,23 +265,6 @@ impl Router {
         else {
             return;
         };
-        if self.book().is_some_and(|mut b| b.sweep_ahead()) {
-            let me = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let range = me.book().map(|b| b.range());
-                let live = range.and_then(|(lo, hi)| match crate::sockdiag::live_sockets_in(lo, hi) {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sock_diag dump failed; leased ports not reclaimed");
-                        None
-                    }
-                });
-                if let Some(mut b) = me.book() {
-                    b.sweep_done(live.as_deref(), started);
-                }
-            });
-        }
         self.counters
             .leases
             .fetch_add(leased.sockets.len() as u64, Ordering::Relaxed);
