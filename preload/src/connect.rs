@@ -121,24 +121,8 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
         };
         let sock = pooled.fd;
         let raw = sock.as_raw_fd();
-        for o in opts.iter() {
-            if o.level == libc::IPPROTO_IPV6
-                && (o.name == libc::IPV6_V6ONLY || o.name == libc::IPV6_ADDRFORM)
-            {
-                continue;
-            }
-            let v = o.value();
-            // SAFETY: v is a valid buffer of v.len() bytes.
-            unsafe {
-                real::setsockopt(
-                    raw,
-                    o.level,
-                    o.name,
-                    v.as_ptr().cast(),
-                    v.len() as libc::socklen_t,
-                )
-            };
-        }
+        // A pooled IPv6 socket is bound to an IPv4-mapped address already.
+        apply_opts(raw, opts, true);
         let id = Identity {
             local: SocketAddr::new(normalize_ip(src_ip), pooled.port),
             peer: Some(dst),
@@ -272,7 +256,20 @@ fn overlay_socket(family: i32, opts: &SockOpts) -> Option<OwnedFd> {
     }
     // SAFETY: raw was just made and is owned by nobody else.
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    apply_opts(raw, opts, false);
+    Some(sock)
+}
+
+/// Sets the options the program set on the socket that `raw` replaces (`bound`: `raw` is
+/// bound already, so IPV6_V6ONLY and IPV6_ADDRFORM can no longer change).
+fn apply_opts(raw: i32, opts: &SockOpts, bound: bool) {
     for o in opts.iter() {
+        if bound
+            && o.level == libc::IPPROTO_IPV6
+            && (o.name == libc::IPV6_V6ONLY || o.name == libc::IPV6_ADDRFORM)
+        {
+            continue;
+        }
         let v = o.value();
         // SAFETY: v is a valid buffer of v.len() bytes.
         unsafe {
@@ -285,7 +282,6 @@ fn overlay_socket(family: i32, opts: &SockOpts) -> Option<OwnedFd> {
             )
         };
     }
-    Some(sock)
 }
 
 /// Makes a HOSTED socket an ordinary overlay one, with the program's options, before it is
