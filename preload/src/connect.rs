@@ -340,18 +340,26 @@ fn foreign_netns(fd: i32) -> bool {
     ours.is_some_and(|o| o != theirs)
 }
 
-/// A socket without a record that [`foreign_netns`] found in the host's namespace becomes an
-/// overlay socket (the options set on it before exec are lost with the records). For the bind,
-/// listen and connect hooks.
+/// A socket without a record, IPv4 and bound to a non-overlay address, that [`foreign_netns`]
+/// finds in the host's namespace becomes an overlay socket (the options set on it before exec
+/// are lost with the records). For the bind, listen, connect and getsockname hooks.
 pub fn recover_hosted(fd: i32) -> bool {
-    if fdtable::kind(fd) != NONE || !foreign_netns(fd) {
+    if fdtable::kind(fd) != NONE {
         return false;
     }
-    let family = match addr::local_of(fd) {
-        Some(SocketAddr::V6(_)) => libc::AF_INET6,
-        _ => libc::AF_INET,
+    // Hosted sockets are IPv4 and bound to a host address: only such a socket is worth the
+    // namespace probe (listen() on a Unix socket, say, stops at this getsockname).
+    let bound_elsewhere = match addr::local_of(fd) {
+        Some(SocketAddr::V4(a)) => {
+            let ip = IpAddr::V4(*a.ip());
+            a.port() != 0 && !addr::is_local_only(ip) && !config::get().in_overlay(ip)
+        }
+        _ => false,
     };
-    let Some(sock) = overlay_socket(family, &SockOpts::default()) else {
+    if !bound_elsewhere || !foreign_netns(fd) {
+        return false;
+    }
+    let Some(sock) = overlay_socket(libc::AF_INET, &SockOpts::default()) else {
         return false;
     };
     if !swap_in(fd, sock, &[]) {
