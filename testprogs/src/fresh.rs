@@ -2,7 +2,7 @@
 //! once the process's connections go Slim's fast way (from then on the library may hand out a
 //! host socket at socket() time). Each check is one a program relies on without thinking.
 
-use crate::{cvt, errno, exchange, name, open_conn, to_storage};
+use crate::{cvt, errno, exchange, name, open_conn, setsockopt_int, to_storage};
 use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
@@ -40,20 +40,6 @@ fn get_int(fd: RawFd, level: i32, opt: i32) -> Result<i32> {
     // SAFETY: v/len valid for writes.
     let r = unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut i32 as *mut _, &mut len) };
     cvt(r, "getsockopt").map(|_| v)
-}
-
-fn set_int(fd: RawFd, level: i32, opt: i32, v: i32) -> Result<()> {
-    // SAFETY: v lives across the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &v as *const i32 as *const _,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    cvt(r, "setsockopt").map(|_| ())
 }
 
 /// A fresh socket: unbound and unconnected as far as the program can tell.
@@ -107,8 +93,8 @@ pub fn fresh_sockets(addr: SocketAddr, dead_port: u16) -> Result<()> {
 
     // Options set before connect are there after it.
     let s = tcp_socket(0)?;
-    set_int(s, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-    set_int(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    setsockopt_int(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
     connect(s, addr)?;
     if get_int(s, libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 1
         || get_int(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE)? != 1
