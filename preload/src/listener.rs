@@ -13,7 +13,7 @@ use crate::link;
 use crate::log::{slog, DEBUG, WARN};
 use crate::real;
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use slim_uapi::proto::{AcceptLookup, Identity, Reply, Request, MAX_FRAME};
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -36,6 +36,8 @@ pub struct ListenerRec {
     pub host_fd: AtomicI32,
     pub cookie: AtomicU64,
     turn: AtomicU32,
+    /// The last accept found both queues empty on a blocking listener (see `accept`).
+    waits: AtomicBool,
 }
 
 const MAX_LISTENERS: usize = 1024;
@@ -49,6 +51,7 @@ static RECS: [ListenerRec; MAX_LISTENERS] = [const {
         host_fd: AtomicI32::new(-1),
         cookie: AtomicU64::new(0),
         turn: AtomicU32::new(0),
+        waits: AtomicBool::new(false),
     }
 }; MAX_LISTENERS];
 
@@ -235,6 +238,7 @@ pub fn install(
     r.overlay_fd.store(ho, Ordering::Relaxed);
     r.host_fd.store(hh, Ordering::Relaxed);
     r.cookie.store(cookie, Ordering::Relaxed);
+    r.waits.store(false, Ordering::Relaxed);
     r.family.store(family, Ordering::Relaxed);
     r.bound.store(addr::local_of(ho));
     r.host_local.store(addr::local_of(hh).map(addr::normalize));
@@ -460,61 +464,88 @@ pub fn accept(
     flags: i32,
 ) -> i32 {
     let r = rec(i);
+    let turn = r.turn.fetch_add(1, Ordering::Relaxed);
+    // Slim connections first, and now and then the overlay first, so that a steady stream of one
+    // kind never starves the other; trying the empty queue costs a system call.
+    let mut host_first = !turn.is_multiple_of(OVERLAY_FIRST_EVERY);
     let mut nonblock = None;
+    let mut is_nonblocking = || {
+        *nonblock.get_or_insert_with(|| {
+            // SAFETY: F_GETFL on the program's descriptor.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+            fl >= 0 && fl & libc::O_NONBLOCK != 0
+        })
+    };
+    // A blocking accept that had to wait last time (a server that keeps up with its clients)
+    // most likely waits again: wait first and take from the queue that is ready, rather than
+    // try both empty queues and then wait. Every OVERLAY_FIRST_EVERYth call tries first, so a
+    // server that falls behind goes back to taking without waiting.
+    let mut wait = r.waits.load(Ordering::Relaxed) && host_first;
+    if wait && is_nonblocking() {
+        wait = false;
+        r.waits.store(false, Ordering::Relaxed);
+    }
     loop {
-        // Slim connections first, and now and then the overlay first, so that a steady stream of
-        // one kind never starves the other; trying the empty queue costs a system call.
-        let host_first = !r
-            .turn
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(OVERLAY_FIRST_EVERY);
+        if wait {
+            match wait_ready(r) {
+                Ok(host_ready) => host_first = host_ready,
+                Err(()) => return -1,
+            }
+        }
         let got = if host_first {
             try_host(r, family, out, outlen, flags).or_else(|| try_overlay(r, out, outlen, flags))
         } else {
             try_overlay(r, out, outlen, flags).or_else(|| try_host(r, family, out, outlen, flags))
         };
         if let Some(c) = got {
+            if !wait && r.waits.load(Ordering::Relaxed) {
+                r.waits.store(false, Ordering::Relaxed);
+            }
             return c;
         }
         // Asked only now: most accepts find a connection waiting.
-        let nonblock = *nonblock.get_or_insert_with(|| {
-            // SAFETY: F_GETFL on the program's descriptor.
-            let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-            fl >= 0 && fl & libc::O_NONBLOCK != 0
-        });
-        if nonblock {
+        if is_nonblocking() {
             set_errno(libc::EAGAIN);
             return -1;
         }
-        let ho = r.overlay_fd.load(Ordering::Relaxed);
-        let mut pfd = [
-            libc::pollfd {
-                fd: ho,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: r.host_fd.load(Ordering::Relaxed),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: pfd is a valid array of two pollfds.
-        let n = unsafe {
-            libc::poll(
-                pfd.as_mut_ptr(),
-                2,
-                crate::hooks::timeout_ms(ho, libc::SO_RCVTIMEO),
-            )
-        };
-        if n < 0 {
-            return -1; // EINTR, as a blocking accept interrupted by a signal reports it
-        }
-        if n == 0 {
-            set_errno(libc::EAGAIN);
-            return -1;
-        }
+        r.waits.store(true, Ordering::Relaxed);
+        wait = true;
     }
+}
+
+/// Waits until either socket of a blocking Slim listener has a connection, for as long as
+/// SO_RCVTIMEO allows: Ok(whether the host listener has one), Err with errno set (EINTR, as a
+/// blocking accept interrupted by a signal reports it; EAGAIN when the time is up).
+fn wait_ready(r: &ListenerRec) -> Result<bool, ()> {
+    let ho = r.overlay_fd.load(Ordering::Relaxed);
+    let mut pfd = [
+        libc::pollfd {
+            fd: ho,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: r.host_fd.load(Ordering::Relaxed),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: pfd is a valid array of two pollfds.
+    let n = unsafe {
+        libc::poll(
+            pfd.as_mut_ptr(),
+            2,
+            crate::hooks::timeout_ms(ho, libc::SO_RCVTIMEO),
+        )
+    };
+    if n < 0 {
+        return Err(());
+    }
+    if n == 0 {
+        set_errno(libc::EAGAIN);
+        return Err(());
+    }
+    Ok(pfd[1].revents != 0 || pfd[0].revents == 0)
 }
 
 /// Finds the hidden sockets of a listener inherited across exec, from the epoll instance's
