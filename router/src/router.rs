@@ -35,12 +35,18 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 const LEASE_CHUNK: usize = 64;
 /// A stash its owner has not drawn from for this long is closed.
 const STASH_IDLE: Duration = Duration::from_secs(30);
+/// While an owner's new ports change owner (a fresh container, or a fresh router: every port is
+/// new to it), its stash is refilled this many chunks further ahead: those sockets become usable
+/// only once every peer has acknowledged them, and the stash must last that round trip.
+const CHANGING_AHEAD: usize = 3;
 
 /// Leased sockets ready for one owner (see `Router::leased_sockets`).
 struct Stash {
     /// Each with its port.
     sockets: Vec<(OwnedFd, u16)>,
     used: std::time::Instant,
+    /// The last restock moved ports to this owner (see `CHANGING_AHEAD`).
+    changing: bool,
 }
 
 impl Default for Stash {
@@ -48,6 +54,7 @@ impl Default for Stash {
         Stash {
             sockets: Vec::new(),
             used: std::time::Instant::now(),
+            changing: false,
         }
     }
 }
@@ -125,8 +132,9 @@ pub struct Router {
     pub leases: Option<Mutex<crate::leases::LeaseBook>>,
     /// Leased sockets every peer knows about, ready for the next request of their owner.
     stash: Mutex<std::collections::HashMap<(IpAddr, i32), Stash>>,
-    /// Owners (and socket families) whose new leases are on their way to the peers.
-    leasing: Mutex<std::collections::HashSet<(IpAddr, i32)>>,
+    /// Per owner (and socket family), how many sockets wait for the peers to acknowledge their
+    /// new lease.
+    leasing: Mutex<std::collections::HashMap<(IpAddr, i32), usize>>,
 }
 
 impl Router {
@@ -229,9 +237,13 @@ impl Router {
             let chunk = (span / 64).clamp(count, LEASE_CHUNK);
             (chunk, chunk / 2)
         };
-        let stashed = self.stash().get(&key).map_or(0, |s| s.sockets.len());
-        let in_flight = self.leasing().contains(&key);
-        if stashed < low.max(count) && !in_flight {
+        let (stashed, changing) = self
+            .stash()
+            .get(&key)
+            .map_or((0, false), |s| (s.sockets.len(), s.changing));
+        let in_flight = self.leasing().get(&key).copied().unwrap_or(0);
+        let want = low.max(count) + if changing { CHANGING_AHEAD * chunk } else { 0 };
+        if stashed + in_flight < want {
             self.restock(family, host, owner, chunk);
         }
         let mut stash = self.stash();
@@ -246,7 +258,9 @@ impl Router {
         self.stash.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn leasing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(IpAddr, i32)>> {
+    fn leasing(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(IpAddr, i32), usize>> {
         self.leasing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -280,7 +294,12 @@ impl Router {
                 now.push((fd, port));
             }
         }
-        self.stash().entry(key).or_default().sockets.extend(now);
+        {
+            let mut stash = self.stash();
+            let s = stash.entry(key).or_default();
+            s.sockets.extend(now);
+            s.changing = !later.is_empty();
+        }
         if later.is_empty() {
             return;
         }
@@ -290,7 +309,8 @@ impl Router {
             .iter()
             .map(|p| SocketAddr::new(host, *p))
             .collect();
-        self.leasing().insert(key);
+        let waiting = later.len();
+        *self.leasing().entry(key).or_default() += waiting;
         let me = self.clone();
         tokio::spawn(async move {
             tracing::debug!(%owner, ports = ports.len(), "ports leased");
@@ -301,7 +321,13 @@ impl Router {
             // Else a peer that has not applied the lease may still credit a port's previous
             // owner: these sockets must not connect (they close here; the peer applies the
             // lease later anyway).
-            me.leasing().remove(&key);
+            let mut leasing = me.leasing();
+            if let Some(n) = leasing.get_mut(&key) {
+                *n = n.saturating_sub(waiting);
+                if *n == 0 {
+                    leasing.remove(&key);
+                }
+            }
         });
     }
 
