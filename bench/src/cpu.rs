@@ -1,5 +1,5 @@
-//! CPU: the busy loops that keep the VM's vCPUs awake, the check that nothing else loads the
-//! machine, and the CPU accounting of a measurement.
+//! CPU: what keeps the VM's vCPUs awake (idle polling by PM QoS, or busy loops), the check that
+//! nothing else loads the machine, and the CPU accounting of a measurement.
 //!
 //! Accounting: whole-machine busy time from /proc/stat (user + nice + system + irq + softirq)
 //! minus the *user* time of our busy loops (/proc/PID/stat utime). A busy loop makes no system
@@ -88,6 +88,33 @@ pub fn parse_pid_utime(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
     // rest starts at field 3 (state); utime is field 14.
     rest.split_whitespace().nth(11)?.parse().ok()
+}
+
+/// A PM QoS request for zero wake-up latency, held while the value lives: the kernel's idle loop
+/// then polls instead of halting the vCPU (cpuidle keeps to its POLL state), so an idle vCPU
+/// answers a wake-up at once and without a task of ours competing for it. This is what
+/// latency-tuned hosts use (tuned's latency-performance profile holds the same request).
+pub struct IdlePoll {
+    _fd: std::fs::File,
+}
+
+impl IdlePoll {
+    pub fn hold() -> Result<IdlePoll> {
+        use std::io::Write;
+        let path = "/dev/cpu_dma_latency";
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "cannot open {path} (needs root and CONFIG_CPU_IDLE);                      use --keep-awake spin or none"
+                )
+            })?;
+        // The request is a binary 32-bit latency bound in microseconds.
+        f.write_all(&0i32.to_ne_bytes())
+            .with_context(|| format!("cannot write a PM QoS request to {path}"))?;
+        Ok(IdlePoll { _fd: f })
+    }
 }
 
 /// One SCHED_IDLE busy loop per CPU, each pinned to its CPU: the `__spin` mode of this binary.

@@ -16,7 +16,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::json::Json;
 use crate::lab::{Lab, Mode};
@@ -75,9 +75,13 @@ struct Cli {
     /// Do not pin clients and servers.
     #[arg(long)]
     no_pin: bool,
-    /// Do not run the SCHED_IDLE busy loops (for comparison; results get bimodal here).
-    #[arg(long)]
-    no_busy_loops: bool,
+    /// How idle vCPUs are kept awake during the measurements (idle vCPUs of this VM type wake
+    /// slowly, and without care results come out bimodal): `poll` holds a PM QoS request for
+    /// zero wake-up latency, so the kernel polls instead of halting an idle vCPU; `spin` runs a
+    /// SCHED_IDLE busy loop per CPU (which can delay other woken tasks, the routers included,
+    /// by milliseconds: see bench/README.md); `none` leaves the machine as it is.
+    #[arg(long, value_enum, default_value_t = KeepAwake::Poll)]
+    keep_awake: KeepAwake,
     /// The load check refuses when others use more than this percent of one CPU.
     #[arg(long, default_value_t = 20.0)]
     max_busy_pct: f64,
@@ -106,6 +110,23 @@ struct Cli {
     /// listeners take their ports.
     #[arg(long, default_value_t = 8400)]
     port_base: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KeepAwake {
+    Poll,
+    Spin,
+    None,
+}
+
+impl KeepAwake {
+    fn name(self) -> &'static str {
+        match self {
+            KeepAwake::Poll => "poll",
+            KeepAwake::Spin => "spin",
+            KeepAwake::None => "none",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -350,16 +371,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
         gave_up: false,
         worst_ignored: 0.0,
     };
-    let spinners = if cli.no_busy_loops {
-        notes.push("no busy loops (--no-busy-loops): idle vCPUs wake slowly here".into());
-        cpu::Spinners::start(Path::new("/nonexistent"), 0)?
-    } else {
-        let s = cpu::Spinners::start(&std::env::current_exe()?, nproc)?;
-        notes.push(format!(
-            "one SCHED_IDLE busy loop per CPU ({nproc}) ran during the measurements, to keep \
-             idle vCPUs awake; the CPU figures exclude their spinning"
-        ));
-        s
+    let mut idle_poll = None;
+    let spinners = match cli.keep_awake {
+        KeepAwake::None => {
+            notes.push(
+                "idle vCPUs were left to halt (--keep-awake none): they wake slowly here".into(),
+            );
+            cpu::Spinners::start(Path::new("/nonexistent"), 0)?
+        }
+        KeepAwake::Poll => {
+            idle_poll = Some(cpu::IdlePoll::hold()?);
+            notes.push(
+                "idle vCPUs polled instead of halting during the measurements (a PM QoS \
+                 request for zero wake-up latency on /dev/cpu_dma_latency), to keep them awake"
+                    .into(),
+            );
+            cpu::Spinners::start(Path::new("/nonexistent"), 0)?
+        }
+        KeepAwake::Spin => {
+            let s = cpu::Spinners::start(&std::env::current_exe()?, nproc)?;
+            notes.push(format!(
+                "one SCHED_IDLE busy loop per CPU ({nproc}) ran during the measurements, to keep \
+                 idle vCPUs awake; the CPU figures exclude their spinning"
+            ));
+            s
+        }
     };
     println!(
         "slim-bench: {} run: {} runs of {} s per cell, modes {}; {}",
@@ -371,13 +407,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .map(|m| m.key)
             .collect::<Vec<_>>()
             .join(", "),
-        if spinners.len() > 0 {
-            format!(
+        match cli.keep_awake {
+            KeepAwake::Spin => format!(
                 "a SCHED_IDLE busy loop on each of the {} CPUs during measurements",
                 spinners.len()
-            )
-        } else {
-            "no busy loops".into()
+            ),
+            KeepAwake::Poll => "idle vCPUs poll (PM QoS) during measurements".into(),
+            KeepAwake::None => "idle vCPUs left to halt".into(),
         }
     );
     if cli.ignore_load {
@@ -412,6 +448,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     drop(ctx);
     drop(spinners);
+    drop(idle_poll);
 
     let mut callcosts = Vec::new();
     if !cli.no_callcost {
@@ -512,7 +549,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Json::obj()
                 .with("runs", cfg.runs as u64)
                 .with("secs", cfg.secs)
-                .with("busy_loops", spinners_count(cli.no_busy_loops, nproc))
+                .with("keep_awake", cli.keep_awake.name())
+                .with(
+                    "busy_loops",
+                    spinners_count(cli.keep_awake != KeepAwake::Spin, nproc),
+                )
                 .with("server_cpu", server_cpu)
                 .with("client_cpu", client_cpu)
                 .with("max_busy_pct", cli.max_busy_pct)
@@ -881,5 +922,9 @@ mod tests {
         assert!(cli.ignore_load);
         let cli = Cli::try_parse_from(["slim-bench", "__spin", "--cpu", "1"]).unwrap();
         assert!(matches!(cli.internal, Some(Internal::Spin { cpu: 1 })));
+        assert_eq!(cli.keep_awake, KeepAwake::Poll);
+        let cli = Cli::try_parse_from(["slim-bench", "--keep-awake", "spin"]).unwrap();
+        assert_eq!(cli.keep_awake, KeepAwake::Spin);
+        assert!(Cli::try_parse_from(["slim-bench", "--keep-awake", "sleep"]).is_err());
     }
 }
