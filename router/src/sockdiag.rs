@@ -47,10 +47,11 @@ struct InetDiagMsg {
     inode: u32,
 }
 
+/// A netlink request: header, then body.
 #[repr(C)]
-struct Request {
+struct Request<T> {
     nlh: libc::nlmsghdr,
-    req: InetDiagReqV2,
+    body: T,
 }
 
 /// The original inet_diag request (TCPDIAG_GETSOCK), still served by every kernel with
@@ -68,12 +69,6 @@ struct InetDiagReq {
     dbs: u32,
 }
 
-#[repr(C)]
-struct CompatRequest {
-    nlh: libc::nlmsghdr,
-    req: InetDiagReq,
-}
-
 const TCPDIAG_GETSOCK: u16 = 18;
 
 /// Whether the kernel serves TCPDIAG_GETSOCK dumps: 0 not tried yet, 1 yes, 2 no.
@@ -83,28 +78,12 @@ static COMPAT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0)
 fn dump_tcp(states: u32, out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
     use std::sync::atomic::Ordering;
     if COMPAT.load(Ordering::Relaxed) != 2 {
-        let req = CompatRequest {
-            nlh: libc::nlmsghdr {
-                nlmsg_len: size_of::<CompatRequest>() as u32,
-                nlmsg_type: TCPDIAG_GETSOCK,
-                nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-                nlmsg_seq: 1,
-                nlmsg_pid: 0,
-            },
-            req: InetDiagReq {
-                states,
-                ..Default::default()
-            },
-        };
-        // SAFETY: req is a plain #[repr(C)] struct; the slice covers exactly its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&req as *const CompatRequest).cast::<u8>(),
-                size_of::<CompatRequest>(),
-            )
+        let req = InetDiagReq {
+            states,
+            ..Default::default()
         };
         let mut answers = 0usize;
-        match dump(bytes, &mut |m| {
+        match dump(TCPDIAG_GETSOCK, req, &mut |m| {
             answers += 1;
             out(m)
         }) {
@@ -127,30 +106,27 @@ fn dump_tcp(states: u32, out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
 }
 
 fn dump_family(family: u8, states: u32, out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
+    let req = InetDiagReqV2 {
+        family,
+        protocol: libc::IPPROTO_TCP as u8,
+        states,
+        ..Default::default()
+    };
+    dump(SOCK_DIAG_BY_FAMILY, req, out)
+}
+
+/// Sends one sock_diag dump request of type `kind` and hands every answer to `out`.
+fn dump<T: Copy>(kind: u16, body: T, out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
     let req = Request {
         nlh: libc::nlmsghdr {
-            nlmsg_len: size_of::<Request>() as u32,
-            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_len: size_of::<Request<T>>() as u32,
+            nlmsg_type: kind,
             nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
             nlmsg_seq: 1,
             nlmsg_pid: 0,
         },
-        req: InetDiagReqV2 {
-            family,
-            protocol: libc::IPPROTO_TCP as u8,
-            states,
-            ..Default::default()
-        },
+        body,
     };
-    // SAFETY: req is a plain #[repr(C)] struct; the slice covers exactly its bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts((&req as *const Request).cast::<u8>(), size_of::<Request>())
-    };
-    dump(bytes, out)
-}
-
-/// Sends one sock_diag dump request (`req`: header and body) and hands every answer to `out`.
-fn dump(req: &[u8], out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
     // SAFETY: plain socket(2); checked below.
     let fd = unsafe {
         libc::socket(
@@ -164,8 +140,15 @@ fn dump(req: &[u8], out: &mut dyn FnMut(&InetDiagMsg)) -> io::Result<()> {
     }
     // SAFETY: fd was just created and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: req is valid for reads of its length.
-    let r = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    // SAFETY: req is a #[repr(C)] struct of plain data, valid for reads of its size.
+    let r = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&req as *const Request<T>).cast(),
+            size_of::<Request<T>>(),
+            0,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
