@@ -107,7 +107,8 @@ impl IdlePoll {
             .open(path)
             .with_context(|| {
                 format!(
-                    "cannot open {path} (needs root and CONFIG_CPU_IDLE);                      use --keep-awake spin or none"
+                    "cannot open {path} (needs root and CONFIG_CPU_IDLE); \
+                     use --keep-awake spin or none"
                 )
             })?;
         // The request is a binary 32-bit latency bound in microseconds.

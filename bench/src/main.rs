@@ -447,6 +447,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         run_family(&ctx, &cfg, family, &mut results, &mut load)?;
     }
     drop(ctx);
+    let busy_loops = spinners.len();
     drop(spinners);
     drop(idle_poll);
 
@@ -550,10 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with("runs", cfg.runs as u64)
                 .with("secs", cfg.secs)
                 .with("keep_awake", cli.keep_awake.name())
-                .with(
-                    "busy_loops",
-                    spinners_count(cli.keep_awake != KeepAwake::Spin, nproc),
-                )
+                .with("busy_loops", busy_loops as u64)
                 .with("server_cpu", server_cpu)
                 .with("client_cpu", client_cpu)
                 .with("max_busy_pct", cli.max_busy_pct)
@@ -591,14 +589,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn spinners_count(off: bool, nproc: usize) -> u64 {
-    if off {
-        0
-    } else {
-        nproc as u64
-    }
 }
 
 /// The first line of an error chain, at most 300 bytes, for the JSON.

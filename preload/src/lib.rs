@@ -5,10 +5,11 @@
 //! destinations that have a Slim listener, replaces the program's socket with a host-network
 //! socket from the router, under the same descriptor number. Once a process's connections go
 //! that way, socket() itself hands out the host socket, which becomes an ordinary overlay socket
-//! again if the program uses it for anything else (see `connect::hosted_socket`). The data path (send, recv, read, write, poll) is never
-//! touched: after setup the program talks to the kernel directly. Whenever Slim cannot help (no
-//! router, a peer without Slim, a destination outside the overlay prefixes, UDP, loopback, Unix
-//! sockets), the call goes to the C library unchanged.
+//! again if the program uses it for anything else (see `connect::hosted_socket`). The data path
+//! (send, recv, read, write, poll) is never touched: after setup the program talks to the
+//! kernel directly. Whenever Slim cannot help (no router, a peer without Slim, a destination
+//! outside the overlay prefixes, UDP, loopback, Unix sockets), the call goes to the C library
+//! unchanged.
 //!
 //! Configuration: see [`config`].
 

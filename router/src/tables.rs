@@ -455,8 +455,6 @@ impl Tables {
         self.identities.get(tuple).map(|(id, _)| *id)
     }
 
-    /// Keeps the identities whose socket `alive` says still exists, and young ones (announced
-    /// connections whose socket may not exist yet); returns how many went.
     /// Whether a sweep could forget anything: pins, or identities past their grace period. A
     /// sock_diag dump walks every TCP socket of the host, TIME_WAIT ones included (tens of
     /// thousands under a high connection rate), so it is skipped when it cannot matter.
@@ -468,6 +466,8 @@ impl Tables {
                 .any(|(_, born)| now.duration_since(*born) >= IDENTITY_GRACE)
     }
 
+    /// Keeps the identities whose socket `alive` says still exists, and young ones (announced
+    /// connections whose socket may not exist yet); returns how many went.
     pub fn retain_identities(&mut self, alive: impl Fn(&Tuple) -> bool, now: Instant) -> usize {
         let before = self.identities.len();
         self.identities
