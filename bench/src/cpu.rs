@@ -9,7 +9,7 @@
 //! wanted to run; with busy loops every vCPU always wants to run) is left out of the CPU
 //! figures, as it measures the neighbours, but counts as load in the busy check.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -119,8 +119,19 @@ impl IdlePoll {
 }
 
 /// One SCHED_IDLE busy loop per CPU, each pinned to its CPU: the `__spin` mode of this binary.
+///
+/// SCHED_IDLE alone does not make a loop yield to every other task. With autogroup (on in
+/// this kernel, `kernel.sched_autogroup_enabled`), every session is a task group of its own,
+/// and the scheduler first shares a CPU between groups at their full weight: a group whose
+/// only runnable task is a SCHED_IDLE loop gets as much of the CPU as a router's session, and
+/// does not yield to it on a wake-up. Traced here, a woken router waited up to 18.5 ms for
+/// CPU. So the loops also go into a cpu cgroup marked idle (`cpu.idle` = 1), which is
+/// SCHED_IDLE for the group as a whole.
 pub struct Spinners {
     procs: Vec<Background>,
+    /// Why the loops are not in an idle group, if they are not.
+    pub not_grouped: Option<String>,
+    _group: Option<IdleGroup>,
 }
 
 impl Spinners {
@@ -131,7 +142,24 @@ impl Spinners {
             cmd.args(["__spin", "--cpu", &cpu.to_string()]);
             procs.push(Background::start(cmd, None)?);
         }
-        let spinners = Spinners { procs };
+        let (group, not_grouped) = if procs.is_empty() {
+            (None, None)
+        } else {
+            match IdleGroup::create().and_then(|g| {
+                for p in &procs {
+                    g.add(p.pid())?;
+                }
+                Ok(g)
+            }) {
+                Ok(g) => (Some(g), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        };
+        let spinners = Spinners {
+            procs,
+            not_grouped,
+            _group: group,
+        };
         // Each sets its own policy first thing; check that it took.
         let deadline = Instant::now() + Duration::from_secs(5);
         for p in &spinners.procs {
@@ -180,6 +208,99 @@ impl Spinners {
         }
         Ok(sum)
     }
+}
+
+/// A cpu cgroup with `cpu.idle` = 1, below our own cgroup in the hierarchy that has the cpu
+/// controller (cgroup v1 or v2). Removed when dropped; one left behind by a killed run is
+/// reused.
+struct IdleGroup {
+    dir: PathBuf,
+}
+
+impl IdleGroup {
+    const NAME: &'static str = "slim-bench-busy-loops";
+
+    fn create() -> Result<IdleGroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("cannot read /proc/self/mountinfo")?;
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup")
+            .context("cannot read /proc/self/cgroup")?;
+        let parent = cpu_cgroup_dir(&mountinfo, &cgroups, |root| {
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default()
+        })
+        .context("no cgroup hierarchy with the cpu controller is mounted")?;
+        let dir = parent.join(Self::NAME);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create cgroup {}", dir.display()))
+            }
+        }
+        let group = IdleGroup { dir };
+        let idle = group.dir.join("cpu.idle");
+        std::fs::write(&idle, "1").with_context(|| {
+            format!(
+                "cannot write 1 to {} (cpu.idle needs Linux 5.15 or later)",
+                idle.display()
+            )
+        })?;
+        Ok(group)
+    }
+
+    fn add(&self, pid: i32) -> Result<()> {
+        let procs = self.dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .with_context(|| format!("cannot move busy loop {pid} into {}", procs.display()))
+    }
+}
+
+impl Drop for IdleGroup {
+    fn drop(&mut self) {
+        // The loops are killed and reaped before this runs (fields drop in order), so the
+        // group is empty; if not, it stays and the next run reuses it.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The directory of our own cgroup in the hierarchy that has the cpu controller: a cgroup v1
+/// mount with the `cpu` option, or else the v2 mount if its root lists `cpu` among its
+/// controllers (`v2_controllers` reads that list, given the mount point).
+fn cpu_cgroup_dir(
+    mountinfo: &str,
+    self_cgroup: &str,
+    v2_controllers: impl Fn(&Path) -> String,
+) -> Option<PathBuf> {
+    let mut v2_mount = None;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or("");
+        let super_opts = right.nth(1).unwrap_or("");
+        if fstype == "cgroup" && super_opts.split(',').any(|o| o == "cpu") {
+            let own = self_cgroup.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                ctrls.split(',').any(|c| c == "cpu").then_some(path)
+            })?;
+            return Some(Path::new(mount_point).join(own.trim_start_matches('/')));
+        }
+        if fstype == "cgroup2" && v2_mount.is_none() {
+            v2_mount = Some(PathBuf::from(mount_point));
+        }
+    }
+    let root = v2_mount?;
+    if !v2_controllers(&root).split_whitespace().any(|c| c == "cpu") {
+        return None;
+    }
+    let own = self_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(own.trim_start_matches('/')))
 }
 
 /// The body of a busy loop (`slim-bench __spin --cpu N`): pin to the CPU, lower the policy to
@@ -278,6 +399,39 @@ pub fn work_secs(a: &Mark, b: &Mark) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MOUNTINFO_V1: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_the_v1_cpu_hierarchy() {
+        let own = "2:cpuacct:/\n1:cpu:/lab/bench\n0::/\n";
+        let dir = cpu_cgroup_dir(MOUNTINFO_V1, own, |_| "cpu".into());
+        assert_eq!(dir, Some(PathBuf::from("/sys/fs/cgroup/cpu/lab/bench")));
+        // cpu and cpuacct co-mounted, as systemd does.
+        let info = "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let dir = cpu_cgroup_dir(info, "3:cpu,cpuacct:/\n", |_| String::new());
+        assert_eq!(dir, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+    }
+
+    #[test]
+    fn finds_the_v2_hierarchy_only_with_the_cpu_controller() {
+        let info = "29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let own = "0::/user.slice/session-3.scope\n";
+        let dir = cpu_cgroup_dir(info, own, |_| "cpuset cpu io memory pids".into());
+        assert_eq!(
+            dir,
+            Some(PathBuf::from("/sys/fs/cgroup/user.slice/session-3.scope"))
+        );
+        assert_eq!(cpu_cgroup_dir(info, own, |_| "memory pids".into()), None);
+        // The v1 cpu hierarchy wins over a v2 mount without cpu (this machine).
+        let dir = cpu_cgroup_dir(MOUNTINFO_V1, "1:cpu:/\n0::/\n", |_| "hugetlb".into());
+        assert_eq!(dir, Some(PathBuf::from("/sys/fs/cgroup/cpu")));
+    }
 
     #[test]
     fn parses_proc_stat() {

@@ -76,11 +76,12 @@ struct Cli {
     #[arg(long)]
     no_pin: bool,
     /// How idle vCPUs are kept awake during the measurements (idle vCPUs of this VM type wake
-    /// slowly, and without care results come out bimodal): `poll` holds a PM QoS request for
-    /// zero wake-up latency, so the kernel polls instead of halting an idle vCPU; `spin` runs a
-    /// SCHED_IDLE busy loop per CPU (which can delay other woken tasks, the routers included,
-    /// by milliseconds: see bench/README.md); `none` leaves the machine as it is.
-    #[arg(long, value_enum, default_value_t = KeepAwake::Poll)]
+    /// slowly, and without care results come out bimodal): `spin` runs a SCHED_IDLE busy loop
+    /// per CPU, in a cpu cgroup marked idle so that it yields to every woken task; `poll`
+    /// holds a PM QoS request for zero wake-up latency, so the kernel polls instead of halting
+    /// an idle vCPU (no reschedule interrupts: ping-pongs run about twice as fast as with
+    /// `spin`, see bench/README.md); `none` leaves the machine as it is.
+    #[arg(long, value_enum, default_value_t = KeepAwake::Spin)]
     keep_awake: KeepAwake,
     /// The load check refuses when others use more than this percent of one CPU.
     #[arg(long, default_value_t = 20.0)]
@@ -392,8 +393,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let s = cpu::Spinners::start(&std::env::current_exe()?, nproc)?;
             notes.push(format!(
                 "one SCHED_IDLE busy loop per CPU ({nproc}) ran during the measurements, to keep \
-                 idle vCPUs awake; the CPU figures exclude their spinning"
+                 idle vCPUs awake{}; the CPU figures exclude their spinning",
+                if s.not_grouped.is_none() {
+                    ", in a cpu cgroup marked idle"
+                } else {
+                    ""
+                }
             ));
+            if let Some(why) = &s.not_grouped {
+                notes.push(format!(
+                    "the busy loops are not in an idle cgroup ({why}): with autogroup on, they \
+                     take CPU from woken tasks of other sessions, the routers included"
+                ));
+            }
             s
         }
     };
@@ -448,6 +460,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     drop(ctx);
     let busy_loops = spinners.len();
+    let busy_loops_idle_cgroup = busy_loops > 0 && spinners.not_grouped.is_none();
     drop(spinners);
     drop(idle_poll);
 
@@ -552,6 +565,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with("secs", cfg.secs)
                 .with("keep_awake", cli.keep_awake.name())
                 .with("busy_loops", busy_loops as u64)
+                .with("busy_loops_idle_cgroup", busy_loops_idle_cgroup)
                 .with("server_cpu", server_cpu)
                 .with("client_cpu", client_cpu)
                 .with("max_busy_pct", cli.max_busy_pct)
@@ -912,9 +926,9 @@ mod tests {
         assert!(cli.ignore_load);
         let cli = Cli::try_parse_from(["slim-bench", "__spin", "--cpu", "1"]).unwrap();
         assert!(matches!(cli.internal, Some(Internal::Spin { cpu: 1 })));
-        assert_eq!(cli.keep_awake, KeepAwake::Poll);
-        let cli = Cli::try_parse_from(["slim-bench", "--keep-awake", "spin"]).unwrap();
         assert_eq!(cli.keep_awake, KeepAwake::Spin);
+        let cli = Cli::try_parse_from(["slim-bench", "--keep-awake", "poll"]).unwrap();
+        assert_eq!(cli.keep_awake, KeepAwake::Poll);
         assert!(Cli::try_parse_from(["slim-bench", "--keep-awake", "sleep"]).is_err());
     }
 }
