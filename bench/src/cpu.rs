@@ -135,6 +135,15 @@ pub struct Spinners {
 }
 
 impl Spinners {
+    /// No busy loops (`--keep-awake poll` or `none`).
+    pub fn none() -> Spinners {
+        Spinners {
+            procs: Vec::new(),
+            not_grouped: None,
+            _group: None,
+        }
+    }
+
     pub fn start(exe: &Path, cpus: usize) -> Result<Spinners> {
         let mut procs = Vec::new();
         for cpu in 0..cpus {
@@ -142,18 +151,14 @@ impl Spinners {
             cmd.args(["__spin", "--cpu", &cpu.to_string()]);
             procs.push(Background::start(cmd, None)?);
         }
-        let (group, not_grouped) = if procs.is_empty() {
-            (None, None)
-        } else {
-            match IdleGroup::create().and_then(|g| {
-                for p in &procs {
-                    g.add(p.pid())?;
-                }
-                Ok(g)
-            }) {
-                Ok(g) => (Some(g), None),
-                Err(e) => (None, Some(format!("{e:#}"))),
+        let (group, not_grouped) = match IdleGroup::create().and_then(|g| {
+            for p in &procs {
+                g.add(p.pid())?;
             }
+            Ok(g)
+        }) {
+            Ok(g) => (Some(g), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
         };
         let spinners = Spinners {
             procs,

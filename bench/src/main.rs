@@ -11,7 +11,7 @@ mod procs;
 mod report;
 mod workloads;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -378,7 +378,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             notes.push(
                 "idle vCPUs were left to halt (--keep-awake none): they wake slowly here".into(),
             );
-            cpu::Spinners::start(Path::new("/nonexistent"), 0)?
+            cpu::Spinners::none()
         }
         KeepAwake::Poll => {
             idle_poll = Some(cpu::IdlePoll::hold()?);
@@ -387,7 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                  request for zero wake-up latency on /dev/cpu_dma_latency), to keep them awake"
                     .into(),
             );
-            cpu::Spinners::start(Path::new("/nonexistent"), 0)?
+            cpu::Spinners::none()
         }
         KeepAwake::Spin => {
             let s = cpu::Spinners::start(&std::env::current_exe()?, nproc)?;

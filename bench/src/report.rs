@@ -186,9 +186,9 @@ fn paired_text(r: &Results, metric: &str, a: &str, b: &str) -> String {
 }
 
 fn ratio_text(r: &Results, metric: &str, a: &str, b: &str) -> String {
-    match (r.median(metric, a), r.median(metric, b)) {
-        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
-        _ => "-".into(),
+    match ratio(r, metric, a, b) {
+        Some(x) => format!("{x:.2}x"),
+        None => "-".into(),
     }
 }
 
