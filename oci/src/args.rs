@@ -37,11 +37,34 @@ const CREATE_WITH_VALUE: &[&str] = &[
     "f",
 ];
 
+/// Flags of `exec` (runc and crun) that take a value.
+const EXEC_WITH_VALUE: &[&str] = &[
+    "process",
+    "p",
+    "console-socket",
+    "pid-file",
+    "cwd",
+    "env",
+    "e",
+    "user",
+    "u",
+    "cap",
+    "c",
+    "apparmor",
+    "process-label",
+    "preserve-fds",
+    "cgroup",
+    "additional-gids",
+    "g",
+];
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Invocation {
     /// The arguments for the real runtime: everything but `--slim-config`.
     pub runtime_args: Vec<OsString>,
     pub slim_config: Option<PathBuf>,
+    /// The runtime's global flags (before the command), for a `state` query of our own.
+    pub global_args: Vec<OsString>,
     /// The command (`create`, `start`, ...), if there is one (`--version` has none).
     pub command: Option<String>,
     /// `--bundle`/`-b` of `create` and `run`; None means the current directory.
@@ -49,6 +72,8 @@ pub struct Invocation {
     /// crun's `--config`/`-f`: the spec's file name inside the bundle (default config.json).
     pub config_file: Option<PathBuf>,
     pub container_id: Option<String>,
+    /// `--process FILE` of `exec`: the process to run, as JSON.
+    pub process_file: Option<PathBuf>,
     /// The runtime's `--log FILE` and `--log-format text|json`.
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
@@ -108,16 +133,19 @@ pub fn parse(argv: &[OsString]) -> Invocation {
         }
         i += consumed;
     }
+    inv.global_args = inv.runtime_args.clone();
     inv.runtime_args
         .extend(argv[i.min(argv.len())..].iter().cloned());
     let Some(command) = argv.get(i) else {
         return inv;
     };
     inv.command = Some(command.to_string_lossy().into_owned());
-    if !inv.creates() {
-        return inv;
-    }
-    // Options and the container id of create/run.
+    let with_value = match inv.command.as_deref() {
+        Some("create" | "run") => CREATE_WITH_VALUE,
+        Some("exec") => EXEC_WITH_VALUE,
+        _ => return inv,
+    };
+    // Options and the container id (the first operand; exec's command follows it).
     let mut j = i + 1;
     while j < argv.len() {
         let arg = &argv[j];
@@ -131,10 +159,13 @@ pub fn parse(argv: &[OsString]) -> Invocation {
             if inv.container_id.is_none() {
                 inv.container_id = Some(arg.to_string_lossy().into_owned());
             }
+            if inv.command.as_deref() == Some("exec") {
+                break;
+            }
             j += 1;
             continue;
         };
-        let takes_value = CREATE_WITH_VALUE.contains(&name.as_str());
+        let takes_value = with_value.contains(&name.as_str());
         let value = match (&inline, takes_value) {
             (Some(v), _) => Some(v.clone()),
             (None, true) => argv.get(j + 1).cloned(),
@@ -142,7 +173,10 @@ pub fn parse(argv: &[OsString]) -> Invocation {
         };
         match name.as_str() {
             "bundle" | "b" => inv.bundle = value.map(PathBuf::from),
-            "config" | "f" => inv.config_file = value.map(PathBuf::from),
+            "config" | "f" if with_value == CREATE_WITH_VALUE => {
+                inv.config_file = value.map(PathBuf::from)
+            }
+            "process" | "p" => inv.process_file = value.map(PathBuf::from),
             _ => {}
         }
         j += if takes_value && inline.is_none() {
@@ -213,6 +247,22 @@ mod tests {
         assert_eq!(inv.bundle, Some("/bundle".into()));
         assert_eq!(inv.config_file, Some("spec.json".into()));
         assert_eq!(inv.container_id.as_deref(), Some("c9"));
+    }
+
+    #[test]
+    fn exec_process_file_and_id() {
+        // conmon's exec for `podman exec`, and containerd's.
+        let inv = parse(&args(
+            "--root /run/r exec --pid-file /x/pid --process /x/exec.json --detach c1",
+        ));
+        assert_eq!(inv.command.as_deref(), Some("exec"));
+        assert_eq!(inv.process_file, Some("/x/exec.json".into()));
+        assert_eq!(inv.container_id.as_deref(), Some("c1"));
+        assert_eq!(inv.global_args, args("--root /run/r"));
+        // Without --process the command follows the id; its own flags are not exec's.
+        let inv = parse(&args("exec -e A=1 c2 /bin/ls -p x"));
+        assert_eq!(inv.container_id.as_deref(), Some("c2"));
+        assert_eq!(inv.process_file, None);
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const SOCKET_DIR_IN_CONTAINER: &str = "/run/slim";
 /// config.json) sees it happened.
 pub const INJECTED_ANNOTATION: &str = "io.slim/injected";
 
+/// The variables besides LD_PRELOAD.
+const SLIM_VARS: [&str; 2] = ["SLIM_PREFIXES", "SLIM_ROUTER_SOCKET"];
+
 /// Host directories that must never be mounted into a container as "the socket's directory".
 const SHARED_DIRS: &[&str] = &[
     "/", "/run", "/var/run", "/tmp", "/var/tmp", "/dev", "/etc", "/var",
@@ -124,6 +127,7 @@ impl Injection {
     }
 
     fn env(&self) -> [(&'static str, String); 2] {
+        // Keep in the order of SLIM_VARS.
         let prefixes: Vec<String> = self.prefixes.iter().map(IpNet::to_string).collect();
         [
             ("SLIM_PREFIXES", prefixes.join(",")),
@@ -145,7 +149,24 @@ pub fn apply(spec: &mut Value, inj: &Injection) -> Result<(), SpecError> {
     });
     mounts.extend(ours);
 
-    let process = object_entry(root, "process")?;
+    let env = inj.env();
+    set_env(object_entry(root, "process")?, &env)?;
+
+    if inj.secure {
+        seccomp::merge(object_entry(root, "linux")?)?;
+    }
+
+    object_entry(root, "annotations")?
+        .insert(INJECTED_ANNOTATION.into(), Value::String("true".into()));
+    Ok(())
+}
+
+/// Sets Slim's variables in a process object (a spec's `process`, or the process file of
+/// `exec`): `LD_PRELOAD` gets the library appended unless it has it, the others are replaced.
+pub fn set_env(
+    process: &mut Map<String, Value>,
+    slim_vars: &[(&str, String)],
+) -> Result<(), SpecError> {
     let env = array_entry(process, "env")?;
     let mut vars: Vec<String> = Vec::with_capacity(env.len() + 3);
     for v in env.iter() {
@@ -164,8 +185,8 @@ pub fn apply(spec: &mut Value, inj: &Injection) -> Result<(), SpecError> {
         Some(p) if !p.trim().is_empty() => format!("{p}:{LIBRARY_IN_CONTAINER}"),
         _ => LIBRARY_IN_CONTAINER.to_string(),
     };
-    let mut set = vec![("LD_PRELOAD", preload)];
-    set.extend(inj.env());
+    let set = std::iter::once(("LD_PRELOAD", preload))
+        .chain(slim_vars.iter().map(|(k, v)| (*k, v.clone())));
     for (key, value) in set {
         let entry = format!("{key}={value}");
         let prefix = format!("{key}=");
@@ -175,14 +196,24 @@ pub fn apply(spec: &mut Value, inj: &Injection) -> Result<(), SpecError> {
         }
     }
     *env = vars.into_iter().map(Value::String).collect();
-
-    if inj.secure {
-        seccomp::merge(object_entry(root, "linux")?)?;
-    }
-
-    object_entry(root, "annotations")?
-        .insert(INJECTED_ANNOTATION.into(), Value::String("true".into()));
     Ok(())
+}
+
+/// The values of Slim's variables (not LD_PRELOAD) in a spec that got Slim, for `exec`.
+pub fn injected_vars(spec: &Value) -> Option<Vec<(&'static str, String)>> {
+    if spec.get("annotations")?.get(INJECTED_ANNOTATION)? != "true" {
+        return None;
+    }
+    let env = spec.get("process")?.get("env")?.as_array()?;
+    SLIM_VARS
+        .iter()
+        .map(|k| {
+            env.iter()
+                .filter_map(Value::as_str)
+                .find_map(|v| v.strip_prefix(k)?.strip_prefix('='))
+                .map(|v| (*k, v.to_string()))
+        })
+        .collect()
 }
 
 /// `obj[key]` as an array, created (or replacing null) if absent.
@@ -341,6 +372,33 @@ mod tests {
         assert_eq!(
             apply(&mut bad, &injection(false)),
             Err(SpecError::BadType("env"))
+        );
+    }
+
+    #[test]
+    fn exec_process_gets_the_containers_slim_vars() {
+        let mut spec: Value = serde_json::from_str(PODMAN).unwrap();
+        assert_eq!(injected_vars(&spec), None, "no Slim, nothing for exec");
+        apply(&mut spec, &injection(false)).unwrap();
+        let vars = injected_vars(&spec).unwrap();
+        assert_eq!(
+            vars,
+            vec![
+                ("SLIM_PREFIXES", "10.32.0.0/12,fd00:32::/64".to_string()),
+                ("SLIM_ROUTER_SOCKET", "/run/slim/router.sock".to_string())
+            ]
+        );
+        // A process file as podman writes it for `podman exec`: the container's env without Slim.
+        let mut process = json!({"args": ["/bin/sh"], "env": ["PATH=/bin", "LD_PRELOAD=/x.so"]});
+        set_env(process.as_object_mut().unwrap(), &vars).unwrap();
+        assert_eq!(
+            process["env"],
+            json!([
+                "PATH=/bin",
+                "LD_PRELOAD=/x.so:/run/slim-lib/libslim_preload.so",
+                "SLIM_PREFIXES=10.32.0.0/12,fd00:32::/64",
+                "SLIM_ROUTER_SOCKET=/run/slim/router.sock"
+            ])
         );
     }
 

@@ -6,6 +6,7 @@ pub mod args;
 pub mod bundle;
 pub mod config;
 pub mod create;
+pub mod exec;
 pub mod inject;
 pub mod log;
 pub mod request;

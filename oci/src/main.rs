@@ -3,9 +3,9 @@
 //! command, the real runtime replaces this process with the same arguments (minus
 //! `--slim-config PATH`).
 
-use slim_oci::args::{self, Invocation};
+use slim_oci::args;
 use slim_oci::log::Log;
-use slim_oci::{config, create, runtime};
+use slim_oci::{config, create, exec, runtime};
 use std::ffi::OsString;
 use std::process::ExitCode;
 
@@ -22,6 +22,7 @@ io.slim/enable=true (or none, with default = \"on\") gets, in its bundle's confi
   - the router socket's directory, bind-mounted read-only at /run/slim, in SLIM_ROUTER_SOCKET;
   - SLIM_PREFIXES from the router's config;
   - with `secure = true` in the router's config, a seccomp rule denying ioctl(SIOCGIFCONF).
+`exec --process FILE` in a container that got Slim gets the same variables.
 A missing library or router socket starts the container without Slim and logs one line
 (syslog, the runtime's --log or stderr, and `log` below).
 
@@ -68,28 +69,24 @@ fn main() -> ExitCode {
         }
     };
     log.own_log = config.as_ref().and_then(|c| c.log.clone());
-    if let Some(c) = &config {
-        if inv.creates() {
+    let runtime = match runtime::resolve(config.as_ref().and_then(|c| c.runtime.as_deref())) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.to_string(), &log),
+    };
+    match (&config, inv.command.as_deref()) {
+        (Some(c), Some("create" | "run")) => {
             create::prepare(&inv, c, &log);
         }
+        (Some(_), Some("exec")) => exec::prepare(&inv, &runtime, &log),
+        _ => {}
     }
-    run_runtime(
-        &inv,
-        config.as_ref().and_then(|c| c.runtime.as_deref()),
-        &log,
-    )
+    let e = runtime::exec(&runtime, &inv.runtime_args);
+    fail(&format!("cannot run {}: {e}", runtime.display()), &log)
 }
 
-/// Execs the real runtime; returns only if that fails.
-fn run_runtime(inv: &Invocation, configured: Option<&str>, log: &Log) -> ExitCode {
-    let err = match runtime::resolve(configured) {
-        Ok(rt) => {
-            let e = runtime::exec(&rt, &inv.runtime_args);
-            format!("cannot run {}: {e}", rt.display())
-        }
-        Err(e) => e.to_string(),
-    };
-    log.warn(&err);
+/// The runtime could not be run: the engine sees exit code 127 and the reason.
+fn fail(err: &str, log: &Log) -> ExitCode {
+    log.warn(err);
     if log.runtime_log.is_some() {
         eprintln!("slim-oci: {err}");
     }

@@ -15,6 +15,15 @@ use std::process::{Command, Output};
 
 const SLIM_OCI: &str = env!("CARGO_BIN_EXE_slim-oci");
 const PREFIXES: &str = "10.32.0.0/12,fd00:32::/64";
+/// No network; limits podman cannot raise here to its defaults.
+const CONTAINER_OPTS: &[&str] = &[
+    "--network",
+    "none",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
 
 /// Built next to slim-oci by `cargo build --workspace` (same profile).
 fn built(name: &str) -> PathBuf {
@@ -110,6 +119,18 @@ impl Lab {
 
     /// `podman run --rm` of the probe through slim-oci; `opts` go before `--rootfs`.
     fn run(&self, opts: &[&str]) -> Output {
+        let mut cmd = self.podman();
+        cmd.args(["run", "--rm"])
+            .args(CONTAINER_OPTS)
+            .args(opts)
+            .arg("--rootfs")
+            .arg(&self.rootfs)
+            .args(["/bin/slim-testprog", "oci-probe"]);
+        cmd.output().unwrap()
+    }
+
+    /// podman with this test's storage and configs, and slim-oci as its runtime.
+    fn podman(&self) -> Command {
         let d = &self.dir;
         let mut cmd = Command::new("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
@@ -129,42 +150,14 @@ impl Lab {
             .args(["--events-backend", "file", "--runtime", SLIM_OCI])
             .arg("--runtime-flag")
             .arg(format!("slim-config={}", self.oci_conf.display()))
-            .args(["run", "--rm", "--network", "none"])
-            .args([
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-            ])
-            .args(opts)
-            .arg("--rootfs")
-            .arg(&self.rootfs)
-            .args(["/bin/slim-testprog", "oci-probe"])
             .env("CONTAINERS_CONF", d.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"));
-        cmd.output().unwrap()
+        cmd
     }
 
     /// Runs the probe and returns its report; the container must have started and exited 0.
     fn probe(&self, opts: &[&str]) -> (BTreeMap<String, String>, String) {
-        let out = self.run(opts);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "podman run {opts:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
-        );
-        let report: BTreeMap<String, String> = stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert!(
-            report.contains_key("siocgifindex"),
-            "incomplete probe report:\n{stdout}\nstderr:\n{stderr}"
-        );
-        (report, stderr)
+        report(&format!("podman run {opts:?}"), self.run(opts))
     }
 
     fn oci_log(&self) -> String {
@@ -177,6 +170,27 @@ impl Drop for Lab {
         // vfs storage holds no mounts once `run --rm` returned; remove everything.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The probe's report from its output; it must have run and exited 0.
+fn report(what: &str, out: Output) -> (BTreeMap<String, String>, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let report: BTreeMap<String, String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        report.contains_key("siocgifindex"),
+        "incomplete probe report:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (report, stderr)
 }
 
 fn unsafe_geteuid() -> u32 {
@@ -192,7 +206,10 @@ fn build_rootfs(rootfs: &Path) {
     }
     let prog = built("slim-testprog");
     std::fs::copy(&prog, rootfs.join("bin/slim-testprog")).unwrap();
-    for obj in [prog, built("libslim_preload.so")] {
+    // Something that stays up, for `podman exec`.
+    let sleep = PathBuf::from("/bin/sleep");
+    std::fs::copy(&sleep, rootfs.join("bin/sleep")).unwrap();
+    for obj in [prog, built("libslim_preload.so"), sleep] {
         let out = Command::new("ldd").arg(&obj).output().unwrap();
         assert!(out.status.success(), "ldd {}", obj.display());
         for lib in String::from_utf8_lossy(&out.stdout)
@@ -290,6 +307,53 @@ fn annotated_container_gets_slim_and_keeps_its_ld_preload() {
         format!("{other}:/run/slim-lib/libslim_preload.so"),
         "{r:?}"
     );
+}
+
+#[test]
+fn podman_exec_in_a_slim_container_gets_slim() {
+    let lab = Lab::new("exec", false, "");
+    for (name, annotation) in [
+        ("slim", "io.slim/enable=true"),
+        ("plain", "io.slim/enable=false"),
+    ] {
+        let ctr = format!("slim-oci-test-exec-{name}-{}", std::process::id());
+        let out = lab
+            .podman()
+            .args(["run", "-d", "--name", &ctr])
+            .args(CONTAINER_OPTS)
+            .args(["--annotation", annotation, "--rootfs"])
+            .arg(&lab.rootfs)
+            .args(["/bin/sleep", "600"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let exec = lab
+            .podman()
+            .args(["exec", &ctr, "/bin/slim-testprog", "oci-probe"])
+            .output()
+            .unwrap();
+        let rm = lab
+            .podman()
+            .args(["rm", "-f", "-t", "0", &ctr])
+            .output()
+            .unwrap();
+        let (r, _) = report("podman exec", exec);
+        assert!(
+            rm.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rm.stderr)
+        );
+        if name == "slim" {
+            assert_injected(&r, &lab);
+            assert_eq!(get(&r, "LD_PRELOAD"), "/run/slim-lib/libslim_preload.so");
+        } else {
+            assert_plain(&r);
+        }
+    }
 }
 
 #[test]
