@@ -26,9 +26,10 @@ check:
 unit:
 	$(CARGO) test --$(PROFILE) --workspace --lib --bins
 
-## Integration tests on the lab (root: network namespaces), one at a time.
+## Integration tests on the lab (root: network namespaces), one at a time; slim-oci under podman.
 e2e: build
 	$(CARGO) test --$(PROFILE) -p slim-lab --tests -- --test-threads=1
+	$(CARGO) test --$(PROFILE) -p slim-oci --tests -- --test-threads=1
 
 ## The test command (README, CI): dependencies, build, lints, unit and lab tests, then secure
 ## mode in a QEMU guest (vm-test; the first run on a machine builds the test kernel, ~20 min).

@@ -6,6 +6,8 @@ set -euo pipefail
 PKGS=(iproute2 procps psmisc iperf iperf3 nginx-light wrk memcached libmemcached-tools redis-server
       redis-tools curl python3 default-jre-headless default-jdk-headless
       valgrind python3-matplotlib)
+# slim-oci's tests (oci/tests/podman.rs): podman runs containers through slim-oci and crun.
+PKGS+=(podman crun conmon catatonit containernetworking-plugins)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,6 +1,7 @@
 //! The logic of `slim-testprog`: plain libc socket calls, as C programs make them.
 
 pub mod fresh;
+pub mod oci_probe;
 pub mod peer_attack;
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -26,6 +26,7 @@ fn usage() -> ! {
          slim-testprog connrate ADDR PORT [--secs S] [--procs P] (short connections per second)\n  \
          slim-testprog attack SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...   (secure mode: try what a container must not)\n  \
          slim-testprog seccomp-exec -- CMD ARGS...   (CMD with ioctl(SIOCGIFCONF) denied, as docs/seccomp.md asks of runtimes)\n  \
+         slim-testprog oci-probe   (inside a container: what slim-oci injected, key=value lines)\n  \
          slim-testprog attack-fd FD SERVER_ADDR:PORT LISTEN_PORT OTHER_CONTAINER_IP HOST_IP...  (exec'd by attack)\n  \
          slim-testprog peer-attack --to ADDR:PORT --key FILE --mode MODE   (frames to a router's peer port, as a container\n    \
          that reached the node could send them; MODE: valid|tamper|replay|expired|foreign|unsealed|malformed;\n    \
@@ -146,6 +147,7 @@ fn main() {
             let at = args.iter().position(|a| a == "--").map_or(1, |i| i + 1);
             slim_testprogs::seccomp::seccomp_exec(&args[at..])
         }
+        "oci-probe" => slim_testprogs::oci_probe::run(),
         "peer-attack" => {
             let to: SocketAddr = opt(&args, "--to")
                 .and_then(|v| v.parse().ok())
