@@ -714,3 +714,37 @@ fn fresh_sockets_stay_fresh_sockets_of_the_container() {
     assert!(out.contains("OK fresh-inherited"), "{out}");
     assert!(out.contains("OK fresh-sockets"), "{out}");
 }
+
+/// An engine that appends the library to an image's own LD_PRELOAD can put the C library ahead of
+/// it. The C library's functions then win over the hooks: the program must still run (it used to
+/// abort in the library's constructor), on the ordinary path, and the library says why once.
+#[test]
+fn c_library_preloaded_before_the_library_runs_without_slim_and_says_so() {
+    let lib = bin("libslim_preload.so").display().to_string();
+    let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+    let prog = "import socket; s = socket.socket(); s.close(); print('ran')";
+    let run = |preload: String| {
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-c", prog])
+            .env("LD_PRELOAD", preload)
+            .env_remove("SLIM_LOG")
+            .output()
+            .expect("run python3")
+    };
+    let shadowed = run(format!("{libc}:{lib}"));
+    let err = String::from_utf8_lossy(&shadowed.stderr);
+    assert!(
+        shadowed.status.success(),
+        "status {:?}: {err}",
+        shadowed.status
+    );
+    assert_eq!(String::from_utf8_lossy(&shadowed.stdout), "ran\n");
+    assert_eq!(err.matches("runs without Slim").count(), 1, "stderr: {err}");
+    let first = run(lib.clone());
+    assert!(first.status.success());
+    assert!(
+        first.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+}

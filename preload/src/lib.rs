@@ -32,8 +32,39 @@ extern "C" fn after_fork_in_child() {
 extern "C" fn init() {
     real::resolve_all();
     let _ = config::get();
+    warn_if_shadowed();
     // SAFETY: registers a handler that only touches atomics and closes descriptors.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+}
+
+/// The program's calls reach our hooks only if no library before us in the lookup order defines
+/// them; with the C library preloaded ahead of us they never do. Say so once: the program then
+/// runs on the overlay, which is correct but not what the operator asked for.
+fn warn_if_shadowed() {
+    // SAFETY: the name is NUL-terminated; RTLD_DEFAULT searches the global scope.
+    let first = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"socket".as_ptr()) };
+    // A reference to our own exported `socket` would itself be resolved through the global scope,
+    // so compare the objects that hold the two addresses instead: INIT is local to this library.
+    if !first.is_null() && object_of(first) != object_of(core::ptr::addr_of!(INIT).cast()) {
+        log::emit(
+            log::WARN,
+            format_args!(
+                "socket() resolves to a library loaded before libslim_preload.so (LD_PRELOAD \
+                 order?): this program runs without Slim; put libslim_preload.so first"
+            ),
+        );
+    }
+}
+
+/// The base address of the loaded object that holds `addr` (null if none does).
+fn object_of(addr: *const core::ffi::c_void) -> *mut core::ffi::c_void {
+    // SAFETY: Dl_info is plain data; all-zero is a valid value.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads addr's value and fills info.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 {
+        return core::ptr::null_mut();
+    }
+    info.dli_fbase
 }
 
 /// Runs when the dynamic loader maps the library, before the program's main.

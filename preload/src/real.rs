@@ -39,7 +39,15 @@ fn lookup(slot: &AtomicUsize, name: &'static str) -> usize {
         return p;
     }
     // SAFETY: name is NUL-terminated; RTLD_NEXT finds the next definition after this library.
-    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const c_char) } as usize;
+    let mut f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const c_char) } as usize;
+    if f == 0 {
+        // Nothing after us defines it: the C library comes *before* this library in the lookup
+        // order (LD_PRELOAD="libc.so.6:libslim_preload.so", which an engine may produce by
+        // appending us to an image's own LD_PRELOAD). Its functions then win over our hooks, so
+        // Slim is inactive in this program, but the program must run: take the C library's own
+        // definition from its handle.
+        f = from_libc(name);
+    }
     if f == 0 {
         // Without the real function nothing can work; say which one and stop the program the way
         // a failed symbol lookup by the dynamic loader would.
@@ -55,6 +63,26 @@ fn lookup(slot: &AtomicUsize, name: &'static str) -> usize {
     }
     slot.store(f, Ordering::Relaxed);
     f
+}
+
+/// `name` looked up in the already loaded C library itself (glibc's soname, then musl's), or 0.
+fn from_libc(name: &'static str) -> usize {
+    for soname in [c"libc.so.6", c"libc.so"] {
+        // SAFETY: soname is NUL-terminated; RTLD_NOLOAD only returns a library already mapped
+        // (it loads nothing and runs no constructor).
+        let h = unsafe { libc::dlopen(soname.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if h.is_null() {
+            continue;
+        }
+        // SAFETY: h is a live handle, name is NUL-terminated.
+        let f = unsafe { libc::dlsym(h, name.as_ptr() as *const c_char) } as usize;
+        // SAFETY: h came from dlopen above; RTLD_NOLOAD took a reference that this drops.
+        unsafe { libc::dlclose(h) };
+        if f != 0 {
+            return f;
+        }
+    }
+    0
 }
 
 real_fns! {
