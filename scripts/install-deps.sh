@@ -6,6 +6,8 @@ set -euo pipefail
 PKGS=(iproute2 procps psmisc iperf iperf3 nginx-light wrk memcached libmemcached-tools redis-server
       redis-tools curl python3 default-jre-headless default-jdk-headless
       valgrind python3-matplotlib)
+# scripts/k8s-validate.sh: shellcheck for the manifests' shell, the CNI portmap plugin's VERSION.
+PKGS+=(shellcheck containernetworking-plugins)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -274,6 +274,25 @@ def containerd_problems(path, plugin_id, runtime_class_handlers):
     return out
 
 
+def shell_scripts(docs):
+    """(where, script) of every container whose command is a POSIX shell with a script argument."""
+    for d in docs:
+        spec = pod_spec(d) or {}
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            cmd = c.get("command") or []
+            if cmd[:1] == ["/bin/sh"] and c.get("args"):
+                yield f"{kind_name(d)} container {c['name']}", c["args"][0]
+
+
+def shellcheck_problems(script):
+    try:
+        r = subprocess.run(["shellcheck", "--shell=sh", "--severity=warning", "-"],
+                           input=script, capture_output=True, text=True)
+    except FileNotFoundError:
+        return ["shellcheck is not installed: run scripts/install-deps.sh"]
+    return [line for line in r.stdout.splitlines() if line.strip()] if r.returncode else []
+
+
 # ---- the run ---------------------------------------------------------------------------------
 
 def main():
@@ -330,6 +349,11 @@ def main():
               [] if diff == ["secure"] and sec.get("secure") is True
               else [f"keys that differ: {diff}"])
 
+    # 3b. The shell scripts of the containers (sh -ec), as /bin/sh (dash) runs them.
+    for bname, docs in built.items():
+        for where, script in shell_scripts(docs):
+            rep.check(f"shellcheck {bname} {where}", shellcheck_problems(script))
+
     # 4. Chaining beside Flannel.
     fdir = root / "chaining" / "flannel"
     flannel = load_docs(fdir / "kube-flannel-cfg.yaml")[0]["data"]
@@ -344,10 +368,8 @@ def main():
               [] if json.loads(conflist) == json.loads(flannel["cni-conf.json"])
               else ["they differ"])
     plugin = cni_plugin_problems(conflist)
-    if plugin is None:
-        print("note the portmap CNI plugin is not installed: its VERSION check is skipped")
-    else:
-        rep.check("the portmap CNI plugin supports the conflist's cniVersion", plugin)
+    rep.check("the portmap CNI plugin supports the conflist's cniVersion", plugin if plugin is not None
+              else ["no portmap plugin in /usr/lib/cni or /opt/cni/bin: run scripts/install-deps.sh"])
 
     # 5. containerd's runtime handler, named as the RuntimeClass.
     handlers = [d["handler"] for d in built.get("base", []) if d.get("kind") == "RuntimeClass"]
