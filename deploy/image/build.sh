@@ -7,7 +7,8 @@
 #   deploy/image/build.sh [--tag NAME] [--suite SUITE] [--kmod KO]... [--bin-dir DIR] [--tar-only FILE]
 #
 #   --tag NAME       image name for podman import [localhost/slim:0.1.0]
-#   --suite SUITE    Debian release of the base [bookworm]
+#   --suite SUITE    Debian release of the base [this machine's, VERSION_CODENAME of /etc/os-release:
+#                    the binaries need a glibc at least as new as the one they were built with]
 #   --kmod KO        a slim_kern.ko built against one node kernel (repeat for every kernel of the
 #                    cluster); it goes to /opt/slim/modules/<its vermagic's kernel release>/
 #   --bin-dir DIR    take slim-router, slim-k8s-peers, slim-oci and libslim_preload.so from DIR
@@ -18,7 +19,8 @@
 set -euo pipefail
 
 TAG=localhost/slim:0.1.0
-SUITE=bookworm
+# shellcheck disable=SC1091
+SUITE=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 KMODS=()
 BIN_DIR=
 TAR_ONLY=
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
         --kmod) KMODS+=("$(readlink -f "${2:?}")"); shift 2 ;;
         --bin-dir) BIN_DIR=$(readlink -f "${2:?}"); shift 2 ;;
         --tar-only) TAR_ONLY=$(readlink -f "${2:?}"); shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -48,9 +50,15 @@ if [ -z "$BIN_DIR" ]; then
     (cd "$repo" && cargo build --release -p slim-router -p slim-k8s-peers -p slim-oci -p slim-preload)
     BIN_DIR=$repo/target/release
 fi
+# Copies without debug information (the release profile keeps some): a third of the size.
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
 for f in slim-router slim-k8s-peers slim-oci libslim_preload.so; do
     [ -f "$BIN_DIR/$f" ] || die "$BIN_DIR/$f is missing; build it (cargo build --release) or give --bin-dir"
+    cp "$BIN_DIR/$f" "$stage/$f"
+    strip --strip-debug "$stage/$f" 2>/dev/null || true
 done
+BIN_DIR=$stage
 
 # $1 in the hooks is mmdebstrap's chroot, expanded by mmdebstrap, not here.
 # shellcheck disable=SC2016
