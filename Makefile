@@ -71,7 +71,7 @@ clean:
 	-$(LAB) down
 	$(CARGO) clean
 
-## Kubernetes manifests (deploy/kubernetes/) against the API schemas, offline; the tools are
-## installed once into /var/cache/slim-venv.
-k8s-validate:
-	./scripts/k8s-validate.sh
+## Kubernetes manifests (deploy/kubernetes/) against the API schemas, offline (the tools are
+## installed once into /var/cache/slim-venv), and routers run with the DaemonSet's capabilities.
+k8s-validate: build
+	./scripts/k8s-validate.sh --router-caps $(TARGET)

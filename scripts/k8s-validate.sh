@@ -5,6 +5,12 @@
 # (router.toml keys, CNI conflist, containerd runtime handler), and negative checks that prove a
 # misspelt field or a wrong type fails. No cluster is needed.
 #
+#   scripts/k8s-validate.sh [--router-caps TARGET_DIR]
+#
+# --router-caps (root): also runs two routers from TARGET_DIR (e.g. target/release) with exactly
+# the capabilities the DaemonSet gives the router, in network namespaces of its own, and checks
+# that Slim connections work across them (scripts/k8s-validate/router-caps.sh).
+#
 # The tools are installed once into a virtualenv cached outside the repository
 # (/var/cache/slim-venv/k8s-validate-<version>, pinned: scripts/k8s-validate/*requirements.txt).
 set -euo pipefail
@@ -34,4 +40,4 @@ fi
 
 export PATH="$VENV/bin:$PATH"
 exec "$VENV/bin/python" "$here/k8s-validate/validate.py" \
-    --repo "$repo" --kubectl "$VENV/bin/kubectl" --k8s-versions "$K8S_VERSIONS"
+    --repo "$repo" --kubectl "$VENV/bin/kubectl" --k8s-versions "$K8S_VERSIONS" "$@"

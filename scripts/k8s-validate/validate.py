@@ -293,6 +293,21 @@ def shellcheck_problems(script):
     return [line for line in r.stdout.splitlines() if line.strip()] if r.returncode else []
 
 
+def router_caps_problems(docs, target):
+    ds = next((d for d in docs if d.get("kind") == "DaemonSet"), None)
+    c = next((c for c in (pod_spec(ds) or {}).get("containers", []) if c["name"] == "router"), None)
+    if c is None:
+        return ["no DaemonSet with a container `router` in the base build"]
+    caps = (c.get("securityContext") or {}).get("capabilities") or {}
+    if caps.get("drop") != ["ALL"]:
+        return [f"the router drops {caps.get('drop')}, not [ALL]: the test would not match it"]
+    setpriv = ",".join("+" + x.lower() for x in caps.get("add") or []) or "-all"
+    script = Path(__file__).with_name("router-caps.sh")
+    r = subprocess.run([str(script), setpriv, target], capture_output=True, text=True)
+    print("\n".join("     " + line for line in (r.stdout + r.stderr).splitlines()))
+    return [] if r.returncode == 0 else [f"router-caps.sh exited {r.returncode}"]
+
+
 # ---- the run ---------------------------------------------------------------------------------
 
 def main():
@@ -300,6 +315,9 @@ def main():
     ap.add_argument("--repo", type=Path, required=True)
     ap.add_argument("--kubectl", required=True)
     ap.add_argument("--k8s-versions", required=True)
+    ap.add_argument("--router-caps", metavar="TARGET_DIR",
+                    help="also run two routers from TARGET_DIR with the DaemonSet's capabilities "
+                         "(root; router-caps.sh)")
     a = ap.parse_args()
     versions = a.k8s_versions.split()
     root = a.repo / "deploy" / "kubernetes"
@@ -385,6 +403,14 @@ def main():
     nodes = json.loads(fixture.read_text())["items"]
     rep.check(f"k8s/tests/fixtures/nodelist.json: {len(nodes)} v1 Nodes",
               object_problems(nodes, versions))
+
+    # 6b. The router works with the capabilities the DaemonSet gives it.
+    if a.router_caps:
+        rep.check("slim-router works with the base DaemonSet's capabilities",
+                  router_caps_problems(built.get("base", []), a.router_caps))
+    else:
+        print("note --router-caps not given: the routers are not run with the DaemonSet's "
+              "capabilities (make k8s-validate does it)")
 
     # 7. The checks above can fail: broken copies must be refused.
     ds = next(d for d in load_docs(root / "base" / "daemonset.yaml") if d["kind"] == "DaemonSet")
