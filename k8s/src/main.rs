@@ -159,9 +159,14 @@ fn sync(
                     }
                     Ok(true)
                 }
-                Applied::Expired { code, message } => {
-                    tracing::info!(code, message, "node watch expired; listing again");
+                // 410 Gone: the resource version left the API server's window; list again now.
+                Applied::Ended { code: 410, message } => {
+                    tracing::info!(message, "node watch expired; listing again");
                     Ok(false)
+                }
+                // Any other error event: list again after the backoff, not in a tight loop.
+                Applied::Ended { code, message } => {
+                    anyhow::bail!("the node watch ended with an error (HTTP {code}): {message}")
                 }
             }
         })?;

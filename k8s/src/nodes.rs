@@ -157,9 +157,10 @@ pub struct WatchEvent {
 pub enum Applied {
     /// A node was added, changed or deleted, or a bookmark moved the resource version.
     Ok,
-    /// The API server ended the watch with an error (410 Gone: the resource version is too
-    /// old); the caller lists again.
-    Expired { code: i64, message: String },
+    /// The API server ended the watch with an ERROR event (`v1.Status`); the caller lists
+    /// again, at once for 410 Gone (the resource version left the server's window), after its
+    /// backoff for anything else.
+    Ended { code: i64, message: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +232,7 @@ impl NodeSet {
             }
             "ERROR" => {
                 let s: Status = serde_json::from_value(ev.object.clone()).map_err(malformed)?;
-                Ok(Applied::Expired {
+                Ok(Applied::Ended {
                     code: s.code,
                     message: s.message,
                 })
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(set.resource_version.as_deref(), Some("9005"));
         assert!(results[..4].iter().all(|r| *r == Applied::Ok));
         assert!(
-            matches!(&results[4], Applied::Expired { code: 410, message } if message.contains("too old"))
+            matches!(&results[4], Applied::Ended { code: 410, message } if message.contains("too old"))
         );
     }
 
