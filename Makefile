@@ -5,7 +5,7 @@ TARGET := target/$(PROFILE)
 LAB := $(TARGET)/slim-lab
 
 .PHONY: all build deps test check unit e2e demo lab-up lab-down clean
-.PHONY: bench bench-quick kmod vm-test
+.PHONY: bench bench-quick kmod vm-test k8s-validate
 
 all: build
 
@@ -33,7 +33,7 @@ e2e: build
 
 ## The test command (README, CI): dependencies, build, lints, unit and lab tests, then secure
 ## mode in a QEMU guest (vm-test; the first run on a machine builds the test kernel, ~20 min).
-test: deps build check unit e2e
+test: deps build check unit e2e k8s-validate
 	$(LAB) down
 	./vm-tests/run.sh
 
@@ -71,3 +71,8 @@ lab-down:
 clean:
 	-$(LAB) down
 	$(CARGO) clean
+
+## Kubernetes manifests (deploy/kubernetes/) against the API schemas, offline (the tools are
+## installed once into /var/cache/slim-venv), and routers run with the DaemonSet's capabilities.
+k8s-validate: build
+	./scripts/k8s-validate.sh --router-caps $(TARGET)

@@ -8,6 +8,8 @@ PKGS=(iproute2 procps psmisc iperf iperf3 nginx-light wrk memcached libmemcached
       valgrind python3-matplotlib)
 # slim-oci's tests (oci/tests/podman.rs): podman runs containers through slim-oci and crun.
 PKGS+=(podman crun conmon catatonit containernetworking-plugins)
+# scripts/k8s-validate.sh: shellcheck for the manifests' shell, the CNI portmap plugin's VERSION.
+PKGS+=(shellcheck)
 
 missing=()
 for p in "${PKGS[@]}"; do
