@@ -108,8 +108,39 @@ struct Link {
 
 struct PeerConn {
     host: IpAddr,
+    /// The other end of the TCP connection.
+    remote: SocketAddr,
+    /// Whether this router dialled it (else the peer did).
+    dialled: bool,
     tx: mpsc::UnboundedSender<PeerMsg>,
     acked: watch::Receiver<u64>,
+    /// Set to true to close the connection (its peer was removed from the peers file).
+    stop: watch::Sender<bool>,
+}
+
+/// A peer this router keeps dialling, and why.
+struct Dialer {
+    stop: watch::Sender<bool>,
+    from_flag: bool,
+    from_file: bool,
+}
+
+/// One peer connection, for status.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub host: IpAddr,
+    pub remote: SocketAddr,
+    pub dialled: bool,
+}
+
+/// One configured peer (--peer or the peers file), for status and metrics.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub from_flag: bool,
+    pub from_file: bool,
+    pub connected: bool,
 }
 
 #[derive(Default)]
@@ -117,6 +148,10 @@ pub struct PeerSet {
     conns: Mutex<HashMap<u64, PeerConn>>,
     next_id: AtomicU64,
     seq: AtomicU64,
+    dialers: Mutex<HashMap<SocketAddr, Dialer>>,
+    /// With a peers file: the hosts whose connections are accepted (--peer and the file's).
+    /// `None`: anybody's (sealing decides who is a router).
+    admitted: Mutex<Option<std::collections::HashSet<IpAddr>>>,
 }
 
 impl PeerSet {
@@ -212,6 +247,152 @@ impl PeerSet {
     pub fn describe(&self) -> Vec<(u64, IpAddr)> {
         self.conns().iter().map(|(id, c)| (*id, c.host)).collect()
     }
+
+    fn dialers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Dialer>> {
+        self.dialers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admitted(&self) -> std::sync::MutexGuard<'_, Option<std::collections::HashSet<IpAddr>>> {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a connection from `ip` may become a peer connection.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = crate::hostsock::normalize_ip(ip);
+        self.admitted().as_ref().is_none_or(|s| s.contains(&ip))
+    }
+
+    /// The peers of the command line (and the configuration file's `peers`): dialled for good.
+    /// With a peers file, connections are accepted only from listed hosts from now on.
+    pub fn start(&self, router: &Arc<Router>, peers: &[SocketAddr], with_file: bool) {
+        if with_file {
+            *self.admitted() = Some(
+                peers
+                    .iter()
+                    .map(|p| crate::hostsock::normalize_ip(p.ip()))
+                    .collect(),
+            );
+        }
+        let mut d = self.dialers();
+        for p in peers {
+            if let Some(x) = d.get_mut(p) {
+                x.from_flag = true;
+                continue;
+            }
+            let (stop, rx) = watch::channel(false);
+            dial(router.clone(), *p, rx);
+            d.insert(
+                *p,
+                Dialer {
+                    stop,
+                    from_flag: true,
+                    from_file: false,
+                },
+            );
+        }
+    }
+
+    /// The peers file now lists `peers`: dial the new ones; disconnect the ones that left (unless
+    /// --peer names them too) and withdraw their listeners and port leases.
+    pub fn set_file_peers(
+        &self,
+        router: &Arc<Router>,
+        peers: std::collections::BTreeSet<SocketAddr>,
+    ) {
+        let mut removed = Vec::new();
+        {
+            let mut d = self.dialers();
+            for (addr, x) in d.iter_mut() {
+                x.from_file = peers.contains(addr);
+            }
+            d.retain(|addr, x| {
+                let keep = x.from_flag || x.from_file;
+                if !keep {
+                    let _ = x.stop.send(true);
+                    removed.push(*addr);
+                }
+                keep
+            });
+            for p in &peers {
+                if d.contains_key(p) {
+                    continue;
+                }
+                tracing::info!(peer = %p, "peer added by the peers file; dialling");
+                let (stop, rx) = watch::channel(false);
+                dial(router.clone(), *p, rx);
+                d.insert(
+                    *p,
+                    Dialer {
+                        stop,
+                        from_flag: false,
+                        from_file: true,
+                    },
+                );
+            }
+            let ips = d
+                .keys()
+                .map(|a| crate::hostsock::normalize_ip(a.ip()))
+                .collect();
+            *self.admitted() = Some(ips);
+        }
+        for addr in removed {
+            let ip = crate::hostsock::normalize_ip(addr.ip());
+            if self.admits(ip) {
+                // Another port of the same host is still listed.
+                continue;
+            }
+            let mut hosts = vec![ip];
+            for c in self.conns().values() {
+                if crate::hostsock::normalize_ip(c.remote.ip()) == ip || c.host == ip {
+                    let _ = c.stop.send(true);
+                    hosts.push(c.host);
+                }
+            }
+            let mut leases = 0;
+            for h in hosts {
+                leases += router.tables().drop_peer_leases(h);
+            }
+            tracing::info!(peer = %addr, leases, "peer removed from the peers file: disconnected, its listeners and port leases withdrawn");
+        }
+    }
+
+    /// The peer connections, for status.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self
+            .conns()
+            .iter()
+            .map(|(id, c)| ConnInfo {
+                id: *id,
+                host: c.host,
+                remote: c.remote,
+                dialled: c.dialled,
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// The configured peers and whether each has a connection, for status and metrics.
+    pub fn configured(&self) -> Vec<PeerInfo> {
+        let conns = self.connections();
+        let mut v: Vec<PeerInfo> = self
+            .dialers()
+            .iter()
+            .map(|(addr, d)| {
+                let ip = crate::hostsock::normalize_ip(addr.ip());
+                PeerInfo {
+                    addr: *addr,
+                    from_flag: d.from_flag,
+                    from_file: d.from_file,
+                    connected: conns.iter().any(|c| {
+                        c.host == ip || crate::hostsock::normalize_ip(c.remote.ip()) == ip
+                    }),
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| p.addr);
+        v
+    }
 }
 
 /// Host endpoints of one address as runs of consecutive ports: (first, count).
@@ -243,9 +424,17 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
         loop {
             match l.accept().await {
                 Ok((s, from)) => {
+                    if !router.peers.admits(from.ip()) {
+                        tracing::warn!(%from, "peer connection refused: its host is not in the peers file (nor --peer)");
+                        router
+                            .counters
+                            .peer_refusals
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let r = router.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(r, s).await {
+                        if let Err(e) = serve(r, s, false, None).await {
                             tracing::info!(%from, error = %e, "peer connection ended");
                         }
                     });
@@ -260,17 +449,21 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Keeps a connection to one peer, redialling with backoff whenever it drops.
-pub fn dial(router: Arc<Router>, peer: SocketAddr) {
+/// Keeps a connection to one peer, redialling with backoff whenever it drops, until `stop`.
+fn dial(router: Arc<Router>, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut backoff = REDIAL_MIN;
         let mut reported = false;
         loop {
-            match TcpStream::connect(peer).await {
+            let connected = tokio::select! {
+                c = TcpStream::connect(peer) => c,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match connected {
                 Ok(s) => {
                     backoff = REDIAL_MIN;
                     reported = false;
-                    if let Err(e) = serve(router.clone(), s).await {
+                    if let Err(e) = serve(router.clone(), s, true, Some(stop.clone())).await {
                         tracing::info!(%peer, error = %e, "peer connection ended");
                     }
                 }
@@ -281,10 +474,37 @@ pub fn dial(router: Arc<Router>, peer: SocketAddr) {
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
             backoff = (backoff * 2).min(REDIAL_MAX);
         }
     });
+}
+
+/// Forgets a registered peer connection however its task ends (error, removal, or cancellation).
+struct Registered {
+    router: Arc<Router>,
+    id: u64,
+    host: IpAddr,
+    writer: tokio::task::JoinHandle<()>,
+    /// Its peer was removed from the peers file: its leases go too.
+    removed: bool,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.router.peers.conns().remove(&self.id);
+        self.router.tables().drop_owner(Owner::Peer(self.id));
+        self.writer.abort();
+        if self.removed {
+            self.router.tables().drop_peer_leases(self.host);
+            tracing::info!(peer = %self.host, conn = self.id, "peer router removed; its listeners and port leases are withdrawn");
+        } else {
+            tracing::info!(peer = %self.host, conn = self.id, "peer router disconnected; its listeners are forgotten");
+        }
+    }
 }
 
 /// Counts, logs and returns the refusal of a frame on a sealed connection.
@@ -390,7 +610,12 @@ async fn write_msg<W: AsyncWriteExt + Unpin>(
     w.write_all(&buf[..n]).await
 }
 
-async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
+async fn serve(
+    router: Arc<Router>,
+    stream: TcpStream,
+    dialled: bool,
+    dial_stop: Option<watch::Receiver<bool>>,
+) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let local_host = stream.local_addr()?.ip();
     let link = Link {
@@ -421,10 +646,17 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let id = router.peers.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     let mut initial_leases = 0u64;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     {
         // Register and queue the full table under one lock so that no listener added meanwhile
         // is missed or sent twice out of order.
         let mut conns = router.peers.conns();
+        // Checked again under the lock: a peers-file removal stops the registered connections
+        // of that host after updating who is admitted.
+        if !router.peers.admits(link.remote.ip()) || dial_stop.as_ref().is_some_and(|d| *d.borrow())
+        {
+            anyhow::bail!("peer {} is no longer listed", link.remote);
+        }
         // Leases first: the peer must know them before it learns a listener of ours that a
         // connection from a leased port could reach... and before we use its listeners
         // (see `leases_acked` below).
@@ -464,8 +696,11 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
             id,
             PeerConn {
                 host,
+                remote: link.remote,
+                dialled,
                 tx: tx.clone(),
                 acked: ack_rx,
+                stop: stop_tx,
             },
         );
     }
@@ -487,6 +722,13 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
             }
         }
     });
+    let mut registered = Registered {
+        router: router.clone(),
+        id,
+        host,
+        writer,
+        removed: false,
+    };
     let owner = Owner::Peer(id);
     // The peer's listener changes wait until it has acknowledged our leases: until then a
     // connection from a port we leased while it was away could reach it before the lease.
@@ -515,7 +757,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
         }
         _ => {}
     };
-    let result: anyhow::Result<()> = async {
+    let body = async {
         loop {
             match read_msg(&router, &link, &mut rd).await? {
                 m @ (PeerMsg::ListenerAdd { .. } | PeerMsg::ListenerDel { .. }) => {
@@ -551,7 +793,10 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                             pinned += t.lease_from_peer(c, overlay, &mut live);
                         }
                     }
-                    router.counters.pinned.fetch_add(pinned as u64, Ordering::Relaxed);
+                    router
+                        .counters
+                        .pinned
+                        .fetch_add(pinned as u64, Ordering::Relaxed);
                     if pinned > 0 {
                         tracing::debug!(peer = %host, %start, count, %overlay, pinned, "ports changed owner; earlier connections pinned");
                     }
@@ -560,12 +805,25 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                 PeerMsg::Hello { .. } => {}
             }
         }
-    }
-    .await;
-    router.peers.conns().remove(&id);
-    router.tables().drop_owner(owner);
-    writer.abort();
-    tracing::info!(peer = %host, conn = id, "peer router disconnected; its listeners are forgotten");
+    };
+    let removed = async {
+        match dial_stop {
+            Some(mut d) => tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => {}
+                _ = d.wait_for(|s| *s) => {}
+            },
+            None => {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let result: anyhow::Result<()> = tokio::select! {
+        r = body => r,
+        _ = removed => {
+            registered.removed = true;
+            Ok(())
+        }
+    };
     result
 }
 
