@@ -272,6 +272,19 @@ metrics_listen = "127.0.0.1:9788"
         Path::new("/etc/slim/router.toml")
     }
 
+    /// deploy/systemd/router.toml, the example operators start from, stays valid.
+    #[test]
+    fn the_example_configuration_parses() {
+        let text = include_str!("../../deploy/systemd/router.toml");
+        let f = parse(text, p()).unwrap();
+        let c = Config::merge(&args(&[]), f, Some(p().into())).unwrap();
+        assert_eq!(
+            c.cluster_key.as_deref(),
+            Some(Path::new("/etc/slim/cluster.key"))
+        );
+        assert!(!c.insecure_peer_channel);
+    }
+
     #[test]
     fn every_agreed_key_parses() {
         let f = parse(FULL, p()).unwrap();
