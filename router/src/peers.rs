@@ -6,7 +6,8 @@
 //! tampered, expired, replayed, malformed, unsealed) is counted by kind, logged at warn, and the
 //! connection is dropped: a real peer router never sends such a frame, so whoever did is not
 //! trusted with the rest of the stream, and the routes learnt on that connection are forgotten
-//! (a real peer redials and resends its table). Without a key nothing is sealed or checked.
+//! (a real peer redials and resends its table). Without a key (`--insecure-peer-channel`, the
+//! explicit opt-out) nothing is sealed or checked.
 
 use crate::router::Router;
 use crate::tables::{Owner, Route};
@@ -425,11 +426,16 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
             match l.accept().await {
                 Ok((s, from)) => {
                     if !router.peers.admits(from.ip()) {
-                        tracing::warn!(%from, "peer connection refused: its host is not in the peers file (nor --peer)");
-                        router
+                        let n = router
                             .counters
                             .peer_refusals
-                            .fetch_add(1, Ordering::Relaxed);
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
+                        // A removed host that still runs redials every few seconds: the 1st,
+                        // 2nd, 4th, 8th... refusal is logged.
+                        if n.is_power_of_two() {
+                            tracing::warn!(%from, refused_total = n, "peer connection refused: its host is not in the peers file (nor --peer)");
+                        }
                         continue;
                     }
                     let r = router.clone();
