@@ -12,6 +12,7 @@ mod hostsock;
 mod kmod;
 mod leases;
 mod metrics;
+mod peer_set;
 mod peers;
 mod peers_file;
 mod router;
@@ -132,9 +133,7 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
     }
     let listener = clients::bind_socket(&config.socket, config.socket_mode)?;
     peers::listen(router.clone(), peer_listen).await?;
-    router
-        .peers
-        .start(&router, &config.peers, config.peers_file.is_some());
+    peers::start(&router, &config.peers, config.peers_file.is_some());
     if let Some(path) = &config.peers_file {
         peers_file::watch(router.clone(), path.clone());
     }

@@ -9,10 +9,11 @@
 //! (a real peer redials and resends its table). Without a key (`--insecure-peer-channel`, the
 //! explicit opt-out) nothing is sealed or checked.
 
+use crate::peer_set::{runs, PeerConn, ToDial};
 use crate::router::Router;
 use crate::tables::{Owner, Route};
 use slim_uapi::peer::sealed::{self, FrameError};
-use slim_uapi::peer::{ListenerEntry, PeerMsg, MAX_PEER_FRAME};
+use slim_uapi::peer::{PeerMsg, MAX_PEER_FRAME};
 use slim_uapi::proto::PROTO_VERSION;
 use slim_uapi::seal::{ClusterKey, OpenError, ReplayCache, TOKEN_TTL_MS};
 use std::collections::HashMap;
@@ -107,313 +108,6 @@ struct Link {
     remote: SocketAddr,
 }
 
-struct PeerConn {
-    host: IpAddr,
-    /// The other end of the TCP connection.
-    remote: SocketAddr,
-    /// Whether this router dialled it (else the peer did).
-    dialled: bool,
-    tx: mpsc::UnboundedSender<PeerMsg>,
-    acked: watch::Receiver<u64>,
-    /// Set to true to close the connection (its peer was removed from the peers file).
-    stop: watch::Sender<bool>,
-}
-
-/// A peer this router keeps dialling, and why.
-struct Dialer {
-    stop: watch::Sender<bool>,
-    from_flag: bool,
-    from_file: bool,
-}
-
-/// One peer connection, for status.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub id: u64,
-    pub host: IpAddr,
-    pub remote: SocketAddr,
-    pub dialled: bool,
-}
-
-/// One configured peer (--peer or the peers file), for status and metrics.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub addr: SocketAddr,
-    pub from_flag: bool,
-    pub from_file: bool,
-    pub connected: bool,
-}
-
-#[derive(Default)]
-pub struct PeerSet {
-    conns: Mutex<HashMap<u64, PeerConn>>,
-    next_id: AtomicU64,
-    seq: AtomicU64,
-    dialers: Mutex<HashMap<SocketAddr, Dialer>>,
-    /// With a peers file: the hosts whose connections are accepted (--peer and the file's).
-    /// `None`: anybody's (sealing decides who is a router).
-    admitted: Mutex<Option<std::collections::HashSet<IpAddr>>>,
-}
-
-impl PeerSet {
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PeerConn>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn send(&self, conn: u64, msg: PeerMsg) {
-        if let Some(c) = self.conns().get(&conn) {
-            let _ = c.tx.send(msg);
-        }
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Sends `n` messages (`make(i, seq)`) to every peer and waits (bounded) until each has
-    /// acknowledged them all. False if one did not in time (`what` says what, in the warning).
-    async fn send_acked(
-        &self,
-        n: usize,
-        make: impl Fn(usize, u64) -> PeerMsg,
-        wait: Duration,
-        what: &str,
-    ) -> bool {
-        let mut waits = Vec::new();
-        {
-            let conns = self.conns();
-            for (id, c) in conns.iter() {
-                let mut last = 0;
-                for i in 0..n {
-                    last = self.next_seq();
-                    let _ = c.tx.send(make(i, last));
-                }
-                if last != 0 {
-                    waits.push((*id, c.host, c.acked.clone(), last));
-                }
-            }
-        }
-        let mut all = true;
-        for (id, host, mut acked, want) in waits {
-            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(peer = %host, conn = id, "peer did not confirm {what} in time");
-                all = false;
-            }
-        }
-        all
-    }
-
-    /// Sends new listeners to every peer and waits (bounded) until each has acknowledged them.
-    pub async fn add_listeners(&self, entries: &[ListenerEntry], wait: Duration) {
-        let make = |i: usize, seq| PeerMsg::ListenerAdd {
-            seq,
-            entry: entries[i],
-        };
-        self.send_acked(entries.len(), make, wait, "a new listener")
-            .await;
-    }
-
-    /// Tells every peer that connections from these host endpoints (ports of ours) are from
-    /// `owner`, and waits (bounded) until each has acknowledged. False if one did not in time.
-    pub async fn lease(&self, ports: &[SocketAddr], owner: IpAddr, wait: Duration) -> bool {
-        let runs = runs(ports);
-        let make = |i: usize, seq| PeerMsg::Lease {
-            seq,
-            client_host: runs[i].0,
-            count: runs[i].1,
-            overlay: owner,
-        };
-        self.send_acked(
-            runs.len(),
-            make,
-            wait,
-            "a port lease (pooled sockets without a lease meanwhile)",
-        )
-        .await
-    }
-
-    pub fn del_listeners(&self, entries: &[ListenerEntry]) {
-        let conns = self.conns();
-        for c in conns.values() {
-            for e in entries {
-                let _ = c.tx.send(PeerMsg::ListenerDel {
-                    seq: self.next_seq(),
-                    entry: *e,
-                });
-            }
-        }
-    }
-
-    pub fn describe(&self) -> Vec<(u64, IpAddr)> {
-        self.conns().iter().map(|(id, c)| (*id, c.host)).collect()
-    }
-
-    fn dialers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Dialer>> {
-        self.dialers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn admitted(&self) -> std::sync::MutexGuard<'_, Option<std::collections::HashSet<IpAddr>>> {
-        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a connection from `ip` may become a peer connection.
-    pub fn admits(&self, ip: IpAddr) -> bool {
-        let ip = crate::hostsock::normalize_ip(ip);
-        self.admitted().as_ref().is_none_or(|s| s.contains(&ip))
-    }
-
-    /// The peers of the command line (and the configuration file's `peers`): dialled for good.
-    /// With a peers file, connections are accepted only from listed hosts from now on.
-    pub fn start(&self, router: &Arc<Router>, peers: &[SocketAddr], with_file: bool) {
-        if with_file {
-            *self.admitted() = Some(
-                peers
-                    .iter()
-                    .map(|p| crate::hostsock::normalize_ip(p.ip()))
-                    .collect(),
-            );
-        }
-        let mut d = self.dialers();
-        for p in peers {
-            if let Some(x) = d.get_mut(p) {
-                x.from_flag = true;
-                continue;
-            }
-            let (stop, rx) = watch::channel(false);
-            dial(router.clone(), *p, rx);
-            d.insert(
-                *p,
-                Dialer {
-                    stop,
-                    from_flag: true,
-                    from_file: false,
-                },
-            );
-        }
-    }
-
-    /// The peers file now lists `peers`: dial the new ones; disconnect the ones that left (unless
-    /// --peer names them too) and withdraw their listeners and port leases.
-    pub fn set_file_peers(
-        &self,
-        router: &Arc<Router>,
-        peers: std::collections::BTreeSet<SocketAddr>,
-    ) {
-        let mut removed = Vec::new();
-        {
-            let mut d = self.dialers();
-            for (addr, x) in d.iter_mut() {
-                x.from_file = peers.contains(addr);
-            }
-            d.retain(|addr, x| {
-                let keep = x.from_flag || x.from_file;
-                if !keep {
-                    let _ = x.stop.send(true);
-                    removed.push(*addr);
-                }
-                keep
-            });
-            for p in &peers {
-                if d.contains_key(p) {
-                    continue;
-                }
-                tracing::info!(peer = %p, "peer added by the peers file; dialling");
-                let (stop, rx) = watch::channel(false);
-                dial(router.clone(), *p, rx);
-                d.insert(
-                    *p,
-                    Dialer {
-                        stop,
-                        from_flag: false,
-                        from_file: true,
-                    },
-                );
-            }
-            let ips = d
-                .keys()
-                .map(|a| crate::hostsock::normalize_ip(a.ip()))
-                .collect();
-            *self.admitted() = Some(ips);
-        }
-        for addr in removed {
-            let ip = crate::hostsock::normalize_ip(addr.ip());
-            if self.admits(ip) {
-                // Another port of the same host is still listed.
-                continue;
-            }
-            let mut hosts = vec![ip];
-            for c in self.conns().values() {
-                if crate::hostsock::normalize_ip(c.remote.ip()) == ip || c.host == ip {
-                    let _ = c.stop.send(true);
-                    hosts.push(c.host);
-                }
-            }
-            let mut leases = 0;
-            for h in hosts {
-                leases += router.tables().drop_peer_leases(h);
-            }
-            tracing::info!(peer = %addr, leases, "peer removed from the peers file: disconnected, its listeners and port leases withdrawn");
-        }
-    }
-
-    /// The peer connections, for status.
-    pub fn connections(&self) -> Vec<ConnInfo> {
-        let mut v: Vec<ConnInfo> = self
-            .conns()
-            .iter()
-            .map(|(id, c)| ConnInfo {
-                id: *id,
-                host: c.host,
-                remote: c.remote,
-                dialled: c.dialled,
-            })
-            .collect();
-        v.sort_by_key(|c| c.id);
-        v
-    }
-
-    /// The configured peers and whether each has a connection, for status and metrics.
-    pub fn configured(&self) -> Vec<PeerInfo> {
-        let conns = self.connections();
-        let mut v: Vec<PeerInfo> = self
-            .dialers()
-            .iter()
-            .map(|(addr, d)| {
-                let ip = crate::hostsock::normalize_ip(addr.ip());
-                PeerInfo {
-                    addr: *addr,
-                    from_flag: d.from_flag,
-                    from_file: d.from_file,
-                    connected: conns.iter().any(|c| {
-                        c.host == ip || crate::hostsock::normalize_ip(c.remote.ip()) == ip
-                    }),
-                }
-            })
-            .collect();
-        v.sort_by_key(|p| p.addr);
-        v
-    }
-}
-
-/// Host endpoints of one address as runs of consecutive ports: (first, count).
-fn runs(ports: &[SocketAddr]) -> Vec<(SocketAddr, u16)> {
-    let mut sorted: Vec<SocketAddr> = ports.to_vec();
-    sorted.sort_unstable();
-    let mut out: Vec<(SocketAddr, u16)> = Vec::new();
-    for p in sorted {
-        match out.last_mut() {
-            Some((start, n))
-                if start.ip() == p.ip() && start.port() as u32 + *n as u32 == p.port() as u32 =>
-            {
-                *n += 1
-            }
-            _ => out.push((p, 1)),
-        }
-    }
-    out
-}
-
 /// Accepts connections from peers that dial us.
 pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -453,6 +147,22 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
         }
     });
     Ok(())
+}
+
+/// Dials the peers of the command line (and the configuration's `peers`), for good.
+pub fn start(router: &Arc<Router>, peers: &[SocketAddr], with_file: bool) {
+    for (p, stop) in router.peers.start(peers, with_file) {
+        dial(router.clone(), p, stop);
+    }
+}
+
+/// The peers file now lists `peers` (see `PeerSet::set_file_peers`).
+pub fn set_file_peers(router: &Arc<Router>, peers: std::collections::BTreeSet<SocketAddr>) {
+    let to_dial: Vec<ToDial> = router.peers.set_file_peers(router, peers);
+    for (p, stop) in to_dial {
+        tracing::info!(peer = %p, "peer added by the peers file; dialling");
+        dial(router.clone(), p, stop);
+    }
 }
 
 /// Keeps a connection to one peer, redialling with backoff whenever it drops, until `stop`.
@@ -650,7 +360,7 @@ async fn serve(
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<PeerMsg>();
     let (ack_tx, ack_rx) = watch::channel(0u64);
-    let id = router.peers.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = router.peers.new_id();
     let mut initial_leases = 0u64;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     {
@@ -831,19 +541,4 @@ async fn serve(
         }
     };
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_go_as_runs() {
-        let h = |p: u16| SocketAddr::new("192.168.77.1".parse().unwrap(), p);
-        assert_eq!(
-            runs(&[h(40002), h(40000), h(40001), h(40005), h(65535)]),
-            vec![(h(40000), 3), (h(40005), 1), (h(65535), 1)]
-        );
-        assert!(runs(&[]).is_empty());
-    }
 }

@@ -86,7 +86,7 @@ pub fn watch(router: Arc<Router>, path: PathBuf) {
                 tracing::warn!("{}:{}: {}; line skipped", path.display(), e.line, e.message);
             }
             tracing::info!(file = %path.display(), peers = ?parsed.peers, "peers file read");
-            router.peers.set_file_peers(&router, parsed.peers);
+            crate::peers::set_file_peers(&router, parsed.peers);
             last_text = Some(text);
         }
     });

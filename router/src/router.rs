@@ -2,7 +2,7 @@
 
 use crate::container::Caller;
 use crate::hostsock::{self, normalize, normalize_ip};
-use crate::peers::PeerSet;
+use crate::peer_set::PeerSet;
 use crate::tables::{LocalListener, Owner, Tables};
 use ipnet::IpNet;
 use slim_uapi::peer::{Announce, PeerMsg};
