@@ -331,3 +331,44 @@ pub async fn serve(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()> 
     });
     Ok(())
 }
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub fn router() -> Router {
+        Router::new(
+            crate::router::Settings {
+                host_v4: Some("192.168.77.1".parse().unwrap()),
+                host_v6: None,
+                prefixes: vec!["10.32.0.0/12".parse().unwrap()],
+                lease_ports: None,
+            },
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn exposition_has_every_family_and_counts() {
+        let r = router();
+        r.counters.connects.fetch_add(3, Ordering::Relaxed);
+        r.counters.seal.tampered.fetch_add(2, Ordering::Relaxed);
+        r.counters
+            .refusal("connect from an overlay address that is not this container's");
+        let text = render(&r);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for line in [
+            "# TYPE slim_connections counter",
+            "slim_connections_total 3",
+            "slim_sealed_frames_refused_total{kind=\"tampered\"} 2",
+            "slim_refusals_total{reason=\"connect from an overlay address that is not this container's\"} 1",
+            "slim_fallbacks_by_reason_total{reason=\"no_listener\"} 0",
+            "slim_listeners{origin=\"local\"} 0",
+            "slim_peer_channel_sealed 0",
+            "slim_lease_range_ports 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+}

@@ -351,3 +351,26 @@ pub fn fetch(socket: &std::path::Path) -> anyhow::Result<Status> {
         "the router's status is not the JSON this slim-router reads; run matching versions",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::tests::router;
+
+    #[test]
+    fn status_document_reads_back_and_renders() {
+        let r = router();
+        let doc = super::encode(&r);
+        let s: super::Status = serde_json::from_slice(&doc).unwrap();
+        assert_eq!(s.format, slim_uapi::proto::STATUS_FORMAT);
+        assert_eq!(
+            s.host_addrs,
+            vec!["192.168.77.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(!s.sealed && s.peers.is_empty());
+        let text = super::render(&s);
+        assert!(
+            text.contains("peer channel NOT sealed") && text.contains("counters:"),
+            "{text}"
+        );
+    }
+}
