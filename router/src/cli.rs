@@ -34,8 +34,8 @@ pub enum Cmd {
     /// Ask the running router (as root in its network namespace) what it knows: peers (address,
     /// connected, sealed), listeners, containers, leases and counters. Human-readable, or JSON.
     Status {
-        /// The router's Unix socket [default: `socket` of the configuration file, else
-        /// /run/slim/router.sock].
+        /// The router's Unix socket [default: SLIM_ROUTER_SOCKET, else `socket` of the
+        /// configuration file, else /run/slim/router.sock].
         #[arg(long, value_name = "PATH", conflicts_with = "config")]
         socket: Option<PathBuf>,
         /// The configuration file whose `socket` to ask [default: /etc/slim/router.toml].
