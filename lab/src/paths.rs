@@ -34,7 +34,7 @@ pub fn router_log(host: &Host) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{}.log", host.name))
 }
 
-/// The cluster key the routers seal their messages with in secure mode (`--cluster-key`).
+/// The cluster key the routers seal their messages with (`--cluster-key`; sealing is the default).
 pub fn cluster_key() -> PathBuf {
     Path::new(STATE_DIR).join("cluster.key")
 }

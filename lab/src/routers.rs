@@ -39,9 +39,10 @@ pub fn router_args(host: &Host, secure: bool) -> Vec<String> {
     }
     if secure {
         args.push("--secure".to_string());
-        args.push("--cluster-key".to_string());
-        args.push(crate::paths::cluster_key().display().to_string());
     }
+    // The peer channel is sealed by default (the router refuses to start without a key).
+    args.push("--cluster-key".to_string());
+    args.push(crate::paths::cluster_key().display().to_string());
     args.extend(["--log-level".to_string(), "info".to_string()]);
     args
 }
@@ -79,9 +80,7 @@ fn ensure_cluster_key() -> Result<()> {
 }
 
 pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> {
-    if secure {
-        ensure_cluster_key()?;
-    }
+    ensure_cluster_key()?;
     let log_path = router_log(host);
     let log = OpenOptions::new()
         .create(true)
@@ -271,6 +270,12 @@ mod tests {
             "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \
              --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure \
              --cluster-key /run/slim-lab/cluster.key --log-level info"
+        );
+        let plain = router_args(&HOSTS[0], false).join(" ");
+        assert!(
+            plain.contains("--cluster-key /run/slim-lab/cluster.key")
+                && !plain.contains("--secure"),
+            "{plain}"
         );
     }
 }

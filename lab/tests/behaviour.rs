@@ -569,6 +569,7 @@ fn router_configuration_errors_name_the_problem() {
                 "192.168.77.1",
                 "--socket",
                 "/run/slim-lab/h1.sock",
+                "--insecure-peer-channel",
             ],
             "busy",
         ),

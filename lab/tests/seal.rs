@@ -287,7 +287,7 @@ fn sealed_router_channel() {
     assert!(!c.log().contains("peer router connected"), "{}", c.log());
     drop(c);
 
-    // A router without a key: both sides say so and name the fix.
+    // A router that opted out of sealing: both sides say so and name the fix.
     let before = b.count("kind=unsealed");
     let d = start(
         &dir,
@@ -297,6 +297,7 @@ fn sealed_router_channel() {
             &format!("127.0.0.1:{}", free_port("127.0.0.1")),
             "--peer",
             &b_listen,
+            "--insecure-peer-channel",
         ],
     );
     d.wait_for("the refusal of b's sealed Hello", |l| {
@@ -306,7 +307,32 @@ fn sealed_router_channel() {
         l.matches("kind=unsealed").count() > before && l.contains(SAME_KEY)
     });
     assert!(!d.log().contains("peer router connected"), "{}", d.log());
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("peer frames are NOT sealed")),
+        "the opt-out is not logged at warn:\n{}",
+        d.log()
+    );
     drop(d);
+
+    // Without a key and without the opt-out the router does not start, and says how to make a
+    // key or opt out.
+    let mut n = start(
+        &dir,
+        "n",
+        &[
+            "--peer-listen",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ],
+    );
+    let status = n.child.wait().unwrap();
+    let log = n.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("head -c 32 /dev/urandom") && log.contains("--insecure-peer-channel"),
+        "no clear message without a key:\n{log}"
+    );
 
     // Key files readable by others, or of the wrong size, stop the router at startup.
     let open_key = dir.key("k644", 0o644, false);

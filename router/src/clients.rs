@@ -183,8 +183,16 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                     None
                 }
                 Err(e) => {
-                    router.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pid, error = %e, "refusing a library connection");
+                    let total = router
+                        .counters
+                        .refusal("library connection of an unidentified caller");
+                    tracing::warn!(
+                        pid,
+                        netns = container::netns_of(pid).unwrap_or(0),
+                        refused_total = total,
+                        error = %e,
+                        "refused: a library connection whose container cannot be identified"
+                    );
                     // SAFETY: an OwnedFd's descriptor stays open until the AsyncFd drops it.
                     let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
                     let message =
@@ -203,6 +211,8 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
     // SAFETY: an OwnedFd's descriptor stays open and unchanged until the AsyncFd drops it.
     let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
     let mut buf = [0u8; MAX_FRAME];
+    // The status document of this session (taken when a client asks for its first byte).
+    let mut status_doc: Vec<u8> = Vec::new();
     loop {
         let got = {
             let mut guard = conn.readable().await?;
@@ -253,6 +263,55 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if let Request::Status { format, offset } = req {
+            // Administrators only: the document holds host addresses.
+            let allowed = admin || (secure.is_none() && container::is_admin(conn.get_ref()));
+            let reply = if !allowed {
+                match secure {
+                    Some(c) => {
+                        router
+                            .refuse(
+                                c,
+                                "status is for administrators (root in the router's namespace)",
+                            )
+                            .0
+                    }
+                    None => {
+                        let total = router
+                            .counters
+                            .refusal("status asked by a non-administrator");
+                        tracing::warn!(
+                            pid,
+                            netns = container::netns_of(pid).unwrap_or(0),
+                            refused_total = total,
+                            "refused: status is for administrators (root in the router's namespace)"
+                        );
+                        Reply::Error {
+                            errno: libc::EPERM,
+                            message: "status is for administrators (root in the router's network namespace)",
+                        }
+                    }
+                }
+            } else if format != slim_uapi::proto::STATUS_FORMAT {
+                Reply::Error {
+                    errno: libc::EPROTONOSUPPORT,
+                    message: "this router serves another status format; run matching slim-router versions",
+                }
+            } else {
+                if offset == 0 {
+                    status_doc = crate::status::encode(&router);
+                }
+                let at = (offset as usize).min(status_doc.len());
+                let end = (at + slim_uapi::proto::MAX_STATUS_CHUNK).min(status_doc.len());
+                Reply::Status {
+                    total: status_doc.len() as u32,
+                    offset: at as u32,
+                    chunk: &status_doc[at..end],
+                }
+            };
+            send_reply(&conn, &reply, &[]).await?;
+            continue;
+        }
         if admin {
             let reply = match &req {
                 Request::Hello { .. } => Reply::HelloOk {
@@ -380,6 +439,8 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 router.closed(*cookie);
                 continue;
             }
+            // Answered above.
+            (Request::Status { .. }, _) => continue,
         };
         send_reply(&conn, &reply, &fd).await?;
     }

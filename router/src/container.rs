@@ -143,3 +143,33 @@ fn addresses_in(ns: std::os::fd::BorrowedFd<'_>, prefixes: &[IpNet]) -> io::Resu
         .unwrap_or_else(|_| Err(io::Error::other("address lister panicked")))
     })
 }
+
+/// Whether the process at the other end of `conn` is an administrator: root in the router's own
+/// network namespace (containers have the router's socket mounted, but run in namespaces of
+/// their own). Status and revocation are for administrators only.
+pub fn is_admin(conn: &OwnedFd) -> bool {
+    let Ok(creds) = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return false;
+    };
+    if creds.uid() != 0 {
+        return false;
+    }
+    let pidfd = peer_pidfd(conn);
+    let Ok(ns) = std::fs::metadata(format!("/proc/{}/ns/net", creds.pid())) else {
+        return false;
+    };
+    if pidfd.as_ref().is_some_and(|p| !alive(p)) {
+        return false;
+    }
+    let own = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino());
+    own.is_ok_and(|own| own == ns.ino())
+}
+
+/// The network namespace inode of `pid`, if it can be read (for logs naming a caller that could
+/// not be identified).
+pub fn netns_of(pid: i32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}

@@ -6,12 +6,14 @@
 //! tampered, expired, replayed, malformed, unsealed) is counted by kind, logged at warn, and the
 //! connection is dropped: a real peer router never sends such a frame, so whoever did is not
 //! trusted with the rest of the stream, and the routes learnt on that connection are forgotten
-//! (a real peer redials and resends its table). Without a key nothing is sealed or checked.
+//! (a real peer redials and resends its table). Without a key (`--insecure-peer-channel`, the
+//! explicit opt-out) nothing is sealed or checked.
 
+use crate::peer_set::{runs, PeerConn, ToDial};
 use crate::router::Router;
 use crate::tables::{Owner, Route};
 use slim_uapi::peer::sealed::{self, FrameError};
-use slim_uapi::peer::{ListenerEntry, PeerMsg, MAX_PEER_FRAME};
+use slim_uapi::peer::{PeerMsg, MAX_PEER_FRAME};
 use slim_uapi::proto::PROTO_VERSION;
 use slim_uapi::seal::{ClusterKey, OpenError, ReplayCache, TOKEN_TTL_MS};
 use std::collections::HashMap;
@@ -106,132 +108,6 @@ struct Link {
     remote: SocketAddr,
 }
 
-struct PeerConn {
-    host: IpAddr,
-    tx: mpsc::UnboundedSender<PeerMsg>,
-    acked: watch::Receiver<u64>,
-}
-
-#[derive(Default)]
-pub struct PeerSet {
-    conns: Mutex<HashMap<u64, PeerConn>>,
-    next_id: AtomicU64,
-    seq: AtomicU64,
-}
-
-impl PeerSet {
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PeerConn>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn send(&self, conn: u64, msg: PeerMsg) {
-        if let Some(c) = self.conns().get(&conn) {
-            let _ = c.tx.send(msg);
-        }
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Sends `n` messages (`make(i, seq)`) to every peer and waits (bounded) until each has
-    /// acknowledged them all. False if one did not in time (`what` says what, in the warning).
-    async fn send_acked(
-        &self,
-        n: usize,
-        make: impl Fn(usize, u64) -> PeerMsg,
-        wait: Duration,
-        what: &str,
-    ) -> bool {
-        let mut waits = Vec::new();
-        {
-            let conns = self.conns();
-            for (id, c) in conns.iter() {
-                let mut last = 0;
-                for i in 0..n {
-                    last = self.next_seq();
-                    let _ = c.tx.send(make(i, last));
-                }
-                if last != 0 {
-                    waits.push((*id, c.host, c.acked.clone(), last));
-                }
-            }
-        }
-        let mut all = true;
-        for (id, host, mut acked, want) in waits {
-            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(peer = %host, conn = id, "peer did not confirm {what} in time");
-                all = false;
-            }
-        }
-        all
-    }
-
-    /// Sends new listeners to every peer and waits (bounded) until each has acknowledged them.
-    pub async fn add_listeners(&self, entries: &[ListenerEntry], wait: Duration) {
-        let make = |i: usize, seq| PeerMsg::ListenerAdd {
-            seq,
-            entry: entries[i],
-        };
-        self.send_acked(entries.len(), make, wait, "a new listener")
-            .await;
-    }
-
-    /// Tells every peer that connections from these host endpoints (ports of ours) are from
-    /// `owner`, and waits (bounded) until each has acknowledged. False if one did not in time.
-    pub async fn lease(&self, ports: &[SocketAddr], owner: IpAddr, wait: Duration) -> bool {
-        let runs = runs(ports);
-        let make = |i: usize, seq| PeerMsg::Lease {
-            seq,
-            client_host: runs[i].0,
-            count: runs[i].1,
-            overlay: owner,
-        };
-        self.send_acked(
-            runs.len(),
-            make,
-            wait,
-            "a port lease (pooled sockets without a lease meanwhile)",
-        )
-        .await
-    }
-
-    pub fn del_listeners(&self, entries: &[ListenerEntry]) {
-        let conns = self.conns();
-        for c in conns.values() {
-            for e in entries {
-                let _ = c.tx.send(PeerMsg::ListenerDel {
-                    seq: self.next_seq(),
-                    entry: *e,
-                });
-            }
-        }
-    }
-
-    pub fn describe(&self) -> Vec<(u64, IpAddr)> {
-        self.conns().iter().map(|(id, c)| (*id, c.host)).collect()
-    }
-}
-
-/// Host endpoints of one address as runs of consecutive ports: (first, count).
-fn runs(ports: &[SocketAddr]) -> Vec<(SocketAddr, u16)> {
-    let mut sorted: Vec<SocketAddr> = ports.to_vec();
-    sorted.sort_unstable();
-    let mut out: Vec<(SocketAddr, u16)> = Vec::new();
-    for p in sorted {
-        match out.last_mut() {
-            Some((start, n))
-                if start.ip() == p.ip() && start.port() as u32 + *n as u32 == p.port() as u32 =>
-            {
-                *n += 1
-            }
-            _ => out.push((p, 1)),
-        }
-    }
-    out
-}
-
 /// Accepts connections from peers that dial us.
 pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -243,9 +119,22 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
         loop {
             match l.accept().await {
                 Ok((s, from)) => {
+                    if !router.peers.admits(from.ip()) {
+                        let n = router
+                            .counters
+                            .peer_refusals
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
+                        // A removed host that still runs redials every few seconds: the 1st,
+                        // 2nd, 4th, 8th... refusal is logged.
+                        if n.is_power_of_two() {
+                            tracing::warn!(%from, refused_total = n, "peer connection refused: its host is not in the peers file (nor --peer)");
+                        }
+                        continue;
+                    }
                     let r = router.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(r, s).await {
+                        if let Err(e) = serve(r, s, false, None).await {
                             tracing::info!(%from, error = %e, "peer connection ended");
                         }
                     });
@@ -260,17 +149,37 @@ pub async fn listen(router: Arc<Router>, addr: SocketAddr) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Keeps a connection to one peer, redialling with backoff whenever it drops.
-pub fn dial(router: Arc<Router>, peer: SocketAddr) {
+/// Dials the peers of the command line (and the configuration's `peers`), for good.
+pub fn start(router: &Arc<Router>, peers: &[SocketAddr], with_file: bool) {
+    for (p, stop) in router.peers.start(peers, with_file) {
+        dial(router.clone(), p, stop);
+    }
+}
+
+/// The peers file now lists `peers` (see `PeerSet::set_file_peers`).
+pub fn set_file_peers(router: &Arc<Router>, peers: std::collections::BTreeSet<SocketAddr>) {
+    let to_dial: Vec<ToDial> = router.peers.set_file_peers(router, peers);
+    for (p, stop) in to_dial {
+        tracing::info!(peer = %p, "peer added by the peers file; dialling");
+        dial(router.clone(), p, stop);
+    }
+}
+
+/// Keeps a connection to one peer, redialling with backoff whenever it drops, until `stop`.
+fn dial(router: Arc<Router>, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut backoff = REDIAL_MIN;
         let mut reported = false;
         loop {
-            match TcpStream::connect(peer).await {
+            let connected = tokio::select! {
+                c = TcpStream::connect(peer) => c,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match connected {
                 Ok(s) => {
                     backoff = REDIAL_MIN;
                     reported = false;
-                    if let Err(e) = serve(router.clone(), s).await {
+                    if let Err(e) = serve(router.clone(), s, true, Some(stop.clone())).await {
                         tracing::info!(%peer, error = %e, "peer connection ended");
                     }
                 }
@@ -281,10 +190,37 @@ pub fn dial(router: Arc<Router>, peer: SocketAddr) {
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
             backoff = (backoff * 2).min(REDIAL_MAX);
         }
     });
+}
+
+/// Forgets a registered peer connection however its task ends (error, removal, or cancellation).
+struct Registered {
+    router: Arc<Router>,
+    id: u64,
+    host: IpAddr,
+    writer: tokio::task::JoinHandle<()>,
+    /// Its peer was removed from the peers file: its leases go too.
+    removed: bool,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.router.peers.conns().remove(&self.id);
+        self.router.tables().drop_owner(Owner::Peer(self.id));
+        self.writer.abort();
+        if self.removed {
+            self.router.tables().drop_peer_leases(self.host);
+            tracing::info!(peer = %self.host, conn = self.id, "peer router removed; its listeners and port leases are withdrawn");
+        } else {
+            tracing::info!(peer = %self.host, conn = self.id, "peer router disconnected; its listeners are forgotten");
+        }
+    }
 }
 
 /// Counts, logs and returns the refusal of a frame on a sealed connection.
@@ -390,7 +326,12 @@ async fn write_msg<W: AsyncWriteExt + Unpin>(
     w.write_all(&buf[..n]).await
 }
 
-async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
+async fn serve(
+    router: Arc<Router>,
+    stream: TcpStream,
+    dialled: bool,
+    dial_stop: Option<watch::Receiver<bool>>,
+) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let local_host = stream.local_addr()?.ip();
     let link = Link {
@@ -419,12 +360,19 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<PeerMsg>();
     let (ack_tx, ack_rx) = watch::channel(0u64);
-    let id = router.peers.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = router.peers.new_id();
     let mut initial_leases = 0u64;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     {
         // Register and queue the full table under one lock so that no listener added meanwhile
         // is missed or sent twice out of order.
         let mut conns = router.peers.conns();
+        // Checked again under the lock: a peers-file removal stops the registered connections
+        // of that host after updating who is admitted.
+        if !router.peers.admits(link.remote.ip()) || dial_stop.as_ref().is_some_and(|d| *d.borrow())
+        {
+            anyhow::bail!("peer {} is no longer listed", link.remote);
+        }
         // Leases first: the peer must know them before it learns a listener of ours that a
         // connection from a leased port could reach... and before we use its listeners
         // (see `leases_acked` below).
@@ -464,8 +412,11 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
             id,
             PeerConn {
                 host,
+                remote: link.remote,
+                dialled,
                 tx: tx.clone(),
                 acked: ack_rx,
+                stop: stop_tx,
             },
         );
     }
@@ -487,6 +438,13 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
             }
         }
     });
+    let mut registered = Registered {
+        router: router.clone(),
+        id,
+        host,
+        writer,
+        removed: false,
+    };
     let owner = Owner::Peer(id);
     // The peer's listener changes wait until it has acknowledged our leases: until then a
     // connection from a port we leased while it was away could reach it before the lease.
@@ -515,7 +473,7 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
         }
         _ => {}
     };
-    let result: anyhow::Result<()> = async {
+    let body = async {
         loop {
             match read_msg(&router, &link, &mut rd).await? {
                 m @ (PeerMsg::ListenerAdd { .. } | PeerMsg::ListenerDel { .. }) => {
@@ -551,7 +509,10 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                             pinned += t.lease_from_peer(c, overlay, &mut live);
                         }
                     }
-                    router.counters.pinned.fetch_add(pinned as u64, Ordering::Relaxed);
+                    router
+                        .counters
+                        .pinned
+                        .fetch_add(pinned as u64, Ordering::Relaxed);
                     if pinned > 0 {
                         tracing::debug!(peer = %host, %start, count, %overlay, pinned, "ports changed owner; earlier connections pinned");
                     }
@@ -560,26 +521,24 @@ async fn serve(router: Arc<Router>, stream: TcpStream) -> anyhow::Result<()> {
                 PeerMsg::Hello { .. } => {}
             }
         }
-    }
-    .await;
-    router.peers.conns().remove(&id);
-    router.tables().drop_owner(owner);
-    writer.abort();
-    tracing::info!(peer = %host, conn = id, "peer router disconnected; its listeners are forgotten");
+    };
+    let removed = async {
+        match dial_stop {
+            Some(mut d) => tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => {}
+                _ = d.wait_for(|s| *s) => {}
+            },
+            None => {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let result: anyhow::Result<()> = tokio::select! {
+        r = body => r,
+        _ = removed => {
+            registered.removed = true;
+            Ok(())
+        }
+    };
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_go_as_runs() {
-        let h = |p: u16| SocketAddr::new("192.168.77.1".parse().unwrap(), p);
-        assert_eq!(
-            runs(&[h(40002), h(40000), h(40001), h(40005), h(65535)]),
-            vec![(h(40000), 3), (h(40005), 1), (h(65535), 1)]
-        );
-        assert!(runs(&[]).is_empty());
-    }
 }

@@ -2,7 +2,7 @@
 
 use crate::container::Caller;
 use crate::hostsock::{self, normalize, normalize_ip};
-use crate::peers::PeerSet;
+use crate::peer_set::PeerSet;
 use crate::tables::{LocalListener, Owner, Tables};
 use ipnet::IpNet;
 use slim_uapi::peer::{Announce, PeerMsg};
@@ -113,6 +113,34 @@ pub struct Counters {
     pub pinned: AtomicU64,
     /// Peer frames opened and refused on the sealed channel (`--cluster-key`).
     pub seal: crate::peers::SealCounters,
+    /// Fallbacks by reason (`FallbackReason as usize - 1`).
+    pub fallback_reasons: [AtomicU64; 4],
+    /// Refusals by what was refused (the message of `Router::refuse`).
+    pub refusal_reasons: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Peer connections refused because their host is not listed (with a peers file).
+    pub peer_refusals: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one refusal of `what`; returns the total of all refusals.
+    pub fn refusal(&self, what: &'static str) -> u64 {
+        *self
+            .refusal_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(what)
+            .or_default() += 1;
+        self.refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn refusals_by_reason(&self) -> Vec<(&'static str, u64)> {
+        self.refusal_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
 }
 
 pub struct Router {
@@ -175,7 +203,7 @@ impl Router {
     /// Secure mode: the caller asked for something that is not its to ask; the program's call
     /// fails with EPERM.
     pub fn refuse(&self, c: &Caller, what: &'static str) -> (Reply<'static>, Option<OwnedFd>) {
-        let n = self.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.counters.refusal(what);
         tracing::warn!(
             pid = c.pid,
             netns = c.netns,
@@ -193,6 +221,13 @@ impl Router {
 
     fn fallback(&self, why: FallbackReason) -> (Reply<'static>, Option<OwnedFd>) {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self
+            .counters
+            .fallback_reasons
+            .get((why as usize).wrapping_sub(1))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         (Reply::Fallback(why), None)
     }
 
@@ -204,6 +239,16 @@ impl Router {
             .into_iter()
             .filter_map(|x| x.as_ref().and_then(|x| x.read_only_fd().try_clone().ok()))
             .collect()
+    }
+
+    /// Leased sockets ready in the stashes, by owner (overlay address).
+    pub fn stashed(&self) -> Vec<(IpAddr, usize)> {
+        let stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by: std::collections::BTreeMap<IpAddr, usize> = Default::default();
+        for ((owner, _), s) in stash.iter() {
+            *by.entry(*owner).or_default() += s.sockets.len();
+        }
+        by.into_iter().collect()
     }
 
     pub fn book(&self) -> Option<std::sync::MutexGuard<'_, crate::leases::LeaseBook>> {

@@ -172,6 +172,45 @@ impl Tables {
         // its listeners only once we have acknowledged it... and it ours).
     }
 
+    /// Withdraws the port leases of one peer host (it was removed from the peers file): its
+    /// ports identify nobody any more. Returns how many went.
+    pub fn drop_peer_leases(&mut self, host: IpAddr) -> usize {
+        let host = crate::hostsock::normalize_ip(host);
+        let gone: Vec<SocketAddr> = self
+            .leases
+            .keys()
+            .filter(|c| crate::hostsock::normalize_ip(c.ip()) == host)
+            .copied()
+            .collect();
+        for c in &gone {
+            self.leases.remove(c);
+            if let Some(t) = &self.lease_table {
+                t.set_lease(c, None);
+            }
+        }
+        gone.len()
+    }
+
+    /// Port leases known, by the host whose ports they are.
+    pub fn leases_by_host(&self) -> Vec<(IpAddr, usize)> {
+        let mut by: std::collections::BTreeMap<IpAddr, usize> = Default::default();
+        for c in self.leases.keys() {
+            *by.entry(c.ip()).or_default() += 1;
+        }
+        by.into_iter().collect()
+    }
+
+    /// Every route: overlay endpoint, host listener, who told us.
+    pub fn all_routes(&self) -> Vec<(SocketAddr, Route)> {
+        let mut v: Vec<(SocketAddr, Route)> = self
+            .routes
+            .iter()
+            .flat_map(|(k, rs)| rs.iter().map(move |r| (*k, *r)))
+            .collect();
+        v.sort_by_key(|(k, r)| (*k, r.host));
+        v
+    }
+
     /// Copies the routes of one overlay endpoint to the shared route table (distinct host
     /// listeners: two peer connections to the same router report the same listener).
     fn publish(&self, overlay: &SocketAddr) {
@@ -264,6 +303,14 @@ impl Tables {
     /// The local listener with this cookie.
     pub fn local_listener(&self, cookie: u64) -> Option<&LocalListener> {
         self.local.get(&cookie)
+    }
+
+    /// This host's listeners, by cookie.
+    pub fn local_all(&self) -> Vec<(u64, LocalListener)> {
+        let mut v: Vec<(u64, LocalListener)> =
+            self.local.iter().map(|(c, l)| (*c, l.clone())).collect();
+        v.sort_by_key(|(c, _)| *c);
+        v
     }
 
     pub fn local_listeners(&self) -> Vec<(u64, SocketAddr)> {
@@ -597,5 +644,15 @@ mod tests {
         // The peer went away: its leases stay true for the sockets they were made for.
         t.drop_owner(Owner::Peer(1));
         assert_eq!(t.derive(c, s).unwrap().client_overlay.ip(), y);
+        // It was removed from the peers file: its leases are withdrawn, other hosts' stay.
+        let other = sa("192.168.77.3:61000");
+        t.lease_from_peer(other, x, &mut LiveConns::new(Vec::new));
+        assert_eq!(t.drop_peer_leases("192.168.77.1".parse().unwrap()), 1);
+        t.retain_pins(|_| false);
+        assert!(t.derive(c, s).is_none());
+        assert_eq!(
+            t.leases_by_host(),
+            vec![("192.168.77.3".parse().unwrap(), 1)]
+        );
     }
 }

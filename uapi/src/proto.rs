@@ -25,6 +25,12 @@ pub const MAX_OPTS: usize = 16;
 pub const MAX_OPT_LEN: usize = 16;
 /// Overlay addresses a container may announce for a wildcard listener.
 pub const MAX_IPS: usize = 16;
+/// The format of the document [`Request::Status`] asks for: version 1 is a UTF-8 JSON object
+/// (its fields are described in docs/operations.md). A router that knows another format
+/// answers `Error` with `EPROTONOSUPPORT`.
+pub const STATUS_FORMAT: u16 = 1;
+/// Most bytes of the status document one [`Reply::Status`] carries.
+pub const MAX_STATUS_CHUNK: usize = MAX_FRAME - 64;
 
 mod kind {
     pub const HELLO: u16 = 1;
@@ -38,6 +44,7 @@ mod kind {
     pub const SOCKETS: u16 = 9;
     pub const IDENTIFY_CHILD: u16 = 10;
     pub const REVOKE: u16 = 11;
+    pub const STATUS: u16 = 12;
 
     pub const HELLO_OK: u16 = 101;
     pub const CONNECT_OK: u16 = 102;
@@ -48,6 +55,7 @@ mod kind {
     pub const ERROR: u16 = 107;
     pub const SOCKETS_OK: u16 = 108;
     pub const REVOKED: u16 = 109;
+    pub const STATUS_CHUNK: u16 = 110;
 }
 
 /// A socket option the application set before Slim took the socket over; the router sets it again
@@ -212,6 +220,13 @@ pub enum Request {
     Revoke {
         pid: u32,
     },
+    /// An administrator (root in the router's network namespace) asks for the router's status
+    /// document in `format` ([`STATUS_FORMAT`]), from byte `offset` on. The router takes a
+    /// snapshot at offset 0 and serves the later chunks of one session from that snapshot.
+    Status {
+        format: u16,
+        offset: u32,
+    },
 }
 
 /// Why the router declined to set up a Slim connection; the library then uses the overlay.
@@ -281,6 +296,12 @@ pub enum Reply<'a> {
     /// `sockets` host sockets of the container were shut down.
     Revoked {
         sockets: u32,
+    },
+    /// Bytes `offset..offset + chunk.len()` of a status document of `total` bytes.
+    Status {
+        total: u32,
+        offset: u32,
+        chunk: &'a [u8],
     },
     /// The request was refused; `errno` is what the application's call should fail with.
     Error {
@@ -439,6 +460,11 @@ impl Request {
                 header(&mut w, kind::REVOKE)?;
                 w.u32(*pid)?;
             }
+            Request::Status { format, offset } => {
+                header(&mut w, kind::STATUS)?;
+                w.u16(*format)?;
+                w.u32(*offset)?;
+            }
         }
         Ok(w.position())
     }
@@ -528,6 +554,10 @@ impl Request {
                 listener_cookie: r.u64()?,
             },
             kind::REVOKE => Request::Revoke { pid: r.u32()? },
+            kind::STATUS => Request::Status {
+                format: r.u16()?,
+                offset: r.u32()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -579,6 +609,19 @@ impl<'a> Reply<'a> {
             Reply::Revoked { sockets } => {
                 header(&mut w, kind::REVOKED)?;
                 w.u32(*sockets)?;
+            }
+            Reply::Status {
+                total,
+                offset,
+                chunk,
+            } => {
+                if chunk.len() > MAX_STATUS_CHUNK {
+                    return Err(Overflow);
+                }
+                header(&mut w, kind::STATUS_CHUNK)?;
+                w.u32(*total)?;
+                w.u32(*offset)?;
+                w.blob(chunk)?;
             }
             Reply::Fallback(reason) => {
                 header(&mut w, kind::FALLBACK)?;
@@ -644,6 +687,19 @@ impl<'a> Reply<'a> {
                 }
             }
             kind::REVOKED => Reply::Revoked { sockets: r.u32()? },
+            kind::STATUS_CHUNK => {
+                let (total, offset, chunk) = (r.u32()?, r.u32()?, r.blob()?);
+                if chunk.len() > MAX_STATUS_CHUNK
+                    || offset as u64 + chunk.len() as u64 > total as u64
+                {
+                    return Err(DecodeError::BadField("status chunk"));
+                }
+                Reply::Status {
+                    total,
+                    offset,
+                    chunk,
+                }
+            }
             kind::FALLBACK => Reply::Fallback(FallbackReason::from_u8(r.u8()?)?),
             kind::ERROR => {
                 let errno = r.i32()?;
@@ -731,6 +787,10 @@ mod tests {
         });
         rt(Request::IdentifyChild { listener_cookie: 5 });
         rt(Request::Revoke { pid: 77 });
+        rt(Request::Status {
+            format: STATUS_FORMAT,
+            offset: 4096,
+        });
     }
 
     #[test]
@@ -762,6 +822,11 @@ mod tests {
                 },
             },
             Reply::Revoked { sockets: 3 },
+            Reply::Status {
+                total: 11,
+                offset: 4,
+                chunk: b"{\"a\":1}",
+            },
             Reply::Fallback(FallbackReason::NoListener),
             Reply::Error {
                 errno: 13,
@@ -772,6 +837,29 @@ mod tests {
             let n = reply.encode(&mut buf).unwrap();
             assert_eq!(Reply::decode(&buf[..n]).unwrap(), reply);
         }
+    }
+
+    #[test]
+    fn status_chunks_are_bounded() {
+        let mut buf = [0u8; MAX_FRAME];
+        let big = [b'x'; MAX_STATUS_CHUNK + 1];
+        let r = Reply::Status {
+            total: big.len() as u32,
+            offset: 0,
+            chunk: &big,
+        };
+        assert!(r.encode(&mut buf).is_err());
+        let ok = Reply::Status {
+            total: 4,
+            offset: 0,
+            chunk: &big[..MAX_STATUS_CHUNK],
+        };
+        let n = ok.encode(&mut buf).unwrap();
+        assert_eq!(
+            Reply::decode(&buf[..n]),
+            Err(DecodeError::BadField("status chunk")),
+            "a chunk past the document's end"
+        );
     }
 
     #[test]
