@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
-use crate::paths::{router_log, router_pid_file, router_socket};
+use crate::paths::{
+    router_log, router_pid_file, router_socket, router_socket_dir, router_socket_link,
+};
 use crate::processes::{cmdline, is_running, terminate};
 use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
 
@@ -82,6 +84,7 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
     if secure {
         ensure_cluster_key()?;
     }
+    prepare_socket_dir(host)?;
     let log_path = router_log(host);
     let log = OpenOptions::new()
         .create(true)
@@ -118,6 +121,20 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
     std::fs::write(&pid_path, format!("{}\n", child.id()))
         .with_context(|| format!("cannot write {}", pid_path.display()))?;
     Ok(Starting { host, child })
+}
+
+/// Creates the router's own socket directory (what containers get mounted) and the symlink at the
+/// socket's former path, `/run/slim-lab/hN.sock`.
+pub fn prepare_socket_dir(host: &Host) -> Result<()> {
+    let dir = router_socket_dir(host);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the router's directory {}", dir.display()))?;
+    let link = router_socket_link(host);
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(router_socket(host), &link)
+            .with_context(|| format!("cannot create the symlink {}", link.display()))?;
+    }
+    Ok(())
 }
 
 /// Waits until every router accepts a connection on its socket, or one dies, or time runs out.
@@ -268,7 +285,7 @@ mod tests {
         let args = router_args(&HOSTS[0], true).join(" ");
         assert_eq!(
             args,
-            "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \
+            "--host-addr 192.168.77.1 --socket /run/slim-lab/h1/router.sock --prefix 10.32.0.0/12 \
              --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure \
              --cluster-key /run/slim-lab/cluster.key --log-level info"
         );
