@@ -130,11 +130,15 @@ pub fn prepare_socket_dir(host: &Host) -> Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the router's directory {}", dir.display()))?;
     let link = router_socket_link(host);
-    if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink(router_socket(host), &link)
-            .with_context(|| format!("cannot create the symlink {}", link.display()))?;
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => return Ok(()),
+        // The socket an older slim-lab's router made there (that router is stopped by now).
+        Ok(_) => std::fs::remove_file(&link)
+            .with_context(|| format!("cannot remove the stale socket {}", link.display()))?,
+        Err(_) => {}
     }
-    Ok(())
+    std::os::unix::fs::symlink(router_socket(host), &link)
+        .with_context(|| format!("cannot create the symlink {}", link.display()))
 }
 
 /// Waits until every router accepts a connection on its socket, or one dies, or time runs out.
@@ -231,8 +235,10 @@ pub fn live_pid(host: &Host) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    let socket = router_socket(host).display().to_string();
-    (is_running(pid) && cmdline(pid).contains(&socket)).then_some(pid)
+    // A router started by an older slim-lab names the socket's former path.
+    let paths = [router_socket(host), router_socket_link(host)];
+    let line = cmdline(pid);
+    (is_running(pid) && paths.iter().any(|p| line.contains(&*p.to_string_lossy()))).then_some(pid)
 }
 
 /// Stops the host's router, if one runs: SIGTERM, SIGKILL after [`STOP_GRACE`], and waits until

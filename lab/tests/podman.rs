@@ -426,3 +426,70 @@ fn switching_runtime_and_down_leave_nothing_behind() {
     let traces = podman_traces();
     assert!(traces.is_empty(), "left behind:\n{}", traces.join("\n"));
 }
+
+/// The hook for an OCI runtime wrapper (slim-oci): `--oci-runtime PATH --annotation K=V` reach
+/// the OCI bundle podman hands the runtime, and every later podman call names the same runtime.
+#[test]
+fn another_oci_runtime_and_annotations_reach_the_bundle() {
+    let guard = common::serial();
+    let rootfs = rootfs();
+    let crun = std::fs::canonicalize("/usr/bin/crun").expect("crun is installed");
+    let up = |extra: &[&str]| {
+        let out = Command::new(lab_bin())
+            .args(["up", "--runtime", "podman"])
+            .args(extra)
+            .env("SLIM_ROOTFS", &rootfs)
+            .output()
+            .expect("run slim-lab up");
+        assert!(out.status.success(), "slim-lab up failed:\n{}", text(&out));
+    };
+    up(&[
+        "--oci-runtime",
+        crun.to_str().unwrap(),
+        "--annotation",
+        "io.slim/enable=true",
+    ]);
+    let text = std::fs::read_to_string(STATE).unwrap();
+    let id = text
+        .lines()
+        .find(|l| l.starts_with("c1 "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("c1's id")
+        .to_string();
+    let bundle = format!("{STORAGE}/h1/overlay-containers/{id}/userdata/config.json");
+    let config = std::fs::read_to_string(&bundle).expect("the OCI bundle's config.json");
+    assert!(
+        config.contains(r#""io.slim/enable":"true""#)
+            || config.contains(r#""io.slim/enable": "true""#),
+        "no annotation in {bundle}"
+    );
+    // The runtime recorded for exec, rm and conmon's cleanup command.
+    let options = std::fs::read_to_string("/run/slim-lab/podman/options").unwrap();
+    assert!(
+        options.contains(&format!("oci-runtime {}", crun.display())),
+        "{options}"
+    );
+    let cleanup_args: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .filter(|c| c.starts_with("/usr/bin/conmon") && c.contains(&id))
+        .collect();
+    assert_eq!(cleanup_args.len(), 1, "{cleanup_args:?}");
+    assert!(
+        cleanup_args[0].contains(&format!(
+            "--exit-command-arg --runtime --exit-command-arg {}",
+            crun.display()
+        )),
+        "{}",
+        cleanup_args[0]
+    );
+    assert_eq!(ok("c1", false, &["hostname"]).trim(), "c1");
+    // Options are part of the mode: without them `up` rebuilds, with plain crun.
+    up(&[]);
+    assert!(!std::fs::read_to_string("/run/slim-lab/podman/options")
+        .unwrap()
+        .contains("oci-runtime"));
+    drop(guard);
+}
