@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::runtime::{self, Runtime};
 use crate::topology::Host;
 
 /// Router sockets, logs, pid files and the mode; removed whole by `down`.
@@ -26,21 +27,24 @@ pub fn routers_file() -> PathBuf {
     Path::new(STATE_DIR).join("routers")
 }
 
-/// The router's socket, alone in a directory of its own ([`router_socket_dir`]): that directory
-/// is what a container gets mounted (at [`CONTAINER_SOCKET_DIR`]), so that the socket a restarted
-/// router creates anew shows up in the container too.
+/// The router's socket in the lab as recorded (see [`router_socket_for`]).
 pub fn router_socket(host: &Host) -> PathBuf {
-    router_socket_dir(host).join("router.sock")
+    router_socket_for(host, runtime::recorded())
+}
+
+/// With namespaces `/run/slim-lab/hN.sock`. With podman the socket is alone in a directory of
+/// its own ([`router_socket_dir`]): that directory is what a container gets mounted (at
+/// [`CONTAINER_SOCKET_DIR`]), so that the socket a restarted router creates anew shows up in
+/// the container too.
+pub fn router_socket_for(host: &Host, runtime: Runtime) -> PathBuf {
+    match runtime {
+        Runtime::Netns => Path::new(STATE_DIR).join(format!("{}.sock", host.name)),
+        Runtime::Podman => router_socket_dir(host).join("router.sock"),
+    }
 }
 
 pub fn router_socket_dir(host: &Host) -> PathBuf {
     Path::new(STATE_DIR).join(host.name)
-}
-
-/// `/run/slim-lab/hN.sock`, the socket's former path, kept as a symlink to [`router_socket`] for
-/// scripts and tests that name it (connect(2) follows symlinks).
-pub fn router_socket_link(host: &Host) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{}.sock", host.name))
 }
 
 /// Where a podman container of the lab sees its host's [`router_socket_dir`].

@@ -11,9 +11,10 @@ use anyhow::{bail, Context, Result};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::paths::{
-    router_log, router_pid_file, router_socket, router_socket_dir, router_socket_link,
+    router_log, router_pid_file, router_socket, router_socket_dir, router_socket_for,
 };
 use crate::processes::{cmdline, is_running, terminate};
+use crate::runtime::Runtime;
 use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,11 +25,15 @@ const LOG_TAIL_LINES: usize = 20;
 
 /// The router's exact command line after the binary.
 pub fn router_args(host: &Host, secure: bool) -> Vec<String> {
+    router_args_with_socket(host, secure, &router_socket(host))
+}
+
+fn router_args_with_socket(host: &Host, secure: bool, socket: &Path) -> Vec<String> {
     let mut args = vec![
         "--host-addr".to_string(),
         host.underlay_v4.to_string(),
         "--socket".to_string(),
-        router_socket(host).display().to_string(),
+        socket.display().to_string(),
     ];
     for prefix in OVERLAY_PREFIXES {
         args.extend(["--prefix".to_string(), prefix.to_string()]);
@@ -84,7 +89,6 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
     if secure {
         ensure_cluster_key()?;
     }
-    prepare_socket_dir(host)?;
     let log_path = router_log(host);
     let log = OpenOptions::new()
         .create(true)
@@ -123,22 +127,11 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
     Ok(Starting { host, child })
 }
 
-/// Creates the router's own socket directory (what containers get mounted) and the symlink at the
-/// socket's former path, `/run/slim-lab/hN.sock`.
+/// Creates the router's own socket directory (podman runtime): what containers get mounted.
 pub fn prepare_socket_dir(host: &Host) -> Result<()> {
     let dir = router_socket_dir(host);
     std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the router's directory {}", dir.display()))?;
-    let link = router_socket_link(host);
-    match std::fs::symlink_metadata(&link) {
-        Ok(m) if m.file_type().is_symlink() => return Ok(()),
-        // The socket an older slim-lab's router made there (that router is stopped by now).
-        Ok(_) => std::fs::remove_file(&link)
-            .with_context(|| format!("cannot remove the stale socket {}", link.display()))?,
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(router_socket(host), &link)
-        .with_context(|| format!("cannot create the symlink {}", link.display()))
+        .with_context(|| format!("cannot create the router's directory {}", dir.display()))
 }
 
 /// Waits until every router accepts a connection on its socket, or one dies, or time runs out.
@@ -235,8 +228,11 @@ pub fn live_pid(host: &Host) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    // A router started by an older slim-lab names the socket's former path.
-    let paths = [router_socket(host), router_socket_link(host)];
+    // Either runtime's path: the lab's processes are stopped before the runtime changes.
+    let paths = [
+        router_socket_for(host, Runtime::Netns),
+        router_socket_for(host, Runtime::Podman),
+    ];
     let line = cmdline(pid);
     (is_running(pid) && paths.iter().any(|p| line.contains(&*p.to_string_lossy()))).then_some(pid)
 }
@@ -288,10 +284,11 @@ mod tests {
 
     #[test]
     fn router_command_line_is_exact() {
-        let args = router_args(&HOSTS[0], true).join(" ");
+        let socket = router_socket_for(&HOSTS[0], Runtime::Netns);
+        let args = router_args_with_socket(&HOSTS[0], true, &socket).join(" ");
         assert_eq!(
             args,
-            "--host-addr 192.168.77.1 --socket /run/slim-lab/h1/router.sock --prefix 10.32.0.0/12 \
+            "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \
              --prefix fd00:32::/64 --peer 192.168.77.2:7788 --secure \
              --cluster-key /run/slim-lab/cluster.key --log-level info"
         );

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::paths::runtime_file;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Runtime {
     /// Each container is a network namespace with a veth pair that slim-lab makes itself.
@@ -28,6 +30,15 @@ impl Runtime {
             _ => None,
         }
     }
+}
+
+/// The runtime the lab was built with (`up` records it first); a missing file means a lab
+/// built before runtimes existed, or none at all: namespaces.
+pub fn recorded() -> Runtime {
+    std::fs::read_to_string(runtime_file())
+        .ok()
+        .and_then(|s| Runtime::parse(s.trim()))
+        .unwrap_or_default()
 }
 
 impl fmt::Display for Runtime {

@@ -70,13 +70,14 @@ pub fn read() -> Option<Mode> {
     })
 }
 
-/// The runtime the lab was built with; a missing file means a lab built before runtimes
-/// existed, or none at all: namespaces.
 pub fn recorded_runtime() -> Runtime {
-    std::fs::read_to_string(runtime_file())
-        .ok()
-        .and_then(|s| Runtime::parse(s.trim()))
-        .unwrap_or_default()
+    crate::runtime::recorded()
+}
+
+/// Recorded first by `up`, before anything that depends on it (the routers' socket path).
+pub fn write_runtime(runtime: Runtime) -> Result<()> {
+    std::fs::write(runtime_file(), format!("{runtime}\n"))
+        .with_context(|| format!("cannot record the runtime in {STATE_DIR}"))
 }
 
 /// Blocks until no other `slim-lab up`/`down` runs, so parallel test suites calling `up` find

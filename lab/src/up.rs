@@ -55,11 +55,14 @@ pub fn up(mode: Mode, options: &Options) -> Result<()> {
     }
     step("namespaces and veth pairs", || {
         state::create_dir()?;
+        state::write_runtime(mode.runtime)?;
         ip::batch(None, &network::namespace_commands(mode.runtime))
     })?;
     for host in &HOSTS {
         step(&format!("{}: underlay, bridge, vxlan", host.name), || {
-            routers::prepare_socket_dir(host)?;
+            if mode.runtime == Runtime::Podman {
+                routers::prepare_socket_dir(host)?;
+            }
             ip::batch(
                 Some(host.netns),
                 &network::host_commands(host, mode.runtime),
@@ -112,8 +115,6 @@ pub fn up(mode: Mode, options: &Options) -> Result<()> {
 /// for it (`ip netns attach`), so that `ip -n slim-c1`, `counters` and `status` work as with the
 /// namespace runtime.
 fn podman_containers(rootfs: &std::path::Path, options: &Options) -> Result<()> {
-    std::fs::write(paths::runtime_file(), format!("{}\n", Runtime::Podman))
-        .context("cannot record the runtime")?;
     step("podman: CNI networks", || {
         options.write()?;
         for host in &HOSTS {
