@@ -40,8 +40,17 @@ enum Cmd {
         runtime: Runtime,
         /// With --runtime podman: the OCI runtime podman runs the containers with (e.g. an OCI
         /// runtime wrapper such as slim-oci) instead of crun.
-        #[arg(long, value_name = "PATH", requires = "runtime")]
+        #[arg(
+            long,
+            value_name = "PATH",
+            requires = "runtime",
+            conflicts_with = "slim_oci"
+        )]
         oci_runtime: Option<PathBuf>,
+        /// With --runtime podman: run the containers through slim-oci (this PATH), configured per
+        /// host with that host's router; containers annotated io.slim/enable=true get Slim.
+        #[arg(long, value_name = "PATH", requires = "runtime")]
+        slim_oci: Option<PathBuf>,
         /// With --runtime podman: an annotation on every container (repeatable), e.g.
         /// io.slim/enable=true.
         #[arg(long, value_name = "KEY=VALUE", requires = "runtime")]
@@ -96,13 +105,18 @@ fn run(command: Cmd) -> Result<ExitCode> {
             no_routers,
             runtime,
             oci_runtime,
+            slim_oci,
             annotation,
         } => {
             require_root()?;
-            if runtime != Runtime::Podman && (oci_runtime.is_some() || !annotation.is_empty()) {
-                bail!("--oci-runtime and --annotation only apply to --runtime podman");
+            if runtime != Runtime::Podman
+                && (oci_runtime.is_some() || slim_oci.is_some() || !annotation.is_empty())
+            {
+                bail!("--oci-runtime, --slim-oci and --annotation only apply to --runtime podman");
             }
+            let with_slim_oci = slim_oci.is_some();
             let oci_runtime = oci_runtime
+                .or(slim_oci)
                 .map(|p| {
                     std::fs::canonicalize(&p).map_err(|e| {
                         anyhow::anyhow!("--oci-runtime {}: {e}; give an existing path", p.display())
@@ -118,6 +132,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 &Options {
                     oci_runtime,
                     annotations: annotation,
+                    slim_oci: with_slim_oci,
                 },
             )?;
         }

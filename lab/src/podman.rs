@@ -53,6 +53,10 @@ pub struct Options {
     pub oci_runtime: Option<PathBuf>,
     /// `--annotation KEY=VALUE` on every container, e.g. `io.slim/enable=true`.
     pub annotations: Vec<String>,
+    /// The OCI runtime is slim-oci: each host gets a slim-oci config of its own (its router's
+    /// socket, the build's library; see [`write_slim_oci_config`]), which every podman call names
+    /// with `--runtime-flag slim-config=PATH` (podman passes no environment to the runtime).
+    pub slim_oci: bool,
 }
 
 impl Options {
@@ -72,6 +76,9 @@ impl Options {
         for a in &self.annotations {
             text.push_str(&format!("annotation {a}\n"));
         }
+        if self.slim_oci {
+            text.push_str("slim-oci on\n");
+        }
         std::fs::write(Self::file(), text).context("cannot record the podman options")
     }
 
@@ -82,6 +89,7 @@ impl Options {
             match line.split_once(' ') {
                 Some(("oci-runtime", v)) => o.oci_runtime = Some(PathBuf::from(v)),
                 Some(("annotation", v)) => o.annotations.push(v.to_string()),
+                Some(("slim-oci", "on")) => o.slim_oci = true,
                 _ => {}
             }
         }
@@ -139,7 +147,43 @@ pub fn podman(host: &Host, options: &Options) -> Command {
         .args(["--events-backend", "none", "--storage-driver", "overlay"])
         .arg("--runtime")
         .arg(options.runtime_arg());
+    if options.slim_oci {
+        let mut flag = OsString::from("slim-config=");
+        flag.push(slim_oci_config(host));
+        c.arg("--runtime-flag").arg(flag);
+    }
     c
+}
+
+fn slim_oci_config(host: &Host) -> PathBuf {
+    podman_run_dir(host).join("slim-oci.toml")
+}
+
+/// slim-oci's configuration for `host` (`slim-oci.toml`: crun as the real runtime, the build's
+/// library, injection only on request) and the router configuration it reads the prefixes,
+/// socket and mode from (`router.toml`, the values the lab starts the host's router with).
+pub fn write_slim_oci_config(host: &Host, secure: bool) -> Result<()> {
+    let run = podman_run_dir(host);
+    let router = run.join("router.toml");
+    let prefixes: Vec<String> = OVERLAY_PREFIXES
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect();
+    let router_text = format!(
+        "# The settings slim-lab starts {}'s router with, for slim-oci.\n\
+         prefixes = [{}]\nsocket = \"{}\"\nsecure = {secure}\n",
+        host.name,
+        prefixes.join(", "),
+        crate::paths::router_socket_for(host, crate::runtime::Runtime::Podman).display()
+    );
+    let oci_text = format!(
+        "runtime = \"crun\"\nrouter_config = \"{}\"\nlibrary = \"{}\"\ndefault = \"off\"\n",
+        router.display(),
+        paths::preload_lib()?.display()
+    );
+    std::fs::write(&router, router_text)
+        .and_then(|()| std::fs::write(slim_oci_config(host), oci_text))
+        .with_context(|| format!("cannot write slim-oci's configuration in {}", run.display()))
 }
 
 fn cni_dir(host: &Host) -> PathBuf {

@@ -69,16 +69,14 @@ pub fn up(mode: Mode, options: &Options) -> Result<()> {
             )
         })?;
     }
-    match &rootfs {
-        None => {
-            for c in &CONTAINERS {
-                step(&format!("{}: overlay addresses", c.name), || {
-                    ip::batch(Some(c.netns), &network::container_commands(c))
-                })?;
-            }
+    // Podman containers come after the routers: slim-oci injects Slim only when the router's
+    // socket exists.
+    if mode.runtime == Runtime::Netns {
+        for c in &CONTAINERS {
+            step(&format!("{}: overlay addresses", c.name), || {
+                ip::batch(Some(c.netns), &network::container_commands(c))
+            })?;
         }
-        Some(rootfs) => podman_containers(rootfs, options)
-            .context("the half-built lab is left for inspection; `slim-lab down` removes it")?,
     }
     step("sysctls", || {
         // Podman containers got theirs from `podman run --sysctl`.
@@ -101,6 +99,10 @@ pub fn up(mode: Mode, options: &Options) -> Result<()> {
         })
         .context("the half-built lab is left for inspection; `slim-lab down` removes it")?;
     }
+    if let Some(rootfs) = &rootfs {
+        podman_containers(rootfs, options, mode.secure)
+            .context("the half-built lab is left for inspection; `slim-lab down` removes it")?;
+    }
     verify(mode)?;
     println!(
         "lab up in {:.2} s ({})",
@@ -114,11 +116,14 @@ pub fn up(mode: Mode, options: &Options) -> Result<()> {
 /// addresses read back from podman and recorded, and its network namespace given the lab's name
 /// for it (`ip netns attach`), so that `ip -n slim-c1`, `counters` and `status` work as with the
 /// namespace runtime.
-fn podman_containers(rootfs: &std::path::Path, options: &Options) -> Result<()> {
+fn podman_containers(rootfs: &std::path::Path, options: &Options, secure: bool) -> Result<()> {
     step("podman: CNI networks", || {
         options.write()?;
         for host in &HOSTS {
             podman::write_network(host)?;
+            if options.slim_oci {
+                podman::write_slim_oci_config(host, secure)?;
+            }
         }
         Ok(())
     })?;

@@ -275,29 +275,40 @@ fn tcp_over_the_overlay_crosses_vxlan_between_hosts_and_not_on_one_host() {
 #[test]
 fn iperf3_with_slim_bypasses_the_overlay_and_the_server_sees_the_ipam_address() {
     let _lab = podman_lab();
+    iperf3_bypasses_the_overlay(true, 5301);
+}
+
+/// iperf3 c1 -> c2 (100 MB): the payload must not cross slim-vx, and the server must see c1's
+/// IPAM address. `slim`: whether `exec --slim` preloads the library (false when slim-oci
+/// injected it into the containers).
+fn iperf3_bypasses_the_overlay(slim: bool, port: u16) {
     let c2 = addr("c2", false);
-    let server = std::thread::spawn(|| {
-        common::run(
-            "c2",
-            true,
-            &[
-                "timeout",
-                "60",
-                "iperf3",
-                "-s",
-                "-1",
-                "-p",
-                "5301",
-                "--forceflush",
-            ],
-        )
-    });
-    wait_listening("c2", 5301);
+    let port_s = port.to_string();
+    let server = {
+        let port_s = port_s.clone();
+        std::thread::spawn(move || {
+            common::run(
+                "c2",
+                slim,
+                &[
+                    "timeout",
+                    "60",
+                    "iperf3",
+                    "-s",
+                    "-1",
+                    "-p",
+                    &port_s,
+                    "--forceflush",
+                ],
+            )
+        })
+    };
+    wait_listening("c2", port);
     let before = bytes("h1", VX);
     let client = ok(
         "c1",
-        true,
-        &["iperf3", "-c", &c2, "-p", "5301", "-n", "100M", "--json"],
+        slim,
+        &["iperf3", "-c", &c2, "-p", &port_s, "-n", "100M", "--json"],
     );
     let crossed = bytes("h1", VX) - before;
     let out = server.join().unwrap();
@@ -323,6 +334,57 @@ fn iperf3_with_slim_bypasses_the_overlay_and_the_server_sees_the_ipam_address() 
         server_text.contains(&format!("Accepted connection from {c1},")),
         "the server did not see c1's IPAM address {c1}:\n{server_text}"
     );
+}
+
+/// `up --slim-oci`: podman runs the containers through slim-oci, which injects Slim into the
+/// annotated ones from each host's own configuration; programs then use Slim with no `--slim`.
+#[test]
+fn slim_oci_injects_slim_into_annotated_containers() {
+    let guard = common::serial();
+    let rootfs = rootfs();
+    let out = Command::new(lab_bin())
+        .args(["up", "--runtime", "podman", "--slim-oci"])
+        .arg(common::bin("slim-oci"))
+        .args(["--annotation", "io.slim/enable=true"])
+        .env("SLIM_ROOTFS", &rootfs)
+        .output()
+        .expect("run slim-lab up --slim-oci");
+    assert!(
+        out.status.success(),
+        "slim-lab up --slim-oci failed:\n{}",
+        text(&out)
+    );
+    for (name, host) in [("c1", "h1"), ("c2", "h2")] {
+        let id = std::fs::read_to_string(STATE)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .expect("recorded id");
+        let bundle = format!("{STORAGE}/{host}/overlay-containers/{id}/userdata/config.json");
+        let config = std::fs::read_to_string(&bundle).expect("config.json");
+        assert!(
+            config.contains("io.slim/injected"),
+            "slim-oci did not inject into {name}"
+        );
+        assert!(
+            config.contains("/run/slim-lib/libslim_preload.so"),
+            "{bundle}"
+        );
+        // What the container's own processes get, through podman exec.
+        let env = ok(
+            name,
+            false,
+            &["sh", "-c", "echo $LD_PRELOAD; echo $SLIM_ROUTER_SOCKET"],
+        );
+        assert!(
+            env.contains("/run/slim-lib/libslim_preload.so"),
+            "{name}: {env}"
+        );
+        assert!(env.contains("/run/slim/router.sock"), "{name}: {env}");
+    }
+    iperf3_bypasses_the_overlay(false, 5302);
+    drop(guard);
 }
 
 /// No process of the lab's podman storage, no mount under its directories, no CNI state.
