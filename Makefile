@@ -76,3 +76,9 @@ clean:
 ## installed once into /var/cache/slim-venv), and routers run with the DaemonSet's capabilities.
 k8s-validate: build
 	./scripts/k8s-validate.sh --router-caps $(TARGET)
+
+## The podman lab's root filesystem (slim-lab up --runtime podman): Debian packages via mmdebstrap,
+## cached in /var/cache/slim-rootfs (~2 min the first time; the podman tests run it themselves).
+.PHONY: rootfs
+rootfs:
+	./scripts/rootfs/build-rootfs.sh

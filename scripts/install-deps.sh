@@ -10,6 +10,9 @@ PKGS=(iproute2 procps psmisc iperf iperf3 nginx-light wrk memcached libmemcached
 PKGS+=(podman crun conmon catatonit containernetworking-plugins)
 # scripts/k8s-validate.sh: shellcheck for the manifests' shell, the CNI portmap plugin's VERSION.
 PKGS+=(shellcheck)
+# slim-lab --runtime podman (the packages above, plus): podman's default configuration files, mmdebstrap
+# for the containers' root filesystem (scripts/rootfs/build-rootfs.sh), util-linux for unshare/nsenter.
+PKGS+=(golang-github-containers-common mmdebstrap util-linux)
 
 missing=()
 for p in "${PKGS[@]}"; do

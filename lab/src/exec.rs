@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 
 use crate::paths::{netns_path, preload_lib, router_socket};
+use crate::runtime::Runtime;
+use crate::state::recorded_runtime;
 use crate::topology::{Node, OVERLAY_PREFIXES};
 
 /// Why exec failed, with the exit status to report. As with `docker run`, 125 means slim-lab
@@ -53,11 +55,18 @@ fn slim_env(node: Node) -> Result<Vec<(&'static str, OsString)>> {
 /// Enters the namespace with setns and execs in place: the command keeps this pid, inherits
 /// stdio untouched and its exit status becomes ours. Unlike `ip netns exec`, /sys stays the
 /// initial namespace's view. Returns only on failure.
+/// In a podman container, execs `podman exec` instead (see `podman::exec_command`): the command
+/// then runs in every namespace of the container, with its exit status.
 pub fn exec(node: Node, slim: bool, cmd: &[OsString]) -> ExecError {
     let prepared = (|| -> Result<Command> {
         let Some((program, args)) = cmd.split_first() else {
             bail!("no command given; usage: slim-lab exec NODE [--slim] -- CMD ARGS...");
         };
+        if let Node::Container(c) = node {
+            if recorded_runtime() == Runtime::Podman {
+                return Ok(crate::podman::exec_command(c, slim, cmd));
+            }
+        }
         let mut command = Command::new(program);
         command.args(args);
         if slim {

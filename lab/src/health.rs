@@ -3,23 +3,39 @@
 
 use anyhow::Result;
 
+use crate::containers;
 use crate::network::node_problems;
+use crate::processes::is_running;
 use crate::routers;
+use crate::runtime::Runtime;
 use crate::state::Mode;
-use crate::topology::{Host, Node, HOSTS};
+use crate::topology::{Host, Node, CONTAINERS, HOSTS};
 
 /// Everything that differs from a lab built in `mode`; empty means fully up.
 pub fn problems(mode: Mode) -> Result<Vec<String>> {
-    let mut problems = network_problems()?;
+    let mut problems = network_problems(mode.runtime)?;
     problems.extend(router_problems(mode).into_iter().map(|(_, p)| p));
     Ok(problems)
 }
 
-/// What differs in the namespaces, devices and addresses, routers aside.
-pub fn network_problems() -> Result<Vec<String>> {
+/// What differs in the namespaces, devices and addresses, routers aside; with podman, also
+/// whether each container's recorded init process still runs.
+pub fn network_problems(runtime: Runtime) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for node in Node::all() {
-        problems.extend(node_problems(node)?);
+        problems.extend(node_problems(node, runtime)?);
+    }
+    if runtime == Runtime::Podman {
+        for c in &CONTAINERS {
+            match containers::find(c) {
+                None => problems.push(format!("no podman container of {} is recorded", c.name)),
+                Some(r) if !is_running(r.pid) => problems.push(format!(
+                    "the podman container of {} (init pid {}) is not running",
+                    c.name, r.pid
+                )),
+                Some(_) => {}
+            }
+        }
     }
     Ok(problems)
 }

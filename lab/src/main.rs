@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use std::path::PathBuf;
+
 use slim_lab::network::byte_counters;
+use slim_lab::podman::Options;
 use slim_lab::router_cmd::{self, Action};
+use slim_lab::runtime::Runtime;
 use slim_lab::state::Mode;
 use slim_lab::topology::Node;
-use slim_lab::{down, exec, status, up};
+use slim_lab::{containers, down, exec, status, up};
 
 /// A local two-host Slim cluster: network namespaces joined by a real VXLAN overlay.
 #[derive(Parser)]
@@ -30,19 +34,42 @@ enum Cmd {
         /// Build only the network, without routers.
         #[arg(long)]
         no_routers: bool,
+        /// What the containers are: network namespaces, or OCI containers run by podman with
+        /// crun from the root filesystem of scripts/rootfs/build-rootfs.sh ($SLIM_ROOTFS).
+        #[arg(long, value_enum, default_value_t = Runtime::Netns)]
+        runtime: Runtime,
+        /// With --runtime podman: the OCI runtime podman runs the containers with (e.g. an OCI
+        /// runtime wrapper such as slim-oci) instead of crun.
+        #[arg(
+            long,
+            value_name = "PATH",
+            requires = "runtime",
+            conflicts_with = "slim_oci"
+        )]
+        oci_runtime: Option<PathBuf>,
+        /// With --runtime podman: run the containers through slim-oci (this PATH), configured per
+        /// host with that host's router; containers annotated io.slim/enable=true get Slim.
+        #[arg(long, value_name = "PATH", requires = "runtime")]
+        slim_oci: Option<PathBuf>,
+        /// With --runtime podman: an annotation on every container (repeatable), e.g.
+        /// io.slim/enable=true.
+        #[arg(long, value_name = "KEY=VALUE", requires = "runtime")]
+        annotation: Vec<String>,
     },
     /// Remove everything the lab made; succeeds when nothing exists.
     Down,
     /// Show namespaces, addresses, routers and VXLAN counters; exit 1 unless fully up.
     Status,
-    /// Print a node's address: overlay for a container, underlay for a host.
+    /// Print a node's address: overlay for a container (with podman, the one IPAM gave it),
+    /// underlay for a host.
     Addr {
         node: Node,
         /// The IPv6 address instead of the IPv4 one.
         #[arg(long)]
         v6: bool,
     },
-    /// Run a command inside a node's network namespace.
+    /// Run a command inside a node's network namespace (a podman container: in all its
+    /// namespaces, through `podman exec`).
     Exec {
         node: Node,
         /// Preload Slim and point it at the container's router (containers only).
@@ -73,12 +100,41 @@ fn require_root() -> Result<()> {
 
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
-        Cmd::Up { secure, no_routers } => {
+        Cmd::Up {
+            secure,
+            no_routers,
+            runtime,
+            oci_runtime,
+            slim_oci,
+            annotation,
+        } => {
             require_root()?;
-            up::up(Mode {
-                secure,
-                routers: !no_routers,
-            })?;
+            if runtime != Runtime::Podman
+                && (oci_runtime.is_some() || slim_oci.is_some() || !annotation.is_empty())
+            {
+                bail!("--oci-runtime, --slim-oci and --annotation only apply to --runtime podman");
+            }
+            let with_slim_oci = slim_oci.is_some();
+            let oci_runtime = oci_runtime
+                .or(slim_oci)
+                .map(|p| {
+                    std::fs::canonicalize(&p).map_err(|e| {
+                        anyhow::anyhow!("--oci-runtime {}: {e}; give an existing path", p.display())
+                    })
+                })
+                .transpose()?;
+            up::up(
+                Mode {
+                    secure,
+                    routers: !no_routers,
+                    runtime,
+                },
+                &Options {
+                    oci_runtime,
+                    annotations: annotation,
+                    slim_oci: with_slim_oci,
+                },
+            )?;
         }
         Cmd::Down => {
             require_root()?;
@@ -90,7 +146,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Cmd::Addr { node, v6 } => println!("{}", node.addr(v6)),
+        Cmd::Addr { node, v6 } => println!("{}", containers::addr(node, v6)?),
         Cmd::Exec { node, slim, cmd } => {
             require_root()?;
             let failure = exec::exec(node, slim, &cmd);
@@ -109,7 +165,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let (rx, tx) = byte_counters(node.netns(), &dev)?;
             println!("{rx} {tx}");
         }
-        Cmd::Nodes => status::nodes(),
+        Cmd::Nodes => status::nodes()?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,10 @@
 
 use anyhow::{Context, Result};
 
+use crate::containers;
 use crate::ip;
 use crate::paths::netns_path;
+use crate::runtime::Runtime;
 use crate::topology::{
     all_netns, Container, Host, Node, BRIDGE_DEV, CONTAINERS, CONTAINER_DEV, HOSTS, OVERLAY_MTU,
     OVERLAY_V4_PREFIX_LEN, OVERLAY_V6_PREFIX_LEN, UNDERLAY_MTU, UNDERLAY_V4_PREFIX_LEN,
@@ -17,13 +19,23 @@ pub fn netns_exists(netns: &str) -> bool {
 
 /// Commands for `ip -batch` in the initial namespace: the namespaces and every veth pair, each
 /// end created straight inside its namespace so the initial namespace never holds a lab device.
-pub fn namespace_commands() -> Vec<String> {
-    let mut lines: Vec<String> = all_netns().map(|ns| format!("netns add {ns}")).collect();
+/// With podman, only the hosts' namespaces and the underlay: podman and CNI make the containers'.
+pub fn namespace_commands(runtime: Runtime) -> Vec<String> {
+    let mut lines: Vec<String> = match runtime {
+        Runtime::Netns => all_netns().map(|ns| format!("netns add {ns}")).collect(),
+        Runtime::Podman => HOSTS
+            .iter()
+            .map(|h| format!("netns add {}", h.netns))
+            .collect(),
+    };
     let (h1, h2) = (&HOSTS[0], &HOSTS[1]);
     lines.push(format!(
         "link add {} netns {} mtu {UNDERLAY_MTU} type veth peer name {} netns {} mtu {UNDERLAY_MTU}",
         h1.underlay_dev, h1.netns, h2.underlay_dev, h2.netns
     ));
+    if runtime == Runtime::Podman {
+        return lines;
+    }
     for c in &CONTAINERS {
         lines.push(format!(
             "link add {} netns {} mtu {OVERLAY_MTU} type veth peer name {CONTAINER_DEV} netns {} mtu {OVERLAY_MTU}",
@@ -37,7 +49,7 @@ pub fn namespace_commands() -> Vec<String> {
 
 /// Commands for `ip -n HOST -batch`: underlay addresses, the bridge and the VXLAN device.
 /// `nodad` makes IPv6 addresses usable at once instead of after a second of DAD.
-pub fn host_commands(host: &Host) -> Vec<String> {
+pub fn host_commands(host: &Host, runtime: Runtime) -> Vec<String> {
     let dev = host.underlay_dev;
     let remote = host.vxlan_remote();
     let mut lines = vec![
@@ -54,8 +66,10 @@ pub fn host_commands(host: &Host) -> Vec<String> {
         ),
         format!("link set {VXLAN_DEV} master {BRIDGE_DEV} up"),
     ];
-    for c in host.containers() {
-        lines.push(format!("link set {} master {BRIDGE_DEV} up", c.host_veth));
+    if runtime == Runtime::Netns {
+        for c in host.containers() {
+            lines.push(format!("link set {} master {BRIDGE_DEV} up", c.host_veth));
+        }
     }
     lines
 }
@@ -99,7 +113,7 @@ impl ExpectedLink {
     }
 }
 
-fn expected_links(node: Node) -> Vec<ExpectedLink> {
+fn expected_links(node: Node, runtime: Runtime) -> Vec<ExpectedLink> {
     match node {
         Node::Host(h) => {
             let mut links = vec![
@@ -125,13 +139,35 @@ fn expected_links(node: Node) -> Vec<ExpectedLink> {
                     ..ExpectedLink::plain(VXLAN_DEV)
                 },
             ];
-            links.extend(h.containers().map(|c| ExpectedLink {
-                mtu: Some(OVERLAY_MTU),
-                master: Some(BRIDGE_DEV),
-                ..ExpectedLink::plain(c.host_veth)
-            }));
+            // CNI names the host ends of podman containers' veth pairs itself.
+            if runtime == Runtime::Netns {
+                links.extend(h.containers().map(|c| ExpectedLink {
+                    mtu: Some(OVERLAY_MTU),
+                    master: Some(BRIDGE_DEV),
+                    ..ExpectedLink::plain(c.host_veth)
+                }));
+            }
             links
         }
+        Node::Container(_) if runtime == Runtime::Podman => vec![
+            ExpectedLink::plain("lo"),
+            ExpectedLink {
+                mtu: Some(OVERLAY_MTU),
+                addrs: [false, true]
+                    .into_iter()
+                    .filter_map(|v6| containers::addr(node, v6).ok())
+                    .map(|a| {
+                        let len = if a.is_ipv6() {
+                            OVERLAY_V6_PREFIX_LEN
+                        } else {
+                            OVERLAY_V4_PREFIX_LEN
+                        };
+                        format!("{a}/{len}")
+                    })
+                    .collect(),
+                ..ExpectedLink::plain(CONTAINER_DEV)
+            },
+        ],
         Node::Container(c) => vec![
             ExpectedLink::plain("lo"),
             ExpectedLink {
@@ -147,7 +183,7 @@ fn expected_links(node: Node) -> Vec<ExpectedLink> {
 }
 
 /// What is wrong with one node's namespace; empty when it is exactly as `up` builds it.
-pub fn node_problems(node: Node) -> Result<Vec<String>> {
+pub fn node_problems(node: Node, runtime: Runtime) -> Result<Vec<String>> {
     let ns = node.netns();
     if !netns_exists(ns) {
         return Ok(vec![format!("namespace {ns} is missing")]);
@@ -161,7 +197,7 @@ pub fn node_problems(node: Node) -> Result<Vec<String>> {
             .with_context(|| format!("cannot list the addresses of namespace {ns}"))?,
     );
     let mut problems = Vec::new();
-    for want in expected_links(node) {
+    for want in expected_links(node, runtime) {
         let Some(link) = links.iter().find(|l| l.name == want.name) else {
             problems.push(format!("{ns}: device {} is missing", want.name));
             continue;
@@ -256,7 +292,7 @@ mod tests {
 
     #[test]
     fn every_container_gets_one_veth_pair() {
-        let lines = namespace_commands();
+        let lines = namespace_commands(Runtime::Netns);
         for c in &CONTAINERS {
             assert!(lines
                 .iter()
@@ -266,8 +302,18 @@ mod tests {
 
     #[test]
     fn vxlan_points_at_the_other_host() {
-        let lines = host_commands(&HOSTS[1]);
+        let lines = host_commands(&HOSTS[1], Runtime::Netns);
         let vx = lines.iter().find(|l| l.contains("type vxlan")).unwrap();
         assert!(vx.contains("local 192.168.77.2 remote 192.168.77.1"));
+    }
+
+    #[test]
+    fn podman_leaves_the_containers_to_cni() {
+        let lines = namespace_commands(Runtime::Podman);
+        assert!(!lines.iter().any(|l| l.contains("slim-c")));
+        assert!(lines.iter().any(|l| l.contains("slim-u1")));
+        let host = host_commands(&HOSTS[0], Runtime::Podman);
+        assert!(!host.iter().any(|l| l.contains("slim-vc")));
+        assert!(host.iter().any(|l| l.contains("slim-vx master slim-br")));
     }
 }

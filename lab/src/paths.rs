@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::runtime::{self, Runtime};
 use crate::topology::Host;
 
 /// Router sockets, logs, pid files and the mode; removed whole by `down`.
@@ -26,9 +27,89 @@ pub fn routers_file() -> PathBuf {
     Path::new(STATE_DIR).join("routers")
 }
 
+/// The router's socket in the lab as recorded (see [`router_socket_for`]).
 pub fn router_socket(host: &Host) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{}.sock", host.name))
+    router_socket_for(host, runtime::recorded())
 }
+
+/// With namespaces `/run/slim-lab/hN.sock`. With podman the socket is alone in a directory of
+/// its own ([`router_socket_dir`]): that directory is what a container gets mounted (at
+/// [`CONTAINER_SOCKET_DIR`]), so that the socket a restarted router creates anew shows up in
+/// the container too.
+pub fn router_socket_for(host: &Host, runtime: Runtime) -> PathBuf {
+    match runtime {
+        Runtime::Netns => Path::new(STATE_DIR).join(format!("{}.sock", host.name)),
+        Runtime::Podman => router_socket_dir(host).join("router.sock"),
+    }
+}
+
+pub fn router_socket_dir(host: &Host) -> PathBuf {
+    Path::new(STATE_DIR).join(host.name)
+}
+
+/// Where a podman container of the lab sees its host's [`router_socket_dir`].
+pub const CONTAINER_SOCKET_DIR: &str = "/run/slim";
+
+/// Where a podman container of the lab sees the build directory (slim-lab's own directory:
+/// libslim_preload.so, slim-testprog), read-only.
+pub const CONTAINER_BUILD_DIR: &str = "/opt/slim";
+
+/// Holds `netns` or `podman`: how the containers were made.
+pub fn runtime_file() -> PathBuf {
+    Path::new(STATE_DIR).join("runtime")
+}
+
+/// The podman runtime's persistent storage (one `--root` per host). Removed whole by `down`.
+pub const PODMAN_ROOT: &str = "/var/lib/slim-lab/podman";
+
+/// The podman runtime's run-time state of one host: podman's `--runroot` and `--tmpdir`, the CNI
+/// configuration and IPAM directories. Inside [`STATE_DIR`], so `down` removes it.
+pub fn podman_run_dir(host: &Host) -> PathBuf {
+    Path::new(STATE_DIR).join("podman").join(host.name)
+}
+
+/// Container name, pid, id, addresses and network namespace of each podman container, as `up`
+/// read them back from podman.
+pub fn containers_file() -> PathBuf {
+    Path::new(STATE_DIR).join("containers")
+}
+
+/// The directory slim-lab runs from (the build directory): mounted into podman containers.
+pub fn build_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the slim-lab executable's own path")?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    exe.parent().map(Path::to_path_buf).with_context(|| {
+        format!(
+            "slim-lab runs from {}, which has no directory",
+            exe.display()
+        )
+    })
+}
+
+/// The root filesystem of the podman containers: `$SLIM_ROOTFS`, else the newest tree that
+/// scripts/rootfs/build-rootfs.sh finished.
+pub fn rootfs() -> Result<PathBuf> {
+    let path = std::env::var_os("SLIM_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOTFS));
+    let resolved = std::fs::canonicalize(&path).with_context(|| {
+        format!(
+            "no root filesystem for the podman containers at {}; build it with \
+             scripts/rootfs/build-rootfs.sh (cached in /var/cache/slim-rootfs) or set SLIM_ROOTFS",
+            path.display()
+        )
+    })?;
+    if !resolved.join("usr/bin").is_dir() {
+        bail!(
+            "{} is not a root filesystem (no usr/bin); rebuild it with scripts/rootfs/build-rootfs.sh",
+            resolved.display()
+        );
+    }
+    Ok(resolved)
+}
+
+/// Where scripts/rootfs/build-rootfs.sh links its newest finished tree.
+pub const DEFAULT_ROOTFS: &str = "/var/cache/slim-rootfs/current";
 
 pub fn router_log(host: &Host) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{}.log", host.name))

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
-use crate::paths::{router_log, router_pid_file, router_socket};
+use crate::paths::{
+    router_log, router_pid_file, router_socket, router_socket_dir, router_socket_for,
+};
 use crate::processes::{cmdline, is_running, terminate};
+use crate::runtime::Runtime;
 use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,11 +25,15 @@ const LOG_TAIL_LINES: usize = 20;
 
 /// The router's exact command line after the binary.
 pub fn router_args(host: &Host, secure: bool) -> Vec<String> {
+    router_args_with_socket(host, secure, &router_socket(host))
+}
+
+fn router_args_with_socket(host: &Host, secure: bool, socket: &Path) -> Vec<String> {
     let mut args = vec![
         "--host-addr".to_string(),
         host.underlay_v4.to_string(),
         "--socket".to_string(),
-        router_socket(host).display().to_string(),
+        socket.display().to_string(),
     ];
     for prefix in OVERLAY_PREFIXES {
         args.extend(["--prefix".to_string(), prefix.to_string()]);
@@ -117,6 +124,13 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
     std::fs::write(&pid_path, format!("{}\n", child.id()))
         .with_context(|| format!("cannot write {}", pid_path.display()))?;
     Ok(Starting { host, child })
+}
+
+/// Creates the router's own socket directory (podman runtime): what containers get mounted.
+pub fn prepare_socket_dir(host: &Host) -> Result<()> {
+    let dir = router_socket_dir(host);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the router's directory {}", dir.display()))
 }
 
 /// Waits until every router accepts a connection on its socket, or one dies, or time runs out.
@@ -213,8 +227,13 @@ pub fn live_pid(host: &Host) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    let socket = router_socket(host).display().to_string();
-    (is_running(pid) && cmdline(pid).contains(&socket)).then_some(pid)
+    // Either runtime's path: the lab's processes are stopped before the runtime changes.
+    let paths = [
+        router_socket_for(host, Runtime::Netns),
+        router_socket_for(host, Runtime::Podman),
+    ];
+    let line = cmdline(pid);
+    (is_running(pid) && paths.iter().any(|p| line.contains(&*p.to_string_lossy()))).then_some(pid)
 }
 
 /// Stops the host's router, if one runs: SIGTERM, SIGKILL after [`STOP_GRACE`], and waits until
@@ -264,7 +283,8 @@ mod tests {
 
     #[test]
     fn router_command_line_is_exact() {
-        let args = router_args(&HOSTS[0], true).join(" ");
+        let socket = router_socket_for(&HOSTS[0], Runtime::Netns);
+        let args = router_args_with_socket(&HOSTS[0], true, &socket).join(" ");
         assert_eq!(
             args,
             "--host-addr 192.168.77.1 --socket /run/slim-lab/h1.sock --prefix 10.32.0.0/12 \

@@ -5,7 +5,8 @@ use std::fs::File;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::paths::{mode_file, routers_file, LOCK_FILE, STATE_DIR};
+use crate::paths::{mode_file, routers_file, runtime_file, LOCK_FILE, STATE_DIR};
+use crate::runtime::Runtime;
 
 /// How the lab was (or is to be) brought up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub struct Mode {
     pub secure: bool,
     /// False after `up --no-routers`: only the network exists.
     pub routers: bool,
+    /// What the containers are: namespaces or podman containers.
+    pub runtime: Runtime,
 }
 
 impl Mode {
@@ -26,7 +29,11 @@ impl Mode {
 
     pub fn describe(&self) -> String {
         let routers = if self.routers { "on" } else { "off" };
-        format!("{}, routers {routers}", self.name())
+        format!(
+            "{}, routers {routers}, runtime {}",
+            self.name(),
+            self.runtime
+        )
     }
 }
 
@@ -40,6 +47,7 @@ pub fn write(mode: Mode) -> Result<()> {
     let routers = if mode.routers { "on" } else { "off" };
     std::fs::write(mode_file(), format!("{}\n", mode.name()))
         .and_then(|()| std::fs::write(routers_file(), format!("{routers}\n")))
+        .and_then(|()| std::fs::write(runtime_file(), format!("{}\n", mode.runtime)))
         .with_context(|| format!("cannot record the lab's mode in {STATE_DIR}"))
 }
 
@@ -55,7 +63,21 @@ pub fn read() -> Option<Mode> {
     let routers = std::fs::read_to_string(routers_file())
         .map(|s| s.trim() != "off")
         .unwrap_or(true);
-    Some(Mode { secure, routers })
+    Some(Mode {
+        secure,
+        routers,
+        runtime: recorded_runtime(),
+    })
+}
+
+pub fn recorded_runtime() -> Runtime {
+    crate::runtime::recorded()
+}
+
+/// Recorded first by `up`, before anything that depends on it (the routers' socket path).
+pub fn write_runtime(runtime: Runtime) -> Result<()> {
+    std::fs::write(runtime_file(), format!("{runtime}\n"))
+        .with_context(|| format!("cannot record the runtime in {STATE_DIR}"))
 }
 
 /// Blocks until no other `slim-lab up`/`down` runs, so parallel test suites calling `up` find

@@ -6,7 +6,7 @@ use crate::network::{byte_counters, global_addrs, netns_exists};
 use crate::paths::{router_log, router_socket};
 use crate::state::{self, Mode};
 use crate::topology::{Node, VXLAN_DEV};
-use crate::{health, routers};
+use crate::{containers, health, routers};
 
 /// Prints the lab's state and returns whether it is fully up.
 pub fn status() -> Result<bool> {
@@ -22,6 +22,7 @@ pub fn status() -> Result<bool> {
     let mode = recorded.unwrap_or(Mode {
         secure: false,
         routers: false,
+        runtime: state::recorded_runtime(),
     });
     let mut problems = health::problems(mode)?;
     if recorded.is_none() {
@@ -53,6 +54,17 @@ fn print_node(node: Node, mode: Option<Mode>) -> Result<()> {
         .map(|a| format!("{} {}", a.dev, a.cidr))
         .collect();
     println!("{node} ({ns}, {role}): {}", addrs.join(", "));
+    if let Node::Container(c) = node {
+        if let Some(r) = containers::find(c) {
+            println!(
+                "  podman container {}: init pid {}, id {:.12}, netns {}",
+                crate::podman::container_name(c),
+                r.pid,
+                r.id,
+                r.sandbox
+            );
+        }
+    }
     if let Node::Host(host) = node {
         if mode.is_some_and(|m| !m.routers) {
             println!("  router: not started (up --no-routers)");
@@ -79,17 +91,19 @@ fn print_node(node: Node, mode: Option<Mode>) -> Result<()> {
     Ok(())
 }
 
-/// One line per node: name, kind, host, IPv4, IPv6, namespace.
-pub fn nodes() {
+/// One line per node: name, kind, host, IPv4, IPv6, namespace. With podman, the addresses are
+/// the ones IPAM gave the containers.
+pub fn nodes() -> Result<()> {
     for node in Node::all() {
         println!(
             "{:<4}{:<11}{:<4}{:<14}{:<14}{}",
             node.name(),
             node.kind(),
             node.host().name,
-            node.addr(false),
-            node.addr(true),
+            containers::addr(node, false)?,
+            containers::addr(node, true)?,
             node.netns()
         );
     }
+    Ok(())
 }

@@ -4,9 +4,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::podman::{self, Options};
+use crate::runtime::Runtime;
 use crate::state::{self, Mode};
 use crate::topology::{Host, CONTAINERS, HOSTS};
-use crate::{down, health, ip, network, paths, router_cmd, routers};
+use crate::{containers, down, health, ip, network, paths, router_cmd, routers};
 
 /// Runs one named step and prints its duration, so a slow `up` shows where the time went.
 fn step<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -16,15 +18,25 @@ fn step<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     Ok(result)
 }
 
-pub fn up(mode: Mode) -> Result<()> {
+/// Builds the lab in `mode`; `options` only matter with the podman runtime.
+pub fn up(mode: Mode, options: &Options) -> Result<()> {
     let _lock = state::lock()?;
-    // Find the router before touching anything, so a missing build leaves a working lab alone.
+    // Find the router and the root filesystem before touching anything, so that a missing build
+    // leaves a working lab alone.
     let router_bin = if mode.routers {
         Some(paths::router_bin()?)
     } else {
         None
     };
-    if state::read() == Some(mode) && health::network_problems()?.is_empty() {
+    let rootfs = match mode.runtime {
+        Runtime::Podman => Some(paths::rootfs()?),
+        Runtime::Netns => None,
+    };
+    let same_options = mode.runtime == Runtime::Netns || Options::read() == *options;
+    if state::read() == Some(mode)
+        && same_options
+        && health::network_problems(mode.runtime)?.is_empty()
+    {
         let router_problems = health::router_problems(mode);
         if router_problems.is_empty() {
             println!("lab already up ({}), nothing to do", mode.describe());
@@ -43,20 +55,36 @@ pub fn up(mode: Mode) -> Result<()> {
     }
     step("namespaces and veth pairs", || {
         state::create_dir()?;
-        ip::batch(None, &network::namespace_commands())
+        state::write_runtime(mode.runtime)?;
+        ip::batch(None, &network::namespace_commands(mode.runtime))
     })?;
     for host in &HOSTS {
         step(&format!("{}: underlay, bridge, vxlan", host.name), || {
-            ip::batch(Some(host.netns), &network::host_commands(host))
+            if mode.runtime == Runtime::Podman {
+                routers::prepare_socket_dir(host)?;
+            }
+            ip::batch(
+                Some(host.netns),
+                &network::host_commands(host, mode.runtime),
+            )
         })?;
     }
-    for c in &CONTAINERS {
-        step(&format!("{}: overlay addresses", c.name), || {
-            ip::batch(Some(c.netns), &network::container_commands(c))
-        })?;
+    // Podman containers come after the routers: slim-oci injects Slim only when the router's
+    // socket exists.
+    if mode.runtime == Runtime::Netns {
+        for c in &CONTAINERS {
+            step(&format!("{}: overlay addresses", c.name), || {
+                ip::batch(Some(c.netns), &network::container_commands(c))
+            })?;
+        }
     }
     step("sysctls", || {
-        for ns in crate::topology::all_netns() {
+        // Podman containers got theirs from `podman run --sysctl`.
+        let namespaces: Vec<&str> = match mode.runtime {
+            Runtime::Netns => crate::topology::all_netns().collect(),
+            Runtime::Podman => HOSTS.iter().map(|h| h.netns).collect(),
+        };
+        for ns in namespaces {
             network::tune(ns)?;
         }
         Ok(())
@@ -71,12 +99,48 @@ pub fn up(mode: Mode) -> Result<()> {
         })
         .context("the half-built lab is left for inspection; `slim-lab down` removes it")?;
     }
+    if let Some(rootfs) = &rootfs {
+        podman_containers(rootfs, options, mode.secure)
+            .context("the half-built lab is left for inspection; `slim-lab down` removes it")?;
+    }
     verify(mode)?;
     println!(
         "lab up in {:.2} s ({})",
         start.elapsed().as_secs_f64(),
         mode.describe()
     );
+    Ok(())
+}
+
+/// The podman runtime's containers: the CNI network on each host, then each container, its
+/// addresses read back from podman and recorded, and its network namespace given the lab's name
+/// for it (`ip netns attach`), so that `ip -n slim-c1`, `counters` and `status` work as with the
+/// namespace runtime.
+fn podman_containers(rootfs: &std::path::Path, options: &Options, secure: bool) -> Result<()> {
+    step("podman: CNI networks", || {
+        options.write()?;
+        for host in &HOSTS {
+            podman::write_network(host)?;
+            if options.slim_oci {
+                podman::write_slim_oci_config(host, secure)?;
+            }
+        }
+        Ok(())
+    })?;
+    let mut records = Vec::new();
+    for c in &CONTAINERS {
+        let record = step(&format!("{}: podman container", c.name), || {
+            let record = podman::create(c, rootfs, options)?;
+            ip::run(&["netns", "attach", c.netns, &record.pid.to_string()])?;
+            Ok(record)
+        })?;
+        println!(
+            "    {} on {}: pid {}, {} {}",
+            c.name, c.host, record.pid, record.v4, record.v6
+        );
+        records.push(record);
+        containers::write(&records)?;
+    }
     Ok(())
 }
 

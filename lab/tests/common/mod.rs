@@ -31,6 +31,11 @@ pub fn testprog() -> String {
     bin("slim-testprog").display().to_string()
 }
 
+/// Serializes tests without touching the lab (for tests that bring it up their own way).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Serializes tests and makes sure the lab is up (idempotent).
 pub fn lab() -> MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
