@@ -48,11 +48,15 @@ done
 # --- real programs, the lab's own tests, against the secure routers
 run_test() {
     local bin=$1 name=$2 log="$OUT/secure-$2.log" t0=$SECONDS
+    # What the lab looked like before the test (its `up` rebuilds a lab that is not intact).
+    "$LAB" status >"$OUT/secure-$2.status-before.txt" 2>&1 || true
     if SLIM_LAB_SECURE=1 RUST_BACKTRACE=1 timeout 600 "$bin" --exact --test-threads=1 "$name" >"$log" 2>&1; then
         ok "secure mode: $name ($((SECONDS - t0)) s)"
     else
         nok "secure mode: $name ($((SECONDS - t0)) s), log:"
         grep -vE '^\s+(at |[0-9]+: )' "$log" | tail -25 | sed 's/^/    /'
+        echo "    lab status before the test:"
+        sed 's/^/      /' "$OUT/secure-$name.status-before.txt"
     fi
 }
 APPS=$(sed -n 's/^apps=//p' "$OUT/tests.txt" 2>/dev/null)

@@ -17,7 +17,9 @@ use crate::processes::{cmdline, is_running, terminate};
 use crate::runtime::Runtime;
 use crate::topology::{Host, OVERLAY_PREFIXES, ROUTER_PORT};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `up` waits for a started router to answer. Seconds on a normal machine; inside the
+/// QEMU guest of `make vm-test` (TCG, KASAN) on a loaded host a start took over 10 s.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a router may take to exit after SIGTERM before it gets SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -107,13 +109,23 @@ pub fn spawn(host: &'static Host, bin: &Path, secure: bool) -> Result<Starting> 
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which
-    // is async-signal-safe and touches no memory shared with the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2) and
+    // close_range(2), which are async-signal-safe and touch no memory shared with the parent.
     unsafe {
         command.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The router outlives the command that started it: it must not keep whatever that
+            // command inherited open (a `flock LOCK cmd` lock would stay held as long as the
+            // router runs). Marked close-on-exec rather than closed, so the standard library's
+            // own exec-error pipe keeps working.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
