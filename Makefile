@@ -82,3 +82,28 @@ k8s-validate: build
 .PHONY: rootfs
 rootfs:
 	./scripts/rootfs/build-rootfs.sh
+
+## Install on this host (root): slim-router, slim-oci, the library, the systemd unit, and example
+## configurations in /etc/slim (never overwritten). DESTDIR and PREFIX as usual. Then: edit
+## /etc/slim/router.toml, create the cluster key, `systemctl enable --now slim-router`
+## (docs/operations.md), and name slim-oci as a runtime of your engine (docs/containers.md).
+PREFIX ?= /usr/local
+SYSTEMD_DIR ?= /etc/systemd/system
+.PHONY: install uninstall
+install: build
+	install -D -m 755 $(TARGET)/slim-router $(DESTDIR)$(PREFIX)/bin/slim-router
+	install -D -m 755 $(TARGET)/slim-oci $(DESTDIR)$(PREFIX)/bin/slim-oci
+	install -D -m 644 $(TARGET)/libslim_preload.so $(DESTDIR)$(PREFIX)/lib/slim/libslim_preload.so
+	install -D -m 644 deploy/systemd/slim-router.service $(DESTDIR)$(SYSTEMD_DIR)/slim-router.service
+	install -d -m 755 $(DESTDIR)/etc/slim
+	[ -e $(DESTDIR)/etc/slim/router.toml ] || install -m 644 deploy/systemd/router.toml $(DESTDIR)/etc/slim/router.toml
+	[ -e $(DESTDIR)/etc/slim/oci.toml ] || install -m 644 deploy/systemd/oci.toml $(DESTDIR)/etc/slim/oci.toml
+
+## Remove what install put there; /etc/slim (your configuration and the cluster key) stays
+## unless PURGE=1. Stop the service first (`systemctl disable --now slim-router`).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/slim-router $(DESTDIR)$(PREFIX)/bin/slim-oci
+	rm -f $(DESTDIR)$(PREFIX)/lib/slim/libslim_preload.so
+	-rmdir $(DESTDIR)$(PREFIX)/lib/slim 2>/dev/null
+	rm -f $(DESTDIR)$(SYSTEMD_DIR)/slim-router.service
+	if [ "$(PURGE)" = 1 ]; then rm -rf $(DESTDIR)/etc/slim; else echo "kept $(DESTDIR)/etc/slim (PURGE=1 removes it)"; fi

@@ -175,6 +175,12 @@ mod tests {
     }
 
     #[test]
+    fn the_installed_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/oci.toml");
+        assert_eq!(load(&path, true).unwrap(), OciConfig::default());
+    }
+
+    #[test]
     fn missing_default_file_is_defaults_missing_explicit_is_error() {
         let p = Path::new("/nonexistent/slim/oci.toml");
         assert_eq!(load(p, false).unwrap(), OciConfig::default());
