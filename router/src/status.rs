@@ -76,10 +76,27 @@ pub struct ContainerStatus {
 pub struct LeaseStatus {
     /// `LO-HI`, or `off`.
     pub range: String,
-    /// Ports of this host leased, by owner (overlay address).
+    /// Ports of this host leased, by owner (overlay address), that a socket still holds; ports
+    /// whose sockets are gone are remembered for their last owner but not counted.
     pub own: BTreeMap<IpAddr, usize>,
     /// Peers' ports whose owner this router knows, by peer host.
     pub peers: BTreeMap<IpAddr, usize>,
+}
+
+/// The leased ports of this host that a socket holds now (a sock_diag dump of the range, taken
+/// before the book's lock); every lease in the book if the dump fails.
+pub fn held_leases(router: &Router, lo: u16, hi: u16) -> Vec<(u16, IpAddr)> {
+    let live = crate::sockdiag::live_sockets_in(lo, hi);
+    let Some(book) = router.book() else {
+        return Vec::new();
+    };
+    match live {
+        Ok(live) => book.held(&live),
+        Err(e) => {
+            tracing::warn!(error = %e, "sock_diag dump failed; reporting every lease as held");
+            book.all()
+        }
+    }
 }
 
 /// The document the router serves now.
@@ -132,10 +149,10 @@ pub fn snapshot(router: &Router) -> Status {
         peers: peer_leases.into_iter().collect(),
         ..Default::default()
     };
-    if let Some(book) = router.book() {
-        let (lo, hi) = book.range();
+    if let Some(range) = router.book().map(|b| b.range()) {
+        let (lo, hi) = range;
         leases.range = format!("{lo}-{hi}");
-        for (_, owner) in book.all() {
+        for (_, owner) in held_leases(router, lo, hi) {
             *leases.own.entry(owner).or_default() += 1;
         }
     }
