@@ -567,10 +567,36 @@ fn a_removed_container_leaves_nothing_in_the_routers() {
         "the routers do not show c2's listener:\n{}",
         status("h2")
     );
+    // c2 as a client too (many connections: pooled sockets on leased ports of h2).
+    redis("c1", 6602);
+    let c1 = addr("c1");
+    ok(
+        "c2",
+        false,
+        &[
+            "redis-benchmark",
+            "-h",
+            &c1,
+            "-p",
+            "6602",
+            "-n",
+            "2000",
+            "-c",
+            "20",
+            "-t",
+            "ping",
+            "-q",
+        ],
+    );
+    redis_stop("c1", 6602);
     let before = held_for("h2", &c2);
     assert!(
         before.iter().any(|h| h.starts_with("container")),
         "h2's router lists no container entry for c2 {c2}: {before:?}"
+    );
+    assert!(
+        before.iter().any(|h| h.ends_with("leased ports")),
+        "h2's router shows no leased ports of c2 {c2}: {before:?}"
     );
     let ports = host_ports_for("h2", &c2);
     assert!(!ports.is_empty());
