@@ -108,7 +108,7 @@ pub fn snapshot(router: &Router) -> Status {
         let t = router.tables();
         (t.all_routes(), t.local_all(), t.leases_by_host())
     };
-    let listeners = routes
+    let mut listeners: Vec<ListenerStatus> = routes
         .iter()
         .map(|(overlay, r)| ListenerStatus {
             overlay: *overlay,
@@ -123,6 +123,12 @@ pub fn snapshot(router: &Router) -> Status {
             shared: r.shared,
         })
         .collect();
+    // Two connections to one peer (one dialled, one accepted) each bring its listeners: one
+    // route per connection in the tables, the same listener to an administrator. `routes` is
+    // sorted by (overlay, host), so the copies are next to each other.
+    listeners.dedup_by(|a, b| {
+        (a.overlay, a.host, &a.origin, a.shared) == (b.overlay, b.host, &b.origin, b.shared)
+    });
     let mut containers: BTreeMap<IpAddr, ContainerStatus> = BTreeMap::new();
     fn entry(m: &mut BTreeMap<IpAddr, ContainerStatus>, ip: IpAddr) -> &mut ContainerStatus {
         m.entry(ip).or_insert_with(|| ContainerStatus {
