@@ -506,8 +506,8 @@ fn held_for(host: &str, a: &str) -> Vec<String> {
     held
 }
 
-/// The host ports `host`'s router serves `a`'s listeners on, sorted, each once (a router with
-/// two connections to a peer, one dialled and one accepted, has the peer's listener from each).
+/// The host ports `host`'s router serves `a`'s listeners on, as status lists them (each listener
+/// once, though a router with two connections to a peer has it from each).
 fn host_ports_for(host: &str, a: &str) -> Vec<u16> {
     let s: serde_json::Value = serde_json::from_str(&status(host)).expect("status --json");
     s["listeners"]
@@ -519,8 +519,6 @@ fn host_ports_for(host: &str, a: &str) -> Vec<u16> {
             let h: std::net::SocketAddr = l["host"].as_str().unwrap().parse().unwrap();
             h.port()
         })
-        .collect::<std::collections::BTreeSet<u16>>()
-        .into_iter()
         .collect()
 }
 
