@@ -3,6 +3,7 @@
 //! modules build, check and tear down the lab.
 
 pub mod cni;
+pub mod container_cmd;
 pub mod containers;
 pub mod down;
 pub mod exec;

@@ -14,7 +14,7 @@ use slim_lab::router_cmd::{self, Action};
 use slim_lab::runtime::Runtime;
 use slim_lab::state::Mode;
 use slim_lab::topology::Node;
-use slim_lab::{containers, down, exec, status, up};
+use slim_lab::{container_cmd, containers, down, exec, status, up};
 
 /// A local two-host Slim cluster: network namespaces joined by a real VXLAN overlay.
 #[derive(Parser)]
@@ -85,10 +85,59 @@ enum Cmd {
         host: Node,
         action: Action,
     },
+    /// With --runtime podman: remove a container (`podman rm --force`: its processes killed, its
+    /// address released, its network namespace gone) and its records. Succeeds if it is absent.
+    Rm { node: Node },
+    /// With --runtime podman: create a removed container again, as `up` does.
+    Run {
+        node: Node,
+        #[command(flatten)]
+        opts: RunArgs,
+    },
+    /// With --runtime podman: remove a container and create it again with the same addresses
+    /// (`--ip`/`--ip6` to IPAM); its processes are new.
+    Restart {
+        node: Node,
+        #[command(flatten)]
+        opts: RunArgs,
+    },
     /// Print `rx_bytes tx_bytes` of a device inside a node's namespace.
     Counters { node: Node, dev: String },
     /// List the nodes: name, kind, host, IPv4, IPv6, namespace.
     Nodes,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Without the lab's --annotation(s): slim-oci injects no Slim into this container.
+    #[arg(long)]
+    plain: bool,
+    /// The IPv4 address to ask IPAM for (with --ip6).
+    #[arg(long, value_name = "ADDR", requires = "ip6")]
+    ip: Option<std::net::Ipv4Addr>,
+    /// The IPv6 address to ask IPAM for (with --ip).
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    ip6: Option<std::net::Ipv6Addr>,
+}
+
+impl RunArgs {
+    fn options(&self) -> container_cmd::RunOptions {
+        container_cmd::RunOptions {
+            plain: self.plain,
+            v4: self.ip,
+            v6: self.ip6,
+        }
+    }
+}
+
+fn container(node: Node) -> Result<&'static slim_lab::topology::Container> {
+    match node {
+        Node::Container(c) => Ok(c),
+        Node::Host(h) => bail!(
+            "{} is a host; rm, run and restart take a container (c1, c2, c3)",
+            h.name
+        ),
+    }
 }
 
 fn require_root() -> Result<()> {
@@ -159,6 +208,18 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 bail!("{host} is a container; routers run on the hosts (h1, h2)");
             };
             router_cmd::router(host, action)?;
+        }
+        Cmd::Rm { node } => {
+            require_root()?;
+            container_cmd::rm(container(node)?)?;
+        }
+        Cmd::Run { node, opts } => {
+            require_root()?;
+            container_cmd::run(container(node)?, opts.options())?;
+        }
+        Cmd::Restart { node, opts } => {
+            require_root()?;
+            container_cmd::restart(container(node)?, opts.options())?;
         }
         Cmd::Counters { node, dev } => {
             require_root()?;

@@ -238,8 +238,15 @@ pub fn write_network(host: &Host) -> Result<()> {
 /// Starts container `c` on its host: the cached root filesystem through an overlay (`:O`, so the
 /// tree is never written), catatonit as init (`--init`) in front of `sleep infinity`, its own
 /// mount, pid, ipc, uts and network namespaces, attached to the CNI network; the router's socket
-/// directory and the build directory mounted read-only. Returns what podman reports.
-pub fn create(c: &Container, rootfs: &Path, options: &Options) -> Result<Record> {
+/// directory and the build directory mounted read-only. `addrs`: the addresses to ask IPAM for
+/// (`--ip`, `--ip6`; a container created again keeps its old ones), else IPAM's next free ones.
+/// Returns what podman reports.
+pub fn create(
+    c: &Container,
+    rootfs: &Path,
+    options: &Options,
+    addrs: Option<(Ipv4Addr, Ipv6Addr)>,
+) -> Result<Record> {
     let host = c.host();
     let name = container_name(c);
     let build = paths::build_dir()?;
@@ -273,6 +280,14 @@ pub fn create(c: &Container, rootfs: &Path, options: &Options) -> Result<Record>
     ];
     for a in &options.annotations {
         args.extend(["--annotation".into(), a.into()]);
+    }
+    if let Some((v4, v6)) = addrs {
+        args.extend([
+            "--ip".into(),
+            v4.to_string().into(),
+            "--ip6".into(),
+            v6.to_string().into(),
+        ]);
     }
     let mut root = rootfs.as_os_str().to_owned();
     root.push(":O");
@@ -336,6 +351,21 @@ pub fn list(host: &Host, options: &Options) -> Result<Vec<String>> {
         ],
     )?;
     Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Removes container `c` as `remove_all` does: SIGKILL at once, CNI DEL, its root filesystem and
+/// network namespace gone. Succeeds when podman has no such container.
+pub fn remove(c: &Container, options: &Options) -> Result<()> {
+    let name = container_name(c);
+    output_str(
+        c.host(),
+        options,
+        &["rm", "--force", "--ignore", "--time", "0", &name],
+    )?;
+    if list(c.host(), options)?.contains(&name) {
+        bail!("podman still lists {name} on {} after `rm --force`", c.host);
+    }
+    Ok(())
 }
 
 /// Removes every container of `host`'s storage: podman stops them (SIGKILL at once: `-t 0`),

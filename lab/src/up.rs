@@ -130,7 +130,7 @@ fn podman_containers(rootfs: &std::path::Path, options: &Options, secure: bool) 
     let mut records = Vec::new();
     for c in &CONTAINERS {
         let record = step(&format!("{}: podman container", c.name), || {
-            let record = podman::create(c, rootfs, options)?;
+            let record = podman::create(c, rootfs, options, None)?;
             ip::run(&["netns", "attach", c.netns, &record.pid.to_string()])?;
             Ok(record)
         })?;

@@ -170,6 +170,18 @@ impl LeaseBook {
     pub fn all(&self) -> Vec<(u16, IpAddr)> {
         self.leases.iter().map(|(p, l)| (*p, l.owner)).collect()
     }
+
+    /// The leases a socket still holds, by `live` (see `sweep`). A port whose sockets are all
+    /// gone stays in the book under its last owner (its peers keep that owner until the port is
+    /// leased again) but is held by nobody: a removed container holds none.
+    pub fn held(&self, live: &[(u16, u64)]) -> Vec<(u16, IpAddr)> {
+        let busy: HashSet<u16> = live.iter().map(|(p, _)| *p).collect();
+        self.leases
+            .iter()
+            .filter(|(p, _)| busy.contains(p))
+            .map(|(p, l)| (*p, l.owner))
+            .collect()
+    }
 }
 
 /// The lease range a router uses when none is given: the ports above the ephemeral range,
@@ -204,6 +216,20 @@ pub fn check_range(lo: u16, hi: u16) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ports_with_a_live_socket_are_held() {
+        let mut book = LeaseBook::new(50000, 50003);
+        let owner: IpAddr = "10.32.2.1".parse().unwrap();
+        let host: IpAddr = "127.0.0.1".parse().unwrap();
+        let leased = book.lease(libc::AF_INET, host, owner, 2, |_, _| Ok(Vec::new()));
+        let ports: Vec<u16> = leased.sockets.iter().map(|(_, p)| *p).collect();
+        assert_eq!(book.all().len(), 2);
+        assert_eq!(book.held(&[(ports[0], 1)]), vec![(ports[0], owner)]);
+        // Its sockets gone, the port is remembered for the owner but held by nobody.
+        assert!(book.held(&[]).is_empty());
+        assert_eq!(book.owner(ports[1]), Some(owner));
+    }
 
     #[test]
     fn ranges_are_checked() {

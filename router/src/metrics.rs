@@ -178,11 +178,11 @@ pub fn render(router: &Router) -> String {
         g(&c.pinned),
     );
 
-    let (range, own) = match router.book() {
-        Some(b) => {
-            let (lo, hi) = b.range();
-            (hi as i64 - lo as i64 + 1, b.all().len() as i64)
-        }
+    let (range, own) = match router.book().map(|b| b.range()) {
+        Some((lo, hi)) => (
+            hi as i64 - lo as i64 + 1,
+            crate::status::held_leases(router, lo, hi).len() as i64,
+        ),
         None => (0, 0),
     };
     gauge(
@@ -194,7 +194,7 @@ pub fn render(router: &Router) -> String {
     gauge(
         &mut r,
         "slim_leased_ports",
-        "Ports of this host leased to an owner (overlay address)",
+        "Ports of this host leased to an owner (overlay address) that a socket holds",
         own,
     );
     let (routes, locals, peer_leases) = {

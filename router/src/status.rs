@@ -76,10 +76,27 @@ pub struct ContainerStatus {
 pub struct LeaseStatus {
     /// `LO-HI`, or `off`.
     pub range: String,
-    /// Ports of this host leased, by owner (overlay address).
+    /// Ports of this host leased, by owner (overlay address), that a socket still holds; ports
+    /// whose sockets are gone are remembered for their last owner but not counted.
     pub own: BTreeMap<IpAddr, usize>,
     /// Peers' ports whose owner this router knows, by peer host.
     pub peers: BTreeMap<IpAddr, usize>,
+}
+
+/// The leased ports of this host that a socket holds now (a sock_diag dump of the range, taken
+/// before the book's lock); every lease in the book if the dump fails.
+pub fn held_leases(router: &Router, lo: u16, hi: u16) -> Vec<(u16, IpAddr)> {
+    let live = crate::sockdiag::live_sockets_in(lo, hi);
+    let Some(book) = router.book() else {
+        return Vec::new();
+    };
+    match live {
+        Ok(live) => book.held(&live),
+        Err(e) => {
+            tracing::warn!(error = %e, "sock_diag dump failed; reporting every lease as held");
+            book.all()
+        }
+    }
 }
 
 /// The document the router serves now.
@@ -91,7 +108,7 @@ pub fn snapshot(router: &Router) -> Status {
         let t = router.tables();
         (t.all_routes(), t.local_all(), t.leases_by_host())
     };
-    let listeners = routes
+    let mut listeners: Vec<ListenerStatus> = routes
         .iter()
         .map(|(overlay, r)| ListenerStatus {
             overlay: *overlay,
@@ -106,6 +123,12 @@ pub fn snapshot(router: &Router) -> Status {
             shared: r.shared,
         })
         .collect();
+    // Two connections to one peer (one dialled, one accepted) each bring its listeners: one
+    // route per connection in the tables, the same listener to an administrator. `routes` is
+    // sorted by (overlay, host), so the copies are next to each other.
+    listeners.dedup_by(|a, b| {
+        (a.overlay, a.host, &a.origin, a.shared) == (b.overlay, b.host, &b.origin, b.shared)
+    });
     let mut containers: BTreeMap<IpAddr, ContainerStatus> = BTreeMap::new();
     fn entry(m: &mut BTreeMap<IpAddr, ContainerStatus>, ip: IpAddr) -> &mut ContainerStatus {
         m.entry(ip).or_insert_with(|| ContainerStatus {
@@ -132,10 +155,10 @@ pub fn snapshot(router: &Router) -> Status {
         peers: peer_leases.into_iter().collect(),
         ..Default::default()
     };
-    if let Some(book) = router.book() {
-        let (lo, hi) = book.range();
+    if let Some(range) = router.book().map(|b| b.range()) {
+        let (lo, hi) = range;
         leases.range = format!("{lo}-{hi}");
-        for (_, owner) in book.all() {
+        for (_, owner) in held_leases(router, lo, hi) {
             *leases.own.entry(owner).or_default() += 1;
         }
     }
