@@ -119,6 +119,8 @@ pub struct Lab {
     pub bin: PathBuf,
     pub runtime: Runtime,
     addrs: HashMap<&'static str, String>,
+    /// With podman: each container's root as this machine sees it (`/proc/INIT/root`).
+    roots: HashMap<&'static str, PathBuf>,
     /// CPU for the server side and for the client side (taskset), if pinning.
     pub server_cpu: Option<usize>,
     pub client_cpu: Option<usize>,
@@ -157,6 +159,7 @@ impl Lab {
             bin,
             runtime,
             addrs: HashMap::new(),
+            roots: HashMap::new(),
             server_cpu,
             client_cpu,
         };
@@ -172,6 +175,10 @@ impl Lab {
         }
         if runtime == Runtime::Podman {
             lab.check_injected()?;
+            for node in ["c1", "c2", "c3"] {
+                let root = container_root(node)?;
+                lab.roots.insert(node, root);
+            }
         }
         Ok(lab)
     }
@@ -201,6 +208,11 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// A podman container's root directory as this machine sees it; None for other nodes.
+    pub fn container_root(&self, node: &str) -> Option<&Path> {
+        self.roots.get(node).map(PathBuf::as_path)
     }
 
     /// Whether `node` is a podman container (its programs see its own file system, and Slim
@@ -365,4 +377,27 @@ impl Lab {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into())
     }
+}
+
+/// `/proc/PID/root` of a podman container's init (catatonit, `/run/podman-init`), found among
+/// the processes of the network namespace the lab names after the container (`slim-cN`).
+fn container_root(node: &str) -> Result<PathBuf> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "pids", &format!("slim-{node}")]);
+    let out = procs::run(cmd, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!("cannot list the processes of {node}: {}", out.report());
+    }
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").ok();
+    for pid in out.stdout.split_whitespace() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let mnt = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        if cmdline.starts_with(b"/run/podman-init") && mnt.is_some() && mnt != own_mnt {
+            return Ok(PathBuf::from(format!("/proc/{pid}/root")));
+        }
+    }
+    bail!(
+        "no init process (/run/podman-init) of container {node} in network namespace slim-{node}: \
+         is the lab up with --runtime podman (`slim-lab status`)?"
+    )
 }

@@ -19,8 +19,6 @@ pub enum State {
     Ok,
     /// Not reported: the machine was busy with something else.
     Refused(String),
-    /// Not measured the same way in this mode (why): no number rather than a wrong one.
-    NotMeasured(String),
     /// A run failed.
     Error(String),
 }
@@ -171,7 +169,6 @@ fn cell_text(c: Option<&Cell>) -> String {
     };
     match &c.state {
         State::Refused(_) => "refused".into(),
-        State::NotMeasured(_) => "not measured".into(),
         State::Error(_) => "error".into(),
         State::Ok => match c.summary() {
             Some(s) => format!("{} [{}..{}]", num(s.median), num(s.min), num(s.max)),
@@ -333,7 +330,6 @@ pub fn results_json(metrics: &[&Metric], modes: &[Mode], r: &Results) -> (Json, 
                 .with("higher_is_better", m.higher_is_better);
             match (&c.state, c.summary()) {
                 (State::Refused(why), _) => j.set("refused", why.as_str()),
-                (State::NotMeasured(why), _) => j.set("not_measured", why.as_str()),
                 (State::Error(why), _) => j.set("error", why.as_str()),
                 (State::Ok, Some(s)) => {
                     j.set("median", s.median);

@@ -11,6 +11,7 @@ use crate::cpu;
 use crate::lab::{Lab, Mode};
 use crate::parse;
 use crate::procs::{self, Background, Finished};
+use crate::window;
 
 /// The issue's goal for a metric, as a ratio of Slim to the host network (or the overlay).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -240,19 +241,6 @@ impl Group {
     }
 }
 
-/// Why `metric` is not reported for `mode`, if it cannot be measured there as it is for the
-/// host network. The CPU figures are whole-machine busy time across the client's run, and a
-/// client in a podman container starts through `podman exec` (podman, conmon, crun: tens of
-/// CPU-milliseconds, inside the window), which the namespace runtime's `slim-lab exec` does not
-/// cost.
-pub fn not_measured(lab: &Lab, metric: &str, mode: &Mode) -> Option<&'static str> {
-    let cpu = matches!(metric, "cpu_s_per_gb" | "cpu_us_per_conn");
-    (cpu && lab.in_container(mode.client)).then_some(
-        "the client starts through `podman exec`, whose own CPU time (podman, conmon, crun) \
-         would be counted in the whole-machine figure",
-    )
-}
-
 /// What a measurement needs besides the mode.
 pub struct Ctx<'a> {
     pub lab: &'a Lab,
@@ -265,7 +253,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Generous: the tools' own durations plus start-up, never the normal end of a run.
-    fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.secs * 4.0 + 60.0)
     }
 
@@ -458,14 +446,13 @@ pub fn measure(ctx: &Ctx, group: Group, mode: &Mode) -> Result<Vec<f64>> {
         }
         Group::Conn1 | Group::Conn4 => {
             let procs = if group == Group::Conn1 { "1" } else { "4" };
-            let before = cpu::mark(ctx.spinners)?;
-            let f = ctx.run_client(
+            let (f, before, after) = window::run_client_marked(
+                ctx,
                 mode,
                 &[
                     &tp, "connrate", addr, &port, "--secs", &secs, "--procs", procs,
                 ],
             )?;
-            let after = cpu::mark(ctx.spinners)?;
             let f = ok(f)?;
             let get = |k| parse::fields(&f.stdout, "CONN", k);
             let (Some(rate), Some(count)) = (get("rate"), get("count")) else {
@@ -495,9 +482,7 @@ pub fn measure(ctx: &Ctx, group: Group, mode: &Mode) -> Result<Vec<f64>> {
             if group == Group::Tput4 {
                 argv.extend(["-P", "4"]);
             }
-            let before = cpu::mark(ctx.spinners)?;
-            let f = ctx.run_client(mode, &argv)?;
-            let after = cpu::mark(ctx.spinners)?;
+            let (f, before, after) = window::run_client_marked(ctx, mode, &argv)?;
             if let Some(e) = parse::iperf3_error(&f.stdout) {
                 bail!("iperf3: {e}: {}", f.report());
             }
