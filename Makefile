@@ -44,12 +44,15 @@ demo: deps build
 
 ## Benchmark (root): host network, VXLAN overlay and Slim side by side on the lab, interleaved;
 ## a table on stdout, bench/results/latest.json and latest.png. Method: bench/README.md.
+## BENCH_ARGS="--runtime podman": overlay and Slim inside podman containers (bench/README.md),
+## with this checkout's root filesystem (built if needed).
+BENCH_ROOTFS = $(if $(findstring podman,$(BENCH_ARGS)),r=$$(scripts/rootfs/build-rootfs.sh | tail -n1) && SLIM_ROOTFS=$$r)
 bench: deps build
-	$(TARGET)/slim-bench --restart-routers
+	$(BENCH_ROOTFS) $(TARGET)/slim-bench --restart-routers $(BENCH_ARGS)
 
 ## The same in under 3 minutes: 3 runs of about 1 s per cell, 4 modes.
 bench-quick: deps build
-	$(TARGET)/slim-bench --quick --restart-routers
+	$(BENCH_ROOTFS) $(TARGET)/slim-bench --quick --restart-routers $(BENCH_ARGS)
 
 ## Secure mode: the cached CONFIG_RUST test kernel, slim_kern.ko against it, and the secure-mode
 ## tests inside a QEMU guest (TCG): the module, a stress test, the lab with --secure routers and

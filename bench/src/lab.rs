@@ -92,28 +92,74 @@ pub fn mode_by_key(key: &str) -> Option<Mode> {
 
 pub const STATE_DIR: &str = "/run/slim-lab";
 
+/// Where the containers' programs run: `slim-lab up --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// c1, c2, c3 are network namespaces; Slim comes with `slim-lab exec --slim`.
+    Netns,
+    /// c1, c2, c3 are podman + crun containers run through slim-oci, annotated
+    /// `io.slim/enable=true`: Slim is injected by slim-oci, as a user gets it.
+    Podman,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Netns => "netns",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// Where the lab mounts its build directory (slim-lab's, with slim-testprog) in podman
+/// containers.
+const CONTAINER_BUILD_DIR: &str = "/opt/slim";
+
 pub struct Lab {
     pub bin: PathBuf,
+    pub runtime: Runtime,
     addrs: HashMap<&'static str, String>,
+    /// With podman: each container's root as this machine sees it (`/proc/INIT/root`).
+    roots: HashMap<&'static str, PathBuf>,
     /// CPU for the server side and for the client side (taskset), if pinning.
     pub server_cpu: Option<usize>,
     pub client_cpu: Option<usize>,
 }
 
 impl Lab {
-    /// Brings the lab up (idempotent) and learns the addresses.
-    pub fn open(bin: &Path, server_cpu: Option<usize>, client_cpu: Option<usize>) -> Result<Lab> {
+    /// Brings the lab up (idempotent; with another runtime than the running lab's, slim-lab
+    /// rebuilds it) and learns the addresses, which with podman come from CNI's IPAM.
+    pub fn open(
+        bin: &Path,
+        runtime: Runtime,
+        slim_oci: &Path,
+        server_cpu: Option<usize>,
+        client_cpu: Option<usize>,
+    ) -> Result<Lab> {
         let bin = std::fs::canonicalize(bin)
             .with_context(|| format!("no slim-lab at {}; build it first", bin.display()))?;
         let mut up = Command::new(&bin);
         up.arg("up");
-        let out = procs::run(up, Duration::from_secs(120))?;
+        if runtime == Runtime::Podman {
+            let oci = std::fs::canonicalize(slim_oci).with_context(|| {
+                format!(
+                    "no slim-oci at {}; build the workspace or give --slim-oci",
+                    slim_oci.display()
+                )
+            })?;
+            up.args(["--runtime", "podman", "--slim-oci"])
+                .arg(oci)
+                .args(["--annotation", "io.slim/enable=true"]);
+        }
+        let out = procs::run(up, Duration::from_secs(600))?;
         if !out.status.success() {
-            bail!("slim-lab up failed:\n{}", out.report());
+            bail!("{}", out.report());
         }
         let mut lab = Lab {
             bin,
+            runtime,
             addrs: HashMap::new(),
+            roots: HashMap::new(),
             server_cpu,
             client_cpu,
         };
@@ -127,6 +173,13 @@ impl Lab {
             }
             lab.addrs.insert(node, addr);
         }
+        if runtime == Runtime::Podman {
+            lab.check_injected()?;
+            for node in ["c1", "c2", "c3"] {
+                let root = container_root(node)?;
+                lab.roots.insert(node, root);
+            }
+        }
         Ok(lab)
     }
 
@@ -134,7 +187,116 @@ impl Lab {
         self.addrs.get(node).map(String::as_str).unwrap_or("?")
     }
 
-    /// `[taskset -c CPU] slim-lab exec NODE [--slim] -- ARGV...`
+    /// Each container's processes get the library from slim-oci, and `env -u` removes it.
+    fn check_injected(&self) -> Result<()> {
+        for node in ["c1", "c2", "c3"] {
+            let run = |slim| {
+                let cmd = self.command(None, node, slim, &["sh", "-c", "echo \"[$LD_PRELOAD]\""]);
+                procs::run(cmd, Duration::from_secs(30))
+            };
+            let with = run(true)?;
+            if !with.status.success() || !with.stdout.contains("libslim_preload.so") {
+                bail!(
+                    "slim-oci did not inject Slim into {node} (no libslim_preload.so in its \
+                     LD_PRELOAD; see docs/containers.md, \"Not injected although asked\"): {}",
+                    with.report()
+                );
+            }
+            let without = run(false)?;
+            if !without.status.success() || without.stdout.trim() != "[]" {
+                bail!("`env -u LD_PRELOAD` in {node}: {}", without.report());
+            }
+        }
+        Ok(())
+    }
+
+    /// A podman container's root directory as this machine sees it; None for other nodes.
+    pub fn container_root(&self, node: &str) -> Option<&Path> {
+        self.roots.get(node).map(PathBuf::as_path)
+    }
+
+    /// Whether `node` is a podman container (its programs see its own file system, and Slim
+    /// is injected into every process by slim-oci).
+    pub fn in_container(&self, node: &str) -> bool {
+        self.runtime == Runtime::Podman && node.starts_with('c')
+    }
+
+    /// The path under which `node` sees `program` of the build directory.
+    pub fn program_path(&self, node: &str, program: &Path) -> Result<String> {
+        if !self.in_container(node) {
+            return Ok(program.display().to_string());
+        }
+        let build = self.bin.parent().context("slim-lab has no directory")?;
+        match (program.parent(), program.file_name()) {
+            (Some(dir), Some(name)) if dir == build => {
+                Ok(format!("{CONTAINER_BUILD_DIR}/{}", name.to_string_lossy()))
+            }
+            _ => bail!(
+                "{} is not in the build directory {} that the lab mounts at {CONTAINER_BUILD_DIR} \
+                 in the podman containers; use the one next to slim-lab",
+                program.display(),
+                build.display()
+            ),
+        }
+    }
+
+    /// Makes `dir` with `files` (relative path, contents) where `node`'s programs see it: on
+    /// this machine, or inside a podman container's own file system.
+    pub fn write_files(&self, node: &str, dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+        if !self.in_container(node) {
+            for (rel, data) in files {
+                let path = dir.join(rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                std::fs::write(&path, data)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            return std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()));
+        }
+        // One `sh` in the container: mkdir -p DIR, then each file from an argument.
+        let mut script = String::from("set -e; mkdir -p \"$1\"; cd \"$1\"; shift");
+        let mut args: Vec<String> = vec![dir.display().to_string()];
+        for (rel, data) in files {
+            script.push_str("; mkdir -p \"$(dirname \"$1\")\"; printf %s \"$2\" > \"$1\"; shift 2");
+            args.push(rel.to_string());
+            args.push(String::from_utf8(data.to_vec()).context("a file to write is not text")?);
+        }
+        let mut argv: Vec<&str> = vec!["sh", "-c", &script, "sh"];
+        argv.extend(args.iter().map(String::as_str));
+        let out = procs::run(
+            self.command(None, node, false, &argv),
+            Duration::from_secs(30),
+        )?;
+        if !out.status.success() {
+            bail!("cannot write files in {node}: {}", out.report());
+        }
+        Ok(())
+    }
+
+    /// Ends the processes in a podman container whose command line matches `pattern` (an
+    /// extended regular expression): SIGTERM, then SIGKILL. `podman exec` forwards no signals,
+    /// so killing the `slim-lab exec` that started a server leaves the server running.
+    pub fn kill_in_container(&self, node: &str, pattern: &str) {
+        if !self.in_container(node) {
+            return;
+        }
+        let script = "pkill -TERM -f \"$1\" || exit 0; \
+                      for i in 1 2 3 4 5 6 7 8 9 10; do pgrep -f \"$1\" >/dev/null || exit 0; \
+                      sleep 0.2; done; pkill -KILL -f \"$1\"; exit 0";
+        let cmd = self.command(None, node, false, &["sh", "-c", script, "sh", pattern]);
+        match procs::run(cmd, Duration::from_secs(30)) {
+            Ok(f) if f.status.success() => {}
+            Ok(f) => eprintln!("slim-bench: stopping `{pattern}` in {node}: {}", f.report()),
+            Err(e) => eprintln!("slim-bench: stopping `{pattern}` in {node}: {e:#}"),
+        }
+    }
+
+    /// `[taskset -c CPU] slim-lab exec NODE [--slim] -- ARGV...`. In a podman container Slim
+    /// is slim-oci's: `slim` runs the program as the container runs it (injected), `!slim`
+    /// removes the injected library first (`env -u LD_PRELOAD`), for the overlay baseline.
     pub fn command(&self, cpu: Option<usize>, node: &str, slim: bool, argv: &[&str]) -> Command {
         let mut cmd = match cpu {
             Some(cpu) => {
@@ -145,10 +307,18 @@ impl Lab {
             None => Command::new(&self.bin),
         };
         cmd.args(["exec", node]);
-        if slim {
-            cmd.arg("--slim");
+        if self.in_container(node) {
+            cmd.arg("--");
+            if !slim {
+                cmd.args(["env", "-u", "LD_PRELOAD"]);
+            }
+        } else {
+            if slim {
+                cmd.arg("--slim");
+            }
+            cmd.arg("--");
         }
-        cmd.arg("--").args(argv);
+        cmd.args(argv);
         cmd
     }
 
@@ -207,4 +377,27 @@ impl Lab {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into())
     }
+}
+
+/// `/proc/PID/root` of a podman container's init (catatonit, `/run/podman-init`), found among
+/// the processes of the network namespace the lab names after the container (`slim-cN`).
+fn container_root(node: &str) -> Result<PathBuf> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "pids", &format!("slim-{node}")]);
+    let out = procs::run(cmd, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!("cannot list the processes of {node}: {}", out.report());
+    }
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").ok();
+    for pid in out.stdout.split_whitespace() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let mnt = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        if cmdline.starts_with(b"/run/podman-init") && mnt.is_some() && mnt != own_mnt {
+            return Ok(PathBuf::from(format!("/proc/{pid}/root")));
+        }
+    }
+    bail!(
+        "no init process (/run/podman-init) of container {node} in network namespace slim-{node}: \
+         is the lab up with --runtime podman (`slim-lab status`)?"
+    )
 }

@@ -9,6 +9,7 @@ mod lab;
 mod parse;
 mod procs;
 mod report;
+mod window;
 mod workloads;
 
 use std::path::PathBuf;
@@ -54,7 +55,18 @@ struct Cli {
     /// uses are the ones next to it.
     #[arg(long)]
     lab: Option<PathBuf>,
-    /// slim-testprog [default: next to this executable].
+    /// How the lab runs c1, c2, c3: `netns` (network namespaces, Slim by `slim-lab exec
+    /// --slim`) or `podman` (podman + crun containers through slim-oci, annotated
+    /// io.slim/enable=true, addresses from CNI's IPAM: the overlay and Slim modes run inside
+    /// the containers, Slim injected by slim-oci; the host network stays the hosts'
+    /// namespaces). The lab is rebuilt if it runs the other way.
+    #[arg(long, value_enum, default_value_t = lab::Runtime::Netns)]
+    runtime: lab::Runtime,
+    /// slim-oci, for --runtime podman [default: next to this executable].
+    #[arg(long)]
+    slim_oci: Option<PathBuf>,
+    /// slim-testprog [default: next to this executable; with --runtime podman it must be in
+    /// slim-lab's directory, which the lab mounts in the containers].
     #[arg(long)]
     testprog: Option<PathBuf>,
     /// libslim_preload.so for the call-cost measurement [default: next to this executable].
@@ -355,7 +367,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
 
     eprintln!("slim-bench: bringing the lab up (slim-lab up)");
-    let lab = Lab::open(&lab_bin, server_cpu, client_cpu)?;
+    let slim_oci = match &cli.slim_oci {
+        Some(p) => p.clone(),
+        None => sibling("slim-oci")?,
+    };
+    let lab = Lab::open(&lab_bin, cli.runtime, &slim_oci, server_cpu, client_cpu)
+        .with_context(|| format!("slim-lab up --runtime {} failed", cli.runtime.name()))?;
+    if cli.runtime == lab::Runtime::Podman {
+        check_container_tools(&lab, &container_tools(&cfg))?;
+        notes.push(format!(
+            "runtime podman: c1 ({}), c2 ({}), c3 ({}) are podman + crun containers run through \
+             slim-oci with io.slim/enable=true (addresses from CNI's IPAM); the Slim modes run \
+             with the library slim-oci injected, the overlay modes with it removed (`env -u \
+             LD_PRELOAD`); clients and servers start through `podman exec`, and the CPU figures' \
+             window opens and closes inside the container, around the client program itself",
+            lab.addr("c1"),
+            lab.addr("c2"),
+            lab.addr("c3")
+        ));
+    }
     let routers = check_routers(&lab, cli.restart_routers, &mut notes)?;
     if lab.lab_mode() != "plain" {
         notes.push(format!(
@@ -561,6 +591,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .with(
             "config",
             Json::obj()
+                .with("runtime", cli.runtime.name())
                 .with("runs", cfg.runs as u64)
                 .with("secs", cfg.secs)
                 .with("keep_awake", cli.keep_awake.name())
@@ -765,6 +796,58 @@ fn run_family(
         }
     }
     drop(servers);
+    for mode in &modes {
+        workloads::stop_server(ctx, family, mode);
+    }
+    Ok(())
+}
+
+/// The programs the groups run in the containers.
+fn container_tools(cfg: &Config) -> Vec<&'static str> {
+    let mut tools = vec!["sh", "env", "bash", "pkill", "pgrep"];
+    for g in &cfg.groups {
+        for t in match g.family() {
+            Family::Rr => &[][..],
+            Family::Iperf => &["iperf3"][..],
+            Family::Nginx => &["nginx", "wrk"][..],
+            Family::Memcached => &["memcached", "memcaslap"][..],
+            Family::Redis => &["redis-server", "redis-benchmark"][..],
+        } {
+            if !tools.contains(t) {
+                tools.push(t);
+            }
+        }
+    }
+    tools
+}
+
+/// Fails, naming them, if programs are missing from c1's or c2's root filesystem.
+fn check_container_tools(lab: &Lab, tools: &[&str]) -> Result<()> {
+    for node in ["c1", "c2"] {
+        let mut argv = vec![
+            "sh",
+            "-c",
+            "for t; do command -v \"$t\" >/dev/null || echo \"$t\"; done",
+            "sh",
+        ];
+        argv.extend(tools);
+        let f = procs::run(
+            lab.command(None, node, false, &argv),
+            Duration::from_secs(30),
+        )?;
+        if !f.status.success() {
+            bail!("cannot look for programs in {node}: {}", f.report());
+        }
+        let missing: Vec<&str> = f.stdout.split_whitespace().collect();
+        if !missing.is_empty() {
+            bail!(
+                "not in the containers' root filesystem ({node}): {}; add their Debian packages \
+                 to scripts/rootfs/build-rootfs.sh and run it (`make bench` does), then \
+                 `slim-lab down`",
+                missing.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use crate::cpu;
 use crate::lab::{Lab, Mode};
 use crate::parse;
 use crate::procs::{self, Background, Finished};
+use crate::window;
 
 /// The issue's goal for a metric, as a ratio of Slim to the host network (or the overlay).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,7 +253,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Generous: the tools' own durations plus start-up, never the normal end of a run.
-    fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.secs * 4.0 + 60.0)
     }
 
@@ -274,15 +275,18 @@ pub fn start_server(ctx: &Ctx, family: Family, mode: &Mode) -> Result<Background
         .join(format!("{:?}-{}", family, mode.key).to_lowercase());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log = dir.join("server.log");
-    let testprog = ctx.testprog.display().to_string();
+    let testprog = ctx.lab.program_path(mode.server, &ctx.testprog)?;
     let d = dir.display().to_string();
+    // A server left in a container by an interrupted run would hold the port.
+    ctx.lab
+        .kill_in_container(mode.server, &server_pattern(ctx, family, mode));
     let argv: Vec<String> = match family {
         Family::Rr => vec![testprog, "rr-serve".into(), p.clone()],
         Family::Iperf => ["iperf3", "-s", "-p", &p, "--forceflush"]
             .map(String::from)
             .to_vec(),
         Family::Nginx => {
-            let conf = nginx_conf(&dir, port)?;
+            let conf = nginx_conf(ctx.lab, mode.server, &dir, port)?;
             let error_log = dir.join("error.log").display().to_string();
             vec![
                 "nginx".into(),
@@ -311,6 +315,9 @@ pub fn start_server(ctx: &Ctx, family: Family, mode: &Mode) -> Result<Background
         .map(String::from)
         .to_vec(),
     };
+    if family == Family::Redis {
+        ctx.lab.write_files(mode.server, &dir, &[])?;
+    }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut server = Background::start(ctx.lab.server(mode, &argv), Some(&log))?;
     let timeout = Duration::from_secs(30);
@@ -341,8 +348,32 @@ pub fn start_server(ctx: &Ctx, family: Family, mode: &Mode) -> Result<Background
     Ok(server)
 }
 
-/// nginx: master and 2 workers, all files under `dir` (as lab/tests/apps.rs runs it).
-fn nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
+/// A pattern (`pkill -f`) for the family's server of a mode, from this or an earlier run.
+fn server_pattern(ctx: &Ctx, family: Family, mode: &Mode) -> String {
+    let port = family.port(ctx.port_base, mode);
+    match family {
+        Family::Rr => format!("slim-testprog rr-serve {port}( |$)"),
+        Family::Iperf => format!("iperf3 -s -p {port}( |$)"),
+        // The master's title keeps its arguments; TERM makes it stop its workers.
+        Family::Nginx => format!(
+            "nginx -c .*/slim-bench-[0-9]+/nginx-{}/nginx.conf",
+            mode.key
+        ),
+        Family::Memcached => format!("memcached -u root -p {port}( |$)"),
+        // redis-server retitles itself `redis-server *:PORT`.
+        Family::Redis => format!("redis-server .*:{port}( |$)"),
+    }
+}
+
+/// Stops a mode's server where killing its `slim-lab exec` does not (a podman container).
+pub fn stop_server(ctx: &Ctx, family: Family, mode: &Mode) {
+    ctx.lab
+        .kill_in_container(mode.server, &server_pattern(ctx, family, mode));
+}
+
+/// nginx: master and 2 workers, all files under `dir` (as lab/tests/apps.rs runs it), written
+/// where `node` sees them.
+fn nginx_conf(lab: &Lab, node: &str, dir: &Path, port: u16) -> Result<PathBuf> {
     let d = dir.display();
     let conf = format!(
         "worker_processes 2;\n\
@@ -362,13 +393,14 @@ fn nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
            server {{ listen {port}; listen [::]:{port}; root {d}/www; }}\n\
          }}\n"
     );
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).with_context(|| format!("cannot create {}", www.display()))?;
-    std::fs::write(www.join(NGINX_FILE), vec![b'x'; NGINX_FILE_SIZE])
-        .context("cannot write nginx's file")?;
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    let file = vec![b'x'; NGINX_FILE_SIZE];
+    let www_file = format!("www/{NGINX_FILE}");
+    lab.write_files(
+        node,
+        dir,
+        &[("nginx.conf", conf.as_bytes()), (&www_file, &file)],
+    )?;
+    Ok(dir.join("nginx.conf"))
 }
 
 fn ok(f: Finished) -> Result<Finished> {
@@ -383,7 +415,7 @@ fn ok(f: Finished) -> Result<Finished> {
 pub fn warm_up(ctx: &Ctx, group: Group, mode: &Mode) -> Result<()> {
     let port = group.family().port(ctx.port_base, mode).to_string();
     let addr = ctx.lab.target(mode);
-    let tp = ctx.testprog.display().to_string();
+    let tp = ctx.lab.program_path(mode.client, &ctx.testprog)?;
     if group.family() == Family::Rr {
         ok(ctx.run_client(mode, &[&tp, "rr", addr, &port, "--secs", "0.2"])?)?;
         ok(ctx.run_client(
@@ -402,7 +434,7 @@ pub fn measure(ctx: &Ctx, group: Group, mode: &Mode) -> Result<Vec<f64>> {
     let addr = ctx.lab.target(mode);
     let secs = format!("{}", ctx.secs);
     let whole_secs = format!("{}", ctx.secs.round().max(1.0) as u64);
-    let tp = ctx.testprog.display().to_string();
+    let tp = ctx.lab.program_path(mode.client, &ctx.testprog)?;
     match group {
         Group::Rr => {
             let f = ok(ctx.run_client(mode, &[&tp, "rr", addr, &port, "--secs", &secs])?)?;
@@ -414,14 +446,13 @@ pub fn measure(ctx: &Ctx, group: Group, mode: &Mode) -> Result<Vec<f64>> {
         }
         Group::Conn1 | Group::Conn4 => {
             let procs = if group == Group::Conn1 { "1" } else { "4" };
-            let before = cpu::mark(ctx.spinners)?;
-            let f = ctx.run_client(
+            let (f, before, after) = window::run_client_marked(
+                ctx,
                 mode,
                 &[
                     &tp, "connrate", addr, &port, "--secs", &secs, "--procs", procs,
                 ],
             )?;
-            let after = cpu::mark(ctx.spinners)?;
             let f = ok(f)?;
             let get = |k| parse::fields(&f.stdout, "CONN", k);
             let (Some(rate), Some(count)) = (get("rate"), get("count")) else {
@@ -451,9 +482,7 @@ pub fn measure(ctx: &Ctx, group: Group, mode: &Mode) -> Result<Vec<f64>> {
             if group == Group::Tput4 {
                 argv.extend(["-P", "4"]);
             }
-            let before = cpu::mark(ctx.spinners)?;
-            let f = ctx.run_client(mode, &argv)?;
-            let after = cpu::mark(ctx.spinners)?;
+            let (f, before, after) = window::run_client_marked(ctx, mode, &argv)?;
             if let Some(e) = parse::iperf3_error(&f.stdout) {
                 bail!("iperf3: {e}: {}", f.report());
             }

@@ -26,9 +26,9 @@ CACHE=${SLIM_ROOTFS_CACHE:-/var/cache/slim-rootfs}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
 # What the container tests run: servers and clients of the application tests, plus the usual tools
-# to look around in a container (ps, ip, ss).
+# to look around in a container (ps, ip, ss); wrk for `slim-bench --runtime podman`.
 PKGS=(iperf3 nginx-light redis-server redis-tools postgresql postgresql-client memcached
-      libmemcached-tools curl python3 procps iproute2)
+      libmemcached-tools curl python3 procps iproute2 wrk)
 
 log() { echo "build-rootfs: $*" >&2; }
 die() { log "error: $*"; exit 1; }
