@@ -9,52 +9,15 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::MutexGuard;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
-use common::{bytes, eventually, lab_bin, lab_cmd, ok, run, text};
+use common::podman::{one_shot_server, podman_lab, rootfs, send, wait_listening};
+use common::{bytes, lab_bin, lab_cmd, ok, run, text};
 
 const VX: &str = "slim-vx";
 const STATE: &str = "/run/slim-lab/containers";
 const STORAGE: &str = "/var/lib/slim-lab/podman";
-
-/// Builds (or finds cached) the root filesystem and brings the lab up with podman.
-fn podman_lab() -> MutexGuard<'static, ()> {
-    let guard = common::serial();
-    let rootfs = rootfs();
-    let out = Command::new(lab_bin())
-        .args(["up", "--runtime", "podman"])
-        .env("SLIM_ROOTFS", &rootfs)
-        .output()
-        .expect("run slim-lab up --runtime podman");
-    assert!(
-        out.status.success(),
-        "slim-lab up --runtime podman failed:\n{}",
-        text(&out)
-    );
-    guard
-}
-
-/// The project's script, so `make e2e` on a fresh machine builds the tree (minutes, once).
-fn rootfs() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rootfs/build-rootfs.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/rootfs/build-rootfs.sh");
-    assert!(out.status.success(), "build-rootfs.sh failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("build-rootfs.sh prints the path")
-            .trim(),
-    )
-}
 
 /// One recorded container: name, init pid, id, IPv4, IPv6, podman's namespace file.
 struct Recorded {
@@ -94,7 +57,7 @@ fn ns_inode(path: &str) -> String {
 
 #[test]
 fn containers_have_their_own_namespaces_and_an_overlay_root() {
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     let h1_net = {
         // The host's network namespace, as a process in it sees it.
         let out = ok("h1", false, &["readlink", "/proc/self/ns/net"]);
@@ -155,7 +118,7 @@ fn containers_have_their_own_namespaces_and_an_overlay_root() {
 
 #[test]
 fn addresses_come_from_ipam_in_per_host_ranges() {
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     for (name, host_n) in [("c1", 1), ("c2", 2), ("c3", 1)] {
         let r = recorded(name);
         let v4: IpAddr = addr(name, false).parse().unwrap();
@@ -201,46 +164,9 @@ fn addresses_come_from_ipam_in_per_host_ranges() {
     assert!(vx.contains("master slim-br"), "{vx}");
 }
 
-/// A python server that accepts one connection, prints the peer address, reads to EOF and
-/// prints the byte count. Returns its thread (stdout) once it listens.
-fn one_shot_server(node: &str, slim: bool, port: u16) -> JoinHandle<Output> {
-    let script = format!(
-        "import socket,sys\n\
-         s=socket.socket(socket.AF_INET,socket.SOCK_STREAM)\n\
-         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-         s.bind(('0.0.0.0',{port}));s.listen(1)\n\
-         c,a=s.accept();n=0\n\
-         while True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\n\
-         print(a[0],n,flush=True)\n"
-    );
-    let owned = node.to_string();
-    let handle = std::thread::spawn(move || {
-        common::run(&owned, slim, &["timeout", "60", "python3", "-c", &script])
-    });
-    wait_listening(node, port);
-    handle
-}
-
-fn wait_listening(node: &str, port: u16) {
-    let listening = eventually(Duration::from_secs(30), || {
-        let o = run(node, false, &["ss", "-Hltn", &format!("sport = :{port}")]);
-        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
-    });
-    assert!(listening, "nothing listens on port {port} in {node}");
-}
-
-fn send(node: &str, slim: bool, dst: &str, port: u16, n: usize) {
-    let script = format!(
-        "import socket\n\
-         s=socket.create_connection(('{dst}',{port}))\n\
-         s.sendall(b'x'*{n});s.close()\n"
-    );
-    ok(node, slim, &["python3", "-c", &script]);
-}
-
 #[test]
 fn tcp_over_the_overlay_crosses_vxlan_between_hosts_and_not_on_one_host() {
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     const N: usize = 2_000_000;
     // c1 -> c2: across the VXLAN device.
     let c2 = addr("c2", false);
@@ -274,7 +200,7 @@ fn tcp_over_the_overlay_crosses_vxlan_between_hosts_and_not_on_one_host() {
 
 #[test]
 fn iperf3_with_slim_bypasses_the_overlay_and_the_server_sees_the_ipam_address() {
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     iperf3_bypasses_the_overlay(true, 5301);
 }
 
@@ -441,7 +367,7 @@ fn podman_traces() -> Vec<String> {
 
 #[test]
 fn switching_runtime_and_down_leave_nothing_behind() {
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     let sandboxes: Vec<String> = std::fs::read_to_string(STATE)
         .unwrap()
         .lines()
@@ -483,7 +409,7 @@ fn switching_runtime_and_down_leave_nothing_behind() {
 
     // And from a podman lab straight to down.
     drop(_lab);
-    let _lab = podman_lab();
+    let _lab = podman_lab(&[]);
     lab_cmd(&["down"]);
     let traces = podman_traces();
     assert!(traces.is_empty(), "left behind:\n{}", traces.join("\n"));

@@ -11,40 +11,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::MutexGuard;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{bytes, eventually, lab_bin, lab_cmd, ok, run, text};
+use common::podman::{one_shot_server, podman_lab, send, wait_listening};
+use common::{bytes, eventually, lab_cmd, ok, run, text};
 
 const VX: &str = "slim-vx";
 
-/// The podman lab with slim-oci injecting Slim into every (annotated) container; idempotent.
 fn lab() -> MutexGuard<'static, ()> {
-    let guard = common::serial();
-    let out = Command::new(lab_bin())
-        .args(["up", "--runtime", "podman", "--slim-oci"])
-        .arg(common::bin("slim-oci"))
-        .args(["--annotation", "io.slim/enable=true"])
-        .env("SLIM_ROOTFS", rootfs())
-        .output()
-        .expect("run slim-lab up");
-    assert!(out.status.success(), "slim-lab up failed:\n{}", text(&out));
-    guard
-}
-
-/// The project's script builds (or finds cached) the root filesystem; prints its path last.
-fn rootfs() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rootfs/build-rootfs.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/rootfs/build-rootfs.sh");
-    assert!(out.status.success(), "build-rootfs.sh failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("a path").trim())
+    let oci = common::bin("slim-oci").display().to_string();
+    podman_lab(&["--slim-oci", &oci, "--annotation", "io.slim/enable=true"])
 }
 
 fn addr(node: &str) -> String {
@@ -72,14 +49,6 @@ fn assert_bypassed(before: u64, payload: u64, what: &str) {
         crossed < payload / 10,
         "{what}: {crossed} bytes crossed {VX} for {payload} bytes of payload: not bypassed"
     );
-}
-
-fn wait_listening(node: &str, port: u16) {
-    let listening = eventually(Duration::from_secs(30), || {
-        let o = run(node, false, &["ss", "-Hltn", &format!("sport = :{port}")]);
-        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
-    });
-    assert!(listening, "nothing listens on port {port} in {node}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,40 +361,12 @@ fn postgres_query_from_another_container_cross_host_and_same_host() {
 // ---------------------------------------------------------------------------------------------
 // A container without the annotation
 
-/// A python server that accepts one connection, prints the peer address and the byte count.
-fn one_shot_server(node: &str, port: u16) -> JoinHandle<Output> {
-    let script = format!(
-        "import socket\n\
-         s=socket.socket(socket.AF_INET,socket.SOCK_STREAM)\n\
-         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-         s.bind(('0.0.0.0',{port}));s.listen(1)\n\
-         c,a=s.accept();n=0\n\
-         while True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\n\
-         print(a[0],n,flush=True)\n"
-    );
-    let owned = node.to_string();
-    let handle = std::thread::spawn(move || {
-        run(&owned, false, &["timeout", "60", "python3", "-c", &script])
-    });
-    wait_listening(node, port);
-    handle
-}
-
-fn send(node: &str, dst: &str, port: u16, n: usize) {
-    let script = format!(
-        "import socket\n\
-         s=socket.create_connection(('{dst}',{port}))\n\
-         s.sendall(b'x'*{n});s.close()\n"
-    );
-    ok(node, false, &["python3", "-c", &script]);
-}
-
 /// Sends `n` bytes from `client` to a one-shot server in `server`; returns the bytes that crossed
 /// the VXLAN device meanwhile, after checking the server got them all from the client's address.
 fn transfer(client: &str, server: &str, port: u16, n: usize) -> u64 {
-    let srv = one_shot_server(server, port);
+    let srv = one_shot_server(server, false, port);
     let before = vx();
-    send(client, &addr(server), port, n);
+    send(client, false, &addr(server), port, n);
     let out = srv.join().unwrap();
     let crossed = vx() - before;
     assert_eq!(
