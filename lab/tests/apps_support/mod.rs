@@ -25,12 +25,17 @@ const READY_POLL: Duration = Duration::from_millis(50);
 /// The tests share one lab and its ports: one at a time.
 static LAB_LOCK: Mutex<()> = Mutex::new(());
 
-/// Takes the lab for one test and makes sure it is up (plain mode, routers on). `up` is
+/// Takes the lab for one test and makes sure it is up (routers on; plain mode, or secure mode
+/// with SLIM_LAB_SECURE=1 as vm-tests/secure_lab.sh sets it inside the test VM). `up` is
 /// idempotent and restarts dead routers without touching what runs in the containers.
 pub fn lab() -> MutexGuard<'static, ()> {
     let guard = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let out = Command::new(LAB)
-        .arg("up")
+    let mut up = Command::new(LAB);
+    up.arg("up");
+    if std::env::var_os("SLIM_LAB_SECURE").is_some_and(|v| v == "1") {
+        up.arg("--secure");
+    }
+    let out = up
         .stdin(Stdio::null())
         .output()
         .expect("cannot run slim-lab up");
