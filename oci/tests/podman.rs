@@ -122,6 +122,7 @@ impl Lab {
         let mut cmd = self.podman();
         cmd.args(["run", "--rm"])
             .args(CONTAINER_OPTS)
+            .arg(format!("--cgroup-parent=/{}", self.cgroup_parent()))
             .args(opts)
             .arg("--rootfs")
             .arg(&self.rootfs)
@@ -165,11 +166,42 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The cgroup the containers go under (podman's default, /libpod_parent, would stay behind
+    /// in every hierarchy after the test): one per test directory, removed with it.
+    fn cgroup_parent(&self) -> String {
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        format!("slim-oci-test-{name}")
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         // vfs storage holds no mounts once `run --rm` returned; remove everything.
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The containers' cgroups went with them; their (empty) parent in each hierarchy stays.
+        let parent = self.cgroup_parent();
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_empty_cgroup(&hierarchy.path().join(&parent));
+            // conmon goes under podman's /libpod_parent/conmon whatever the containers'
+            // parent; removed when empty (another podman's live containers keep it).
+            remove_empty_cgroup(&hierarchy.path().join("libpod_parent"));
+        }
     }
+}
+
+/// rmdir of a cgroup and its (empty) children, deepest first; whatever still has tasks stays.
+fn remove_empty_cgroup(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_cgroup(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The probe's report from its output; it must have run and exited 0.
