@@ -267,31 +267,17 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
             // Administrators only: the document holds host addresses.
             let allowed = admin || (secure.is_none() && container::is_admin(conn.get_ref()));
             let reply = if !allowed {
-                match secure {
-                    Some(c) => {
-                        router
-                            .refuse(
-                                c,
-                                "status is for administrators (root in the router's namespace)",
-                            )
-                            .0
-                    }
-                    None => {
-                        let total = router
-                            .counters
-                            .refusal("status asked by a non-administrator");
-                        tracing::warn!(
-                            pid,
-                            netns = container::netns_of(pid).unwrap_or(0),
-                            refused_total = total,
-                            "refused: status is for administrators (root in the router's namespace)"
-                        );
-                        Reply::Error {
-                            errno: libc::EPERM,
-                            message: "status is for administrators (root in the router's network namespace)",
-                        }
-                    }
-                }
+                let (pid, netns) = match secure {
+                    Some(c) => (c.pid, c.netns),
+                    None => (pid, container::netns_of(pid).unwrap_or(0)),
+                };
+                router
+                    .refuse_process(
+                        pid,
+                        netns,
+                        "status is for administrators (root in the router's network namespace)",
+                    )
+                    .0
             } else if format != slim_uapi::proto::STATUS_FORMAT {
                 Reply::Error {
                     errno: libc::EPROTONOSUPPORT,

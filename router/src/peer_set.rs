@@ -34,6 +34,19 @@ struct Dialer {
     from_file: bool,
 }
 
+impl Dialer {
+    /// A dialer for `addr` and the stop signal the dialling task waits on.
+    fn new(addr: SocketAddr, from_flag: bool, from_file: bool) -> (Dialer, ToDial) {
+        let (stop, rx) = watch::channel(false);
+        let d = Dialer {
+            stop,
+            from_flag,
+            from_file,
+        };
+        (d, (addr, rx))
+    }
+}
+
 /// One peer connection, for status.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -194,16 +207,9 @@ impl PeerSet {
                 x.from_flag = true;
                 continue;
             }
-            let (stop, rx) = watch::channel(false);
-            to_dial.push((*p, rx));
-            d.insert(
-                *p,
-                Dialer {
-                    stop,
-                    from_flag: true,
-                    from_file: false,
-                },
-            );
+            let (dialer, dial) = Dialer::new(*p, true, false);
+            to_dial.push(dial);
+            d.insert(*p, dialer);
         }
         to_dial
     }
@@ -234,16 +240,9 @@ impl PeerSet {
                 if d.contains_key(p) {
                     continue;
                 }
-                let (stop, rx) = watch::channel(false);
-                to_dial.push((*p, rx));
-                d.insert(
-                    *p,
-                    Dialer {
-                        stop,
-                        from_flag: false,
-                        from_file: true,
-                    },
-                );
+                let (dialer, dial) = Dialer::new(*p, false, true);
+                to_dial.push(dial);
+                d.insert(*p, dialer);
             }
             let ips = d
                 .keys()

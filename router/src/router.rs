@@ -203,13 +203,18 @@ impl Router {
     /// Secure mode: the caller asked for something that is not its to ask; the program's call
     /// fails with EPERM.
     pub fn refuse(&self, c: &Caller, what: &'static str) -> (Reply<'static>, Option<OwnedFd>) {
+        self.refuse_process(c.pid, c.netns, what)
+    }
+
+    /// The same for a caller known only by its process (plain mode identifies no container).
+    pub fn refuse_process(
+        &self,
+        pid: i32,
+        netns: u64,
+        what: &'static str,
+    ) -> (Reply<'static>, Option<OwnedFd>) {
         let n = self.counters.refusal(what);
-        tracing::warn!(
-            pid = c.pid,
-            netns = c.netns,
-            refused_total = n,
-            "refused: {what}"
-        );
+        tracing::warn!(pid, netns, refused_total = n, "refused: {what}");
         (
             Reply::Error {
                 errno: libc::EPERM,
