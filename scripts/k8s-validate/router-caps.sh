@@ -2,8 +2,10 @@
 # Runs two slim-routers with exactly the capabilities that deploy/kubernetes/base gives the router
 # container (CAPS, setpriv syntax, e.g. "+sys_ptrace"; every other capability is dropped from the
 # bounding set, as `drop: [ALL]` does), and checks that Slim connections work across them:
-# the client's connections succeed, its router counts them as Slim connects, and the payload does
-# not cross the client container's overlay interface.
+# the client's connections succeed, its router sets Slim connections up (it counts at least one:
+# connections from leased pooled ports need no router and are not counted, see
+# router/src/metrics.rs), and no connection's payload crosses the client container's overlay
+# interface (fewer bytes than one connection carries).
 #
 #   router-caps.sh CAPS TARGET_DIR     (TARGET_DIR holds slim-router, slim-testprog, libslim_preload.so)
 #
@@ -90,6 +92,8 @@ kill -USR1 "$(cat "$D/router1.pid")"
 for _ in $(seq 50); do grep -q 'connects=' "$D/h1.log" && break; sleep 0.1; done
 connects=$(sed 's/\x1b\[[0-9;]*m//g' "$D/h1.log" | grep -o 'connects=[0-9]*' | tail -1 | cut -d= -f2)
 echo "router-caps: $CONNS connections of $BYTES bytes: client router counts $connects Slim connects; $overlay bytes crossed the client's overlay interface"
-[ "${connects:-0}" -ge "$CONNS" ] || fail "the client's router counted ${connects:-no} Slim connects, not $CONNS"
-[ "$overlay" -lt "$BYTES" ] || fail "$overlay bytes went through the overlay: the payload did not bypass it"
+# Leased pooled ports connect without the router (and uncounted); how many of the 20 did depends
+# on how far the pool was filled. The overlay byte count is what shows every connection bypassed.
+[ "${connects:-0}" -ge 1 ] || fail "the client's router counted ${connects:-no} Slim connects: it set none up"
+[ "$overlay" -lt "$BYTES" ] || fail "$overlay bytes went through the overlay: at least one connection's payload did not bypass it"
 echo "router-caps: ok"
