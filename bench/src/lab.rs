@@ -133,6 +133,7 @@ impl Lab {
         bin: &Path,
         runtime: Runtime,
         slim_oci: &Path,
+        security_opts: &[String],
         server_cpu: Option<usize>,
         client_cpu: Option<usize>,
     ) -> Result<Lab> {
@@ -150,6 +151,9 @@ impl Lab {
             up.args(["--runtime", "podman", "--slim-oci"])
                 .arg(oci)
                 .args(["--annotation", "io.slim/enable=true"]);
+            for o in security_opts {
+                up.arg("--security-opt").arg(o);
+            }
         }
         let out = procs::run(up, Duration::from_secs(600))?;
         if !out.status.success() {

@@ -65,6 +65,11 @@ struct Cli {
     /// slim-oci, for --runtime podman [default: next to this executable].
     #[arg(long)]
     slim_oci: Option<PathBuf>,
+    /// With --runtime podman: podman's --security-opt on every container (repeatable), e.g.
+    /// seccomp=unconfined to measure what podman's default seccomp filter costs. The lab is
+    /// rebuilt if it runs with other options.
+    #[arg(long, value_name = "OPT")]
+    security_opt: Vec<String>,
     /// slim-testprog [default: next to this executable; with --runtime podman it must be in
     /// slim-lab's directory, which the lab mounts in the containers].
     #[arg(long)]
@@ -371,7 +376,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(p) => p.clone(),
         None => sibling("slim-oci")?,
     };
-    let lab = Lab::open(&lab_bin, cli.runtime, &slim_oci, server_cpu, client_cpu)
+    if cli.runtime != lab::Runtime::Podman && !cli.security_opt.is_empty() {
+        bail!("--security-opt only applies to --runtime podman");
+    }
+    let lab = Lab::open(
+        &lab_bin,
+        cli.runtime,
+        &slim_oci,
+        &cli.security_opt,
+        server_cpu,
+        client_cpu,
+    )
         .with_context(|| format!("slim-lab up --runtime {} failed", cli.runtime.name()))?;
     if cli.runtime == lab::Runtime::Podman {
         check_container_tools(&lab, &container_tools(&cfg))?;
@@ -592,6 +607,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             "config",
             Json::obj()
                 .with("runtime", cli.runtime.name())
+                .with("security_opt", cli.security_opt.join(",").as_str())
                 .with("runs", cfg.runs as u64)
                 .with("secs", cfg.secs)
                 .with("keep_awake", cli.keep_awake.name())

@@ -372,7 +372,11 @@ pub fn stop_server(ctx: &Ctx, family: Family, mode: &Mode) {
 }
 
 /// nginx: master and 2 workers, all files under `dir` (as lab/tests/apps.rs runs it), written
-/// where `node` sees them.
+/// where `node` sees them. `open_file_cache` keeps the served file open: without it every request
+/// opens it again, and in a podman container `dir` is on the container's overlayfs root, whose
+/// open costs more than the host's ext4 (keep-alive Slim/host 0.78-0.91x in containers against
+/// 0.96-1.09x with the cache, 3 interleaved rounds each; bench/README.md "In podman containers").
+/// The benchmark measures the network path, not the file system under the server.
 fn nginx_conf(lab: &Lab, node: &str, dir: &Path, port: u16) -> Result<PathBuf> {
     let d = dir.display();
     let conf = format!(
@@ -385,6 +389,7 @@ fn nginx_conf(lab: &Lab, node: &str, dir: &Path, port: u16) -> Result<PathBuf> {
          http {{\n\
            access_log off;\n\
            keepalive_requests 1000000;\n\
+           open_file_cache max=16 inactive=60s;\n\
            client_body_temp_path {d}/body;\n\
            proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n\

@@ -55,6 +55,10 @@ enum Cmd {
         /// io.slim/enable=true.
         #[arg(long, value_name = "KEY=VALUE", requires = "runtime")]
         annotation: Vec<String>,
+        /// With --runtime podman: podman's --security-opt on every container (repeatable), e.g.
+        /// seccomp=unconfined to measure what podman's default seccomp filter costs.
+        #[arg(long, value_name = "OPT", requires = "runtime")]
+        security_opt: Vec<String>,
     },
     /// Remove everything the lab made; succeeds when nothing exists.
     Down,
@@ -156,12 +160,19 @@ fn run(command: Cmd) -> Result<ExitCode> {
             oci_runtime,
             slim_oci,
             annotation,
+            security_opt,
         } => {
             require_root()?;
             if runtime != Runtime::Podman
-                && (oci_runtime.is_some() || slim_oci.is_some() || !annotation.is_empty())
+                && (oci_runtime.is_some()
+                    || slim_oci.is_some()
+                    || !annotation.is_empty()
+                    || !security_opt.is_empty())
             {
-                bail!("--oci-runtime, --slim-oci and --annotation only apply to --runtime podman");
+                bail!(
+                    "--oci-runtime, --slim-oci, --annotation and --security-opt only apply to \
+                     --runtime podman"
+                );
             }
             let with_slim_oci = slim_oci.is_some();
             let oci_runtime = oci_runtime
@@ -181,6 +192,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 &Options {
                     oci_runtime,
                     annotations: annotation,
+                    security_opts: security_opt,
                     slim_oci: with_slim_oci,
                 },
             )?;

@@ -53,6 +53,9 @@ pub struct Options {
     pub oci_runtime: Option<PathBuf>,
     /// `--annotation KEY=VALUE` on every container, e.g. `io.slim/enable=true`.
     pub annotations: Vec<String>,
+    /// `--security-opt VALUE` on every container, e.g. `seccomp=unconfined` (to measure what
+    /// podman's default seccomp filter costs).
+    pub security_opts: Vec<String>,
     /// The OCI runtime is slim-oci: each host gets a slim-oci config of its own (its router's
     /// socket, the build's library; see [`write_slim_oci_config`]), which every podman call names
     /// with `--runtime-flag slim-config=PATH` (podman passes no environment to the runtime).
@@ -76,6 +79,9 @@ impl Options {
         for a in &self.annotations {
             text.push_str(&format!("annotation {a}\n"));
         }
+        for o in &self.security_opts {
+            text.push_str(&format!("security-opt {o}\n"));
+        }
         if self.slim_oci {
             text.push_str("slim-oci on\n");
         }
@@ -89,6 +95,7 @@ impl Options {
             match line.split_once(' ') {
                 Some(("oci-runtime", v)) => o.oci_runtime = Some(PathBuf::from(v)),
                 Some(("annotation", v)) => o.annotations.push(v.to_string()),
+                Some(("security-opt", v)) => o.security_opts.push(v.to_string()),
                 Some(("slim-oci", "on")) => o.slim_oci = true,
                 _ => {}
             }
@@ -280,6 +287,9 @@ pub fn create(
     ];
     for a in &options.annotations {
         args.extend(["--annotation".into(), a.into()]);
+    }
+    for o in &options.security_opts {
+        args.extend(["--security-opt".into(), o.into()]);
     }
     if let Some((v4, v6)) = addrs {
         args.extend([
