@@ -387,7 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         server_cpu,
         client_cpu,
     )
-        .with_context(|| format!("slim-lab up --runtime {} failed", cli.runtime.name()))?;
+    .with_context(|| format!("slim-lab up --runtime {} failed", cli.runtime.name()))?;
     if cli.runtime == lab::Runtime::Podman {
         check_container_tools(&lab, &container_tools(&cfg))?;
         notes.push(format!(
