@@ -1,29 +1,23 @@
 #!/usr/bin/env python3
-"""Slim/host ratios of two slim-bench result files side by side (e.g. the namespace lab and podman).
+"""Slim's paired ratios from two slim-bench result files side by side (e.g. the namespace lab and podman).
 
-    bench/scripts/pair-table.py A/latest.json B/latest.json [--names netns,podman] [--mode slim --base host]
+    bench/scripts/pair-table.py A/latest.json B/latest.json [--names netns,podman] [--base host|overlay]
 
-For each workload in both files: the per-run ratio MODE/BASE (run i of MODE over run i of BASE,
-the rounds slim-bench interleaves), as median [min..max], for A and for B, and B's median over A's.
-Lower-is-better rows (CPU, latency) are ratios the same way: below 1 is better there.
+For each workload in both files: the `paired_ratio_to_BASE` slim-bench wrote for the slim cell
+(the run-by-run ratios of its interleaved rounds, the figure its goals are judged by), as
+median [min..max], for A and for B, and B's median over A's. Lower-is-better rows (CPU,
+latency) are ratios the same way: below 1 is better there.
 """
 import argparse
 import json
-import statistics
 
 
-def per_run(res, mode, base):
-    m, b = res.get(mode), res.get(base)
-    if not m or not b:
-        return None
-    rs = [x / y for x, y in zip(m["runs"], b["runs"]) if y]
-    return rs or None
+def paired(res, base):
+    return (res.get("slim") or {}).get(f"paired_ratio_to_{base}")
 
 
-def fmt(rs):
-    if not rs:
-        return "-"
-    return f"{statistics.median(rs):.2f} [{min(rs):.2f}..{max(rs):.2f}]"
+def fmt(p):
+    return f"{p['median']:.2f} [{p['min']:.2f}..{p['max']:.2f}]" if p else "-"
 
 
 def main():
@@ -31,23 +25,19 @@ def main():
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--names", default="A,B")
-    ap.add_argument("--mode", default="slim")
-    ap.add_argument("--base", default="host")
+    ap.add_argument("--base", default="host", choices=["host", "overlay"])
     args = ap.parse_args()
     na, nb = args.names.split(",")
     da, db = json.load(open(args.a)), json.load(open(args.b))
-    print(f"{args.mode}/{args.base} per run, median [min..max]")
+    print(f"slim/{args.base} per run, median [min..max]")
     print(f"  A = {na}: {args.a} (commit {da.get('commit', '?')[:7]}, {da.get('date')})")
     print(f"  B = {nb}: {args.b} (commit {db.get('commit', '?')[:7]}, {db.get('date')})")
     print(f"{'workload':32} {na:>22} {nb:>22} {nb + '/' + na:>14}")
     for w, ra in da["results"].items():
-        rb = db["results"].get(w)
-        if rb is None:
-            continue
-        a, b = per_run(ra, args.mode, args.base), per_run(rb, args.mode, args.base)
+        a, b = paired(ra, args.base), paired(db["results"].get(w, {}), args.base)
         if a is None and b is None:
             continue
-        q = f"{statistics.median(b) / statistics.median(a):.2f}" if a and b else "-"
+        q = f"{b['median'] / a['median']:.2f}" if a and b else "-"
         print(f"{w:32} {fmt(a):>22} {fmt(b):>22} {q:>14}")
 
 
