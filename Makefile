@@ -5,7 +5,7 @@ TARGET := target/$(PROFILE)
 LAB := $(TARGET)/slim-lab
 
 .PHONY: all build deps test check unit e2e demo lab-up lab-down clean
-.PHONY: bench bench-quick kmod vm-test k8s-validate
+.PHONY: bench bench-quick kmod vm-test vm-bench k8s-validate
 
 all: build
 
@@ -64,6 +64,13 @@ kmod:
 
 vm-test:
 	./vm-tests/run.sh
+
+## Secure mode measured in the QEMU guest (about 25 min under TCG): slim-bench there with host
+## network, overlay, Slim and Slim with the routers in secure mode, interleaved (one-client
+## connection rate, nginx Connection: close, 1-byte request/response); writes
+## bench/results/vm-latest.json and prints its table (bench/README.md, "In the QEMU guest").
+vm-bench:
+	./vm-tests/bench-run.sh
 
 lab-up: build
 	$(LAB) up

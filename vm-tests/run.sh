@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Boots the cached secure-mode test kernel under QEMU (TCG: KVM on this machine type cannot run an
-# unmodified guest) with virtme-ng and runs vm-tests/guest.sh inside it. Exit code = the guest's.
+# unmodified guest) with virtme-ng and runs vm-tests/guest.sh inside it (or SLIM_VM_GUEST: the
+# benchmark's vm-tests/bench.sh, see vm-tests/bench-run.sh). Exit code = the guest's.
 #
 #   vm-tests/run.sh            build what is missing (kernel: cached; module: make -C kmod-rs), then boot
 #   SLIM_VM_NO_BUILD=1 vm-tests/run.sh    only boot (fails if the kernel or module is missing)
 #
 # Environment: SLIM_VM_OUT (guest-writable results dir, default target/vm-tests), SLIM_VM_TIMEOUT
-# (seconds, default 900), SLIM_VM_CPUS (2), SLIM_VM_MEM (2G: KASAN takes 1/8 for shadow memory).
+# (seconds, default 900), SLIM_VM_CPUS (2), SLIM_VM_MEM (2G: KASAN takes 1/8 for shadow memory),
+# SLIM_VM_GUEST (the script the guest runs with arguments KO OUT, default vm-tests/guest.sh; it
+# must write OUT/result.txt when it ends).
 # The guest has no network device: `vng` without --net gives it none.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +31,8 @@ command -v vng >/dev/null || kdie "vng not found (run scripts/kernel/setup-toolc
 [ -x /lib/systemd/systemd-udevd ] || kdie "udev is not installed on the host (virtme-ng's script I/O needs it)"
 
 OUT=${SLIM_VM_OUT:-$REPO/target/vm-tests}
+GUEST=${SLIM_VM_GUEST:-$REPO/vm-tests/guest.sh}
+[ -x "$GUEST" ] || kdie "the guest script $GUEST is not an executable file"
 mkdir -p "$OUT"
 rm -f "$OUT"/result.txt "$OUT"/dmesg*.txt
 
@@ -40,7 +45,7 @@ for line in sys.stdin:
         print(m["target"]["name"] + "=" + m["executable"])' > "$OUT/tests.txt" || true
 
 klog "boot: $KDIR ($(head -1 "$KDIR/.slim-build-complete"))"
-klog "module: $KO; results: $OUT"
+klog "module: $KO; guest runs: $GUEST; results: $OUT"
 rc=0
 # "| cat": when stdout is a regular file, the guest's output would be written from offset 0 over what
 # this script printed before (seen with `run.sh > log`); a pipe keeps the log in order. pipefail makes
@@ -56,7 +61,7 @@ timeout --foreground -k 10 "${SLIM_VM_TIMEOUT:-900}" \
         --cpus "${SLIM_VM_CPUS:-2}" --memory "${SLIM_VM_MEM:-2G}" \
         --append "panic=-1 oops=panic no5lvl" \
         --rwdir "$OUT" \
-        --exec "$REPO/vm-tests/guest.sh $KO $OUT" </dev/null 2>&1 | cat || rc=$?
+        --exec "$GUEST $KO $OUT" </dev/null 2>&1 | cat || rc=$?
 if [ ! -e "$OUT/result.txt" ]; then
     klog "no result from the guest (rc=$rc): it crashed, panicked or timed out; see the console output above"
     [ $rc != 0 ] || rc=1

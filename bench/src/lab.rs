@@ -19,6 +19,9 @@ pub struct Mode {
     pub server: &'static str,
     /// Both ends run under Slim's library.
     pub slim: bool,
+    /// The lab's routers run with --secure (slim_kern restricts their host sockets) while this
+    /// mode is measured; the benchmark switches them (bench/src/secure.rs).
+    pub secure: bool,
     /// Ports of this mode's servers are the family's base plus this.
     pub index: u16,
     pub what: &'static str,
@@ -29,6 +32,7 @@ pub const HOST: Mode = Mode {
     client: "h1",
     server: "h2",
     slim: false,
+    secure: false,
     index: 0,
     what: "h1 -> h2 over the underlay (host network), no Slim",
 };
@@ -37,6 +41,7 @@ pub const OVERLAY: Mode = Mode {
     client: "c1",
     server: "c2",
     slim: false,
+    secure: false,
     index: 1,
     what: "c1 (on h1) -> c2 (on h2) over the VXLAN overlay, no Slim on either side",
 };
@@ -45,6 +50,7 @@ pub const SLIM: Mode = Mode {
     client: "c1",
     server: "c2",
     slim: true,
+    secure: false,
     index: 2,
     what: "c1 (on h1) -> c2 (on h2), both under Slim's library",
 };
@@ -53,6 +59,7 @@ pub const SLIM_SAME_HOST: Mode = Mode {
     client: "c1",
     server: "c3",
     slim: true,
+    secure: false,
     index: 3,
     what: "c1 -> c3, both on h1, both under Slim's library",
 };
@@ -61,6 +68,7 @@ pub const OVERLAY_SAME_HOST: Mode = Mode {
     client: "c1",
     server: "c3",
     slim: false,
+    secure: false,
     index: 4,
     what: "c1 -> c3, both on h1, over the host's bridge, no Slim",
 };
@@ -73,10 +81,26 @@ pub const HOST_SAME_HOST: Mode = Mode {
     client: "h1",
     server: "h1",
     slim: false,
+    secure: false,
     index: 5,
     what: "h1 -> h1 (loopback in the host's namespace), no Slim",
 };
 
+/// Slim with the routers in secure mode: every host socket restricted by the slim_kern module
+/// (`/dev/slim`), so only where it is loaded (the QEMU guest of `make vm-bench`). Not in the
+/// default modes.
+pub const SLIM_SECURE: Mode = Mode {
+    key: "slim_secure",
+    client: "c1",
+    server: "c2",
+    slim: true,
+    secure: true,
+    index: 6,
+    what: "c1 (on h1) -> c2 (on h2), both under Slim's library, the routers in secure mode \
+           (--secure: host sockets restricted by slim_kern)",
+};
+
+/// The default modes of a full run (all but `slim_secure`, which needs the kernel module).
 pub const ALL_MODES: [Mode; 6] = [
     HOST,
     OVERLAY,
@@ -86,8 +110,19 @@ pub const ALL_MODES: [Mode; 6] = [
     HOST_SAME_HOST,
 ];
 
+/// Every mode `--modes` takes.
+pub const KNOWN_MODES: [Mode; 7] = [
+    HOST,
+    OVERLAY,
+    SLIM,
+    SLIM_SAME_HOST,
+    OVERLAY_SAME_HOST,
+    HOST_SAME_HOST,
+    SLIM_SECURE,
+];
+
 pub fn mode_by_key(key: &str) -> Option<Mode> {
-    ALL_MODES.iter().copied().find(|m| m.key == key)
+    KNOWN_MODES.iter().copied().find(|m| m.key == key)
 }
 
 pub const STATE_DIR: &str = "/run/slim-lab";
@@ -363,6 +398,19 @@ impl Lab {
     /// The router binary that `slim-lab router ... restart` would start: next to slim-lab.
     pub fn own_router(&self) -> PathBuf {
         self.bin.with_file_name("slim-router")
+    }
+
+    /// `slim-lab routers plain|secure`: both routers restarted in that mode (nothing done if
+    /// they already run in it), the network and the servers kept.
+    pub fn set_router_mode(&self, secure: bool) -> Result<()> {
+        let mode = if secure { "secure" } else { "plain" };
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["routers", mode]);
+        let out = procs::run(cmd, Duration::from_secs(120))?;
+        if !out.status.success() {
+            bail!("slim-lab routers {mode} failed:\n{}", out.report());
+        }
+        Ok(())
     }
 
     pub fn restart_router(&self, host: &str) -> Result<()> {

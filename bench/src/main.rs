@@ -9,6 +9,8 @@ mod lab;
 mod parse;
 mod procs;
 mod report;
+mod secure;
+mod secure_report;
 mod window;
 mod workloads;
 
@@ -41,7 +43,9 @@ struct Cli {
     #[arg(long)]
     secs: Option<f64>,
     /// Modes, comma separated, from host, overlay, slim, slim_same_host, overlay_same_host,
-    /// host_same_host [default: all six; --quick: host, overlay, slim, slim_same_host].
+    /// host_same_host, slim_secure [default: the first six; --quick: host, overlay, slim,
+    /// slim_same_host]. slim_secure (routers in secure mode) needs the slim_kern module:
+    /// `make vm-bench` runs it in the QEMU guest.
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Only these measurements (group names rr, conn1, conn4, tput1, tput4, nginx_keepalive,
@@ -123,11 +127,16 @@ struct Cli {
     /// build, or a binary rebuilt since they started); otherwise that is only reported.
     #[arg(long)]
     restart_routers: bool,
-    /// First port of the benchmark's servers (it uses base+0..4, +100..104, ..., +400..404).
+    /// First port of the benchmark's servers (it uses base+0..6, +100..106, ..., +400..406).
     /// Keep them out of the lab's ephemeral range (10000-39999), where the routers' host
     /// listeners take their ports.
     #[arg(long, default_value_t = 8400)]
     port_base: u16,
+    /// With mode slim_secure: seconds of the untimed run of a measurement after the routers
+    /// were switched between plain and secure (a restarted router relearns the listeners and
+    /// refills its pool of leased ports).
+    #[arg(long, default_value_t = 2.0)]
+    switch_warmup_secs: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -214,7 +223,7 @@ fn config(cli: &Cli) -> Result<Config> {
                 lab::mode_by_key(k).with_context(|| {
                     format!(
                         "unknown mode `{k}`; modes: {}",
-                        lab::ALL_MODES.map(|m| m.key).join(", ")
+                        lab::KNOWN_MODES.map(|m| m.key).join(", ")
                     )
                 })
             })
@@ -402,7 +411,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ));
     }
     let routers = check_routers(&lab, cli.restart_routers, &mut notes)?;
-    if lab.lab_mode() != "plain" {
+    if !(cli.switch_warmup_secs > 0.0 && cli.switch_warmup_secs <= 60.0) {
+        bail!("--switch-warmup-secs must be in (0, 60]");
+    }
+    let mut router_modes = secure::RouterModes::new(&lab, &cfg.modes, cli.switch_warmup_secs)?;
+    if lab.lab_mode() != "plain" && !cfg.modes.iter().any(|m| m.secure) {
         notes.push(format!(
             "the lab runs in `{}` mode (routers --secure), not plain",
             lab.lab_mode()
@@ -501,9 +514,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     for family in families {
-        run_family(&ctx, &cfg, family, &mut results, &mut load)?;
+        run_family(
+            &ctx,
+            &cfg,
+            family,
+            &mut results,
+            &mut load,
+            &mut router_modes,
+        )?;
     }
     drop(ctx);
+    router_modes.restore()?;
+    notes.extend(router_modes.note());
+    let router_switches = router_modes.switch_count();
+    drop(router_modes);
     let busy_loops = spinners.len();
     let busy_loops_idle_cgroup = busy_loops > 0 && spinners.not_grouped.is_none();
     drop(spinners);
@@ -550,6 +574,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .collect();
     println!();
     print!("{}", report::table(&metrics, &cfg.modes, &results));
+    print!("{}", secure_report::table(&metrics, &cfg.modes, &results));
     if !callcosts.is_empty() {
         println!(
             "\nThe preload's own cost (callgrind, instructions per call, {} calls):",
@@ -582,7 +607,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         println!("note: {n}");
     }
 
-    let (mut res_json, goals) = report::results_json(&metrics, &cfg.modes, &results);
+    let (mut res_json, mut goals) = report::results_json(&metrics, &cfg.modes, &results);
+    secure_report::add_goals(&mut goals, &cfg.modes, &results);
     if !callcosts.is_empty() {
         let pre = res_json.entry("preload_overhead_instr");
         for c in &callcosts {
@@ -616,6 +642,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with("server_cpu", server_cpu)
                 .with("client_cpu", client_cpu)
                 .with("max_busy_pct", cli.max_busy_pct)
+                .with("router_switches", router_switches as u64)
+                .with("switch_warmup_secs", cli.switch_warmup_secs)
                 .with("ignore_load", cli.ignore_load),
         )
         .with(
@@ -693,6 +721,7 @@ fn run_family(
     family: Family,
     results: &mut Results,
     load: &mut LoadCheck,
+    router_modes: &mut secure::RouterModes,
 ) -> Result<()> {
     let groups: Vec<Group> = cfg
         .groups
@@ -704,7 +733,11 @@ fn run_family(
     // One server per mode; a mode whose server does not start is left out of this family.
     let mut servers: Vec<(Mode, procs::Background)> = Vec::new();
     for mode in &cfg.modes {
-        match workloads::start_server(ctx, family, mode) {
+        // A Slim server registers its listener with the routers of its own mode.
+        let started = router_modes
+            .ensure(mode)
+            .and_then(|_| workloads::start_server(ctx, family, mode));
+        match started {
             Ok(s) => servers.push((*mode, s)),
             Err(e) => {
                 eprintln!("slim-bench: {} in mode {}: {e:#}", family.name(), mode.key);
@@ -721,7 +754,10 @@ fn run_family(
     let mut failed: Vec<&'static str> = Vec::new();
     if let Some(first) = groups.first() {
         for mode in &modes {
-            if let Err(e) = workloads::warm_up(ctx, *first, mode) {
+            let warmed = router_modes
+                .ensure(mode)
+                .and_then(|_| workloads::warm_up(ctx, *first, mode));
+            if let Err(e) = warmed {
                 eprintln!("slim-bench: warm-up in mode {}: {e:#}", mode.key);
             }
         }
@@ -776,6 +812,7 @@ fn run_family(
                 let measured = server
                     .check_running()
                     .context("the server is gone")
+                    .and_then(|()| router_modes.prepare(ctx, *group, mode))
                     .and_then(|()| workloads::measure(ctx, *group, mode));
                 match measured {
                     Ok(values) => {

@@ -163,7 +163,7 @@ pub fn num(x: f64) -> String {
     }
 }
 
-fn cell_text(c: Option<&Cell>) -> String {
+pub(crate) fn cell_text(c: Option<&Cell>) -> String {
     let Some(c) = c else {
         return "-".into();
     };
@@ -178,7 +178,7 @@ fn cell_text(c: Option<&Cell>) -> String {
 }
 
 /// The run-by-run ratios `a / b`: median [min..max].
-fn paired_text(r: &Results, metric: &str, a: &str, b: &str) -> String {
+pub(crate) fn paired_text(r: &Results, metric: &str, a: &str, b: &str) -> String {
     match r.paired(metric, a, b) {
         Some(p) => format!("{:.2} [{:.2}..{:.2}]", p.median, p.min, p.max),
         None => "-".into(),
@@ -287,7 +287,12 @@ pub fn table(metrics: &[&Metric], modes: &[Mode], r: &Results) -> String {
 }
 
 /// Columns listed in `text` are left-aligned, the others (numbers) right-aligned.
-fn write_table(out: &mut String, header: &[String], rows: &[Vec<String>], text: &[usize]) {
+pub(crate) fn write_table(
+    out: &mut String,
+    header: &[String],
+    rows: &[Vec<String>],
+    text: &[usize],
+) {
     let mut w = vec![0usize; header.len()];
     for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
         for (i, c) in row.iter().enumerate() {
@@ -343,7 +348,7 @@ pub fn results_json(metrics: &[&Metric], modes: &[Mode], r: &Results) -> (Json, 
                     }
                     // Each Slim mode against the overlay between the same two containers.
                     let overlay = match mode.key {
-                        "slim" => Some("overlay"),
+                        "slim" | "slim_secure" => Some("overlay"),
                         "slim_same_host" => Some("overlay_same_host"),
                         _ => None,
                     };
@@ -358,17 +363,26 @@ pub fn results_json(metrics: &[&Metric], modes: &[Mode], r: &Results) -> (Json, 
                             j.set(&format!("ratio_to_{o}"), s.median / v);
                         }
                     }
-                    if mode.key == "slim" {
-                        for base in ["host", "overlay"] {
-                            if let Some(p) = r.paired(m.key, "slim", base) {
-                                j.set(
-                                    &format!("paired_ratio_to_{base}"),
-                                    Json::obj()
-                                        .with("median", p.median)
-                                        .with("min", p.min)
-                                        .with("max", p.max),
-                                );
-                            }
+                    // Secure mode also against plain Slim, the same round's run.
+                    let bases: &[&str] = match mode.key {
+                        "slim" => &["host", "overlay"],
+                        "slim_secure" => &["host", "overlay", "slim"],
+                        _ => &[],
+                    };
+                    if mode.key == "slim_secure" {
+                        if let Some(v) = r.median(m.key, "slim").filter(|v| *v > 0.0) {
+                            j.set("ratio_to_slim", s.median / v);
+                        }
+                    }
+                    for base in bases {
+                        if let Some(p) = r.paired(m.key, mode.key, base) {
+                            j.set(
+                                &format!("paired_ratio_to_{base}"),
+                                Json::obj()
+                                    .with("median", p.median)
+                                    .with("min", p.min)
+                                    .with("max", p.max),
+                            );
                         }
                     }
                 }
@@ -406,7 +420,7 @@ fn goal_base(m: &Metric) -> &'static str {
     }
 }
 
-fn ratio(r: &Results, metric: &str, a: &str, b: &str) -> Option<f64> {
+pub(crate) fn ratio(r: &Results, metric: &str, a: &str, b: &str) -> Option<f64> {
     match (r.median(metric, a), r.median(metric, b)) {
         (Some(x), Some(y)) if y > 0.0 => Some(x / y),
         _ => None,

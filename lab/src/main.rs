@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use slim_lab::network::byte_counters;
 use slim_lab::podman::Options;
-use slim_lab::router_cmd::{self, Action};
+use slim_lab::router_cmd::{self, Action, RouterMode};
 use slim_lab::runtime::Runtime;
 use slim_lab::state::Mode;
 use slim_lab::topology::Node;
@@ -89,6 +89,9 @@ enum Cmd {
         host: Node,
         action: Action,
     },
+    /// Restart both routers in plain or secure mode (secure needs the slim_kern module,
+    /// /dev/slim) and record it; the network, the containers and their programs stay.
+    Routers { mode: RouterMode },
     /// With --runtime podman: remove a container (`podman rm --force`: its processes killed, its
     /// address released, its network namespace gone) and its records. Succeeds if it is absent.
     Rm { node: Node },
@@ -98,6 +101,9 @@ enum Cmd {
         #[command(flatten)]
         opts: RunArgs,
     },
+    /// Restart both routers in plain or secure mode (secure needs the slim_kern module,
+    /// /dev/slim) and record it; the network, the containers and their programs stay.
+    Routers { mode: RouterMode },
     /// With --runtime podman: remove a container and create it again with the same addresses
     /// (`--ip`/`--ip6` to IPAM); its processes are new.
     Restart {
@@ -220,6 +226,10 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 bail!("{host} is a container; routers run on the hosts (h1, h2)");
             };
             router_cmd::router(host, action)?;
+        }
+        Cmd::Routers { mode } => {
+            require_root()?;
+            router_cmd::set_mode(mode)?;
         }
         Cmd::Rm { node } => {
             require_root()?;

@@ -14,6 +14,9 @@ pub const STATE_DIR: &str = "/run/slim-lab";
 /// lock file that another process waits on would let a third one lock a fresh inode alongside.
 pub const LOCK_FILE: &str = "/run/slim-lab.lock";
 
+/// The control device of the slim_kern module, which routers in secure mode open.
+pub const SLIM_DEV: &str = "/dev/slim";
+
 /// Where `ip netns add` mounts the namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 

@@ -1,0 +1,123 @@
+//! `slim-lab routers plain|secure`: both routers restarted in one mode, the network, the
+//! containers and their running programs kept; a mode that cannot be had leaves the lab as it
+//! was. Without the slim_kern module (any machine) secure mode must be refused by name; with it
+//! (the QEMU guest of `make vm-test`) the switch is made both ways.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const C2: &str = "10.32.0.2";
+const MB: u64 = 1 << 20;
+const PORT: &str = "7190";
+
+fn recorded_mode() -> String {
+    std::fs::read_to_string("/run/slim-lab/mode")
+        .expect("the lab's mode file")
+        .trim()
+        .to_string()
+}
+
+fn router_runs_secure(host: &str) -> bool {
+    let line = std::fs::read(format!("/proc/{}/cmdline", router_pid(host))).unwrap_or_default();
+    line.split(|b| *b == 0).any(|arg| arg == b"--secure")
+}
+
+/// Whether, within 20 s, a Slim client's megabyte to the server on c2 stops crossing the VXLAN
+/// device (the running server registers its listener again with a restarted router on its next
+/// accept; until then connections take the overlay).
+fn through_slim() -> bool {
+    eventually(Duration::from_secs(20), || {
+        let before = bytes("h1", "slim-vx");
+        let o = run(
+            "c1",
+            true,
+            &[&testprog(), "client", C2, PORT, "--bytes", "1000000"],
+        );
+        o.status.success() && bytes("h1", "slim-vx") - before < MB / 4
+    })
+}
+
+/// Switches and checks the recorded mode, both routers' command lines, the lab's status and
+/// that the running server is reached through Slim again.
+fn switch_to(mode: &str) {
+    let out = lab_cmd(&["routers", mode]);
+    assert!(
+        out.contains(&format!("started in {mode} mode")) || out.contains("nothing to do"),
+        "{out}"
+    );
+    assert_eq!(recorded_mode(), mode);
+    for h in ["h1", "h2"] {
+        assert_eq!(router_runs_secure(h), mode == "secure", "router of {h}");
+    }
+    lab_cmd(&["status"]);
+    assert!(
+        through_slim(),
+        "after the routers switched to {mode} mode, the running server was not reached through Slim"
+    );
+}
+
+#[test]
+fn routers_switch_mode_and_keep_the_lab_and_its_programs() {
+    let _g = lab();
+    let start = recorded_mode();
+    let tp = testprog();
+    let server = spawn("c2", true, &[tp.as_str(), "serve", PORT]);
+    assert!(
+        server.first_line.starts_with("LISTENING"),
+        "server said {:?}",
+        server.first_line
+    );
+    assert!(through_slim(), "no Slim connection before any switch");
+
+    // The recorded mode with both routers serving: nothing to do, the same routers.
+    let pids = (router_pid("h1"), router_pid("h2"));
+    let out = lab_cmd(&["routers", &start]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(pids, (router_pid("h1"), router_pid("h2")));
+
+    // One router gone: the same command starts both again, in that mode.
+    lab_cmd(&["router", "h1", "stop"]);
+    let out = lab_cmd(&["routers", &start]);
+    assert!(out.contains(&format!("started in {start} mode")), "{out}");
+    assert_ne!(
+        router_pid("h2"),
+        pids.1,
+        "the router of h2 was not restarted"
+    );
+    switch_to(&start);
+
+    if Path::new("/dev/slim").exists() {
+        // The module is loaded: both ways, and back to where the lab was.
+        let other = if start == "secure" { "plain" } else { "secure" };
+        switch_to(other);
+        switch_to(&start);
+    } else {
+        // No module: secure mode is refused by name and nothing changes.
+        assert_eq!(start, "plain", "a secure lab without /dev/slim");
+        let pids = (router_pid("h1"), router_pid("h2"));
+        let o = Command::new(lab_bin())
+            .args(["routers", "secure"])
+            .output()
+            .expect("run slim-lab routers secure");
+        let t = text(&o);
+        assert!(!o.status.success(), "secure mode without the module: {t}");
+        assert!(
+            t.contains("/dev/slim does not exist")
+                && t.contains("slim_kern")
+                && t.contains("left running in plain mode"),
+            "{t}"
+        );
+        assert_eq!(recorded_mode(), "plain");
+        assert_eq!(pids, (router_pid("h1"), router_pid("h2")));
+        lab_cmd(&["status"]);
+        assert!(
+            through_slim(),
+            "the lab stopped working after a refused switch"
+        );
+    }
+    drop(server);
+}
