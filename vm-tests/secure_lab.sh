@@ -74,6 +74,14 @@ if [ -x "$APPS" ] && [ -x "$BEHAVIOUR" ]; then
 else
     nok "lab test binaries not found (run.sh writes them to $OUT/tests.txt): apps=$APPS behaviour=$BEHAVIOUR"
 fi
+# `slim-lab routers plain|secure` with the module loaded: secure -> plain -> secure, the lab and a
+# running server kept (what `make vm-bench` does between its Slim modes).
+ROUTER_MODES=$(sed -n 's/^router_modes=//p' "$OUT/tests.txt" 2>/dev/null)
+if [ -x "$ROUTER_MODES" ]; then
+    run_test "$ROUTER_MODES" routers_switch_mode_and_keep_the_lab_and_its_programs
+else
+    nok "lab test binary router_modes not found in $OUT/tests.txt"
+fi
 mid=$(stats)
 r0=$(field restricted <<<"$before")
 r1=$(field restricted <<<"$mid")

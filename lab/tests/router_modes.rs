@@ -1,7 +1,12 @@
 //! `slim-lab routers plain|secure`: both routers restarted in one mode, the network, the
 //! containers and their running programs kept; a mode that cannot be had leaves the lab as it
 //! was. Without the slim_kern module (any machine) secure mode must be refused by name; with it
-//! (the QEMU guest of `make vm-test`) the switch is made both ways.
+//! (the QEMU guest of `make vm-test`, vm-tests/secure_lab.sh) the switch is made both ways.
+//!
+//! A running Slim server registers its listener again with a restarted router of the mode it
+//! was started in (a secure router takes back only restricted listeners, a plain one only host
+//! listeners), which is how slim-bench's `slim_secure` mode uses the switch: each mode's server
+//! is measured under routers of its own mode.
 
 mod common;
 
@@ -13,6 +18,7 @@ use std::time::Duration;
 const C2: &str = "10.32.0.2";
 const MB: u64 = 1 << 20;
 const PORT: &str = "7190";
+const OTHER_PORT: &str = "7191";
 
 fn recorded_mode() -> String {
     std::fs::read_to_string("/run/slim-lab/mode")
@@ -26,23 +32,33 @@ fn router_runs_secure(host: &str) -> bool {
     line.split(|b| *b == 0).any(|arg| arg == b"--secure")
 }
 
-/// Whether, within 20 s, a Slim client's megabyte to the server on c2 stops crossing the VXLAN
-/// device (the running server registers its listener again with a restarted router on its next
-/// accept; until then connections take the overlay).
-fn through_slim() -> bool {
+/// Whether, within 20 s, a Slim client's megabyte to the server on c2 at `port` stops crossing
+/// the VXLAN device (a running server registers its listener again with a restarted router on
+/// its next accept; until then connections take the overlay).
+fn through_slim(port: &str) -> bool {
     eventually(Duration::from_secs(20), || {
         let before = bytes("h1", "slim-vx");
         let o = run(
             "c1",
             true,
-            &[&testprog(), "client", C2, PORT, "--bytes", "1000000"],
+            &[&testprog(), "client", C2, port, "--bytes", "1000000"],
         );
         o.status.success() && bytes("h1", "slim-vx") - before < MB / 4
     })
 }
 
-/// Switches and checks the recorded mode, both routers' command lines, the lab's status and
-/// that the running server is reached through Slim again.
+fn serve(port: &str) -> Bg {
+    let tp = testprog();
+    let server = spawn("c2", true, &[tp.as_str(), "serve", port]);
+    assert!(
+        server.first_line.starts_with("LISTENING"),
+        "server said {:?}",
+        server.first_line
+    );
+    server
+}
+
+/// Switches and checks the recorded mode, both routers' command lines and the lab's status.
 fn switch_to(mode: &str) {
     let out = lab_cmd(&["routers", mode]);
     assert!(
@@ -54,24 +70,14 @@ fn switch_to(mode: &str) {
         assert_eq!(router_runs_secure(h), mode == "secure", "router of {h}");
     }
     lab_cmd(&["status"]);
-    assert!(
-        through_slim(),
-        "after the routers switched to {mode} mode, the running server was not reached through Slim"
-    );
 }
 
 #[test]
 fn routers_switch_mode_and_keep_the_lab_and_its_programs() {
     let _g = lab();
     let start = recorded_mode();
-    let tp = testprog();
-    let server = spawn("c2", true, &[tp.as_str(), "serve", PORT]);
-    assert!(
-        server.first_line.starts_with("LISTENING"),
-        "server said {:?}",
-        server.first_line
-    );
-    assert!(through_slim(), "no Slim connection before any switch");
+    let server = serve(PORT);
+    assert!(through_slim(PORT), "no Slim connection before any switch");
 
     // The recorded mode with both routers serving: nothing to do, the same routers.
     let pids = (router_pid("h1"), router_pid("h2"));
@@ -89,12 +95,27 @@ fn routers_switch_mode_and_keep_the_lab_and_its_programs() {
         "the router of h2 was not restarted"
     );
     switch_to(&start);
+    assert!(
+        through_slim(PORT),
+        "after the routers restarted, the running server was not reached through Slim"
+    );
 
     if Path::new("/dev/slim").exists() {
-        // The module is loaded: both ways, and back to where the lab was.
+        // The module is loaded: both ways, and back to where the lab was; a server started in
+        // the other mode is reached through Slim, and the first one again once back.
         let other = if start == "secure" { "plain" } else { "secure" };
         switch_to(other);
+        let other_server = serve(OTHER_PORT);
+        assert!(
+            through_slim(OTHER_PORT),
+            "a server started with the routers in {other} mode was not reached through Slim"
+        );
+        drop(other_server);
         switch_to(&start);
+        assert!(
+            through_slim(PORT),
+            "back in {start} mode, the server started in it was not reached through Slim"
+        );
     } else {
         // No module: secure mode is refused by name and nothing changes.
         assert_eq!(start, "plain", "a secure lab without /dev/slim");
@@ -115,7 +136,7 @@ fn routers_switch_mode_and_keep_the_lab_and_its_programs() {
         assert_eq!(pids, (router_pid("h1"), router_pid("h2")));
         lab_cmd(&["status"]);
         assert!(
-            through_slim(),
+            through_slim(PORT),
             "the lab stopped working after a refused switch"
         );
     }
