@@ -101,9 +101,6 @@ enum Cmd {
         #[command(flatten)]
         opts: RunArgs,
     },
-    /// Restart both routers in plain or secure mode (secure needs the slim_kern module,
-    /// /dev/slim) and record it; the network, the containers and their programs stay.
-    Routers { mode: RouterMode },
     /// With --runtime podman: remove a container and create it again with the same addresses
     /// (`--ip`/`--ip6` to IPAM); its processes are new.
     Restart {
