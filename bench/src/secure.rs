@@ -146,7 +146,7 @@ mod tests {
             .map(|m| m.key)
             .collect();
         assert_eq!(secure, ["slim_secure"]);
-        assert!(SLIM_SECURE.slim);
+        const { assert!(SLIM_SECURE.slim) };
         let mut idx: Vec<u16> = KNOWN_MODES.iter().map(|m| m.index).collect();
         idx.sort_unstable();
         idx.dedup();
