@@ -6,7 +6,11 @@
 //! layout has no implicit holes (the kernel copies them from and to user memory byte for byte), and the
 //! compile-time assertions at the bottom pin sizes and offsets on both sides.
 //!
-//! Versioning: [`KABI_VERSION`] is bumped on any incompatible change. The router calls
+//! The table ioctls (`SLIM_IOC_TABLE_*`, numbers 6..=8) live in `kabi_tables.rs`, compiled the same
+//! way by both sides.
+//!
+//! Versioning: [`KABI_VERSION`] is bumped on any incompatible change; new ioctls announced by a new
+//! `SLIM_FEAT_*` bit are compatible and keep it. The router calls
 //! [`SLIM_IOC_VERSION`] first and refuses to start when the module's version differs from its own.
 //! Reserved fields and undefined flag bits must be zero; the module refuses anything else with
 //! `EINVAL`, so they can be given a meaning later without a version bump.
@@ -265,6 +269,9 @@ pub const SLIM_FEAT_CHILD_ADDRS: u32 = 1 << 2;
 pub const SLIM_FEAT_REVOKE: u32 = 1 << 3;
 /// Feature bit: [`SLIM_IOC_STATS`].
 pub const SLIM_FEAT_STATS: u32 = 1 << 4;
+/// Feature bit: the table ioctls of `kabi_tables.rs` (`SLIM_IOC_TABLE_UPDATE`, `_DUMP`, `_STATS`),
+/// one table set per open file. A compatible extension: `KABI_VERSION` stays the same.
+pub const SLIM_FEAT_TABLES: u32 = 1 << 5;
 
 /// [`SLIM_IOC_RESTRICT`] (write): restrict the host socket `fd` (a TCP socket of the caller) before
 /// any container sees it, and record its virtual (overlay) addresses. From then on `getsockname`

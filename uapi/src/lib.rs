@@ -3,6 +3,7 @@
 //! - [`peer`]: the router <-> router protocol (TCP over the underlay);
 //! - [`accept_table`]: the shared-memory table in which a router publishes announced connections;
 //! - [`route_table`]: the shared-memory copy of a router's listener routes;
+//! - [`kabi`], [`kabi_tables`]: the `/dev/slim` ioctl ABI of the kernel module (also compiled by it);
 //! - [`wire`]: the primitive encoding both use;
 //! - [`seal`] (feature `seal`): sealed tokens for the router <-> router channel (AEAD under the
 //!   cluster key).
@@ -14,6 +15,7 @@
 
 pub mod accept_table;
 pub mod kabi;
+pub mod kabi_tables;
 pub mod peer;
 pub mod proto;
 pub mod route_table;
