@@ -11,6 +11,10 @@
 //! useless there), and the `VERSION` and `STATS` ioctls of the shared ABI in `uapi/src/kabi.rs`;
 //! `VERSION` reports which features exist. Unknown ioctls get `ENOTTY`.
 //!
+//! Tables (`tables.rs`, issue 15 point 1): `TABLE_UPDATE`, `TABLE_DUMP`, `TABLE_STATS` of
+//! `uapi/src/kabi_tables.rs`, one table set per open file (the file's private data); sockets restricted
+//! through a file keep a reference to its set.
+//!
 //! Everything in this file is safe Rust over the kernel crate's abstractions, except the capability check:
 //! 7.3's kernel crate has no wrapper for `capable()`, so it is called through `kernel::bindings`.
 
@@ -19,7 +23,10 @@ use kernel::{
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     prelude::*,
-    sync::atomic::{Atomic, Relaxed},
+    sync::{
+        atomic::{Atomic, Relaxed},
+        Arc, ArcBorrow,
+    },
     uaccess::UserSlice,
 };
 
@@ -28,9 +35,17 @@ use kernel::{
 #[path = "../uapi/src/kabi.rs"]
 mod kabi;
 
+/// The table ioctls, also shared with userspace (`kabi_tables.rs` refers to `crate::kabi`).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../uapi/src/kabi_tables.rs"]
+mod kabi_tables;
+
 use kabi::{SlimStats, SlimVersion};
 
 mod sockops;
+mod tables;
+
+use tables::TableSet;
 
 module! {
     type: SlimKern,
@@ -38,6 +53,17 @@ module! {
     authors: ["Slim developers"],
     description: "Slim secure mode: restricted host sockets for containers (/dev/slim)",
     license: "GPL",
+    params: {
+        table_limit: u32 {
+            default: 65536,
+            description: "Most rows per table of one table set (one open /dev/slim); over it TABLE_UPDATE fails with ENOSPC",
+        },
+    },
+}
+
+/// The `table_limit` module parameter, as a row count.
+fn table_limit() -> usize {
+    *module_parameters::table_limit.value() as usize
 }
 
 // The kabi ioctl numbers must be exactly what the kernel's own _IOR/_IOW/_IOWR compute.
@@ -50,6 +76,10 @@ const _: () = {
     assert!(kabi::SLIM_IOC_SET_CHILD_ADDRS == _IOW::<kabi::SlimChildAddrs>(m, 3));
     assert!(kabi::SLIM_IOC_REVOKE == _IOWR::<kabi::SlimRevoke>(m, 4));
     assert!(kabi::SLIM_IOC_STATS == _IOR::<kabi::SlimStats>(m, 5));
+    assert!(kabi_tables::SLIM_IOC_TABLE_UPDATE == _IOWR::<kabi_tables::SlimTableUpdate>(m, 6));
+    assert!(kabi_tables::SLIM_IOC_TABLE_DUMP == _IOWR::<kabi_tables::SlimTableDump>(m, 7));
+    assert!(kabi_tables::SLIM_IOC_TABLE_STATS == _IOR::<kabi_tables::SlimTableStats>(m, 8));
+    assert!(kabi_tables::SLIM_TABLE_LIMIT_DEFAULT == 65536);
 };
 
 // SAFETY: `SlimVersion` is `repr(C)`, made of `u32`s only, and has no padding (size and offsets are
@@ -68,13 +98,30 @@ unsafe impl kernel::transmute::FromBytes for kabi::SlimChildAddrs {}
 unsafe impl kernel::transmute::FromBytes for kabi::SlimRevoke {}
 // SAFETY: `SlimRevoke` has no padding and only integer fields (asserted in kabi.rs).
 unsafe impl kernel::transmute::AsBytes for kabi::SlimRevoke {}
+// SAFETY: the table structs are `repr(C)`, made of integers and byte arrays only, with no padding
+// (sizes and offsets asserted in kabi_tables.rs): every byte is initialised and any bit pattern is a
+// valid value (contents are validated before use).
+unsafe impl kernel::transmute::FromBytes for kabi_tables::SlimTableOp {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for kabi_tables::SlimTableOp {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::FromBytes for kabi_tables::SlimTableUpdate {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for kabi_tables::SlimTableUpdate {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::FromBytes for kabi_tables::SlimTableDump {}
+// SAFETY: as above.
+unsafe impl kernel::transmute::AsBytes for kabi_tables::SlimTableDump {}
+// SAFETY: as above (`u64` fields and arrays only).
+unsafe impl kernel::transmute::AsBytes for kabi_tables::SlimTableStats {}
 
 /// Features implemented so far (reported by `VERSION`).
 const FEATURES: u32 = kabi::SLIM_FEAT_STATS
     | kabi::SLIM_FEAT_RESTRICT
     | kabi::SLIM_FEAT_AUTHORIZE
     | kabi::SLIM_FEAT_CHILD_ADDRS
-    | kabi::SLIM_FEAT_REVOKE;
+    | kabi::SLIM_FEAT_REVOKE
+    | kabi::SLIM_FEAT_TABLES;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
 pub(crate) struct Counters {
@@ -133,21 +180,22 @@ impl kernel::InPlaceModule for SlimKern {
     }
 }
 
-/// An open `/dev/slim`. No per-open state yet: everything is module-wide.
+/// An open `/dev/slim`: its private data is its own table set (see tables.rs); the socket state
+/// and the counters are module-wide.
 struct SlimDev;
 
 #[vtable]
 impl MiscDevice for SlimDev {
-    type Ptr = ();
+    type Ptr = Arc<TableSet>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<()> {
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Arc<TableSet>> {
         if !current_has_net_admin() {
             return Err(EPERM);
         }
-        Ok(())
+        TableSet::new()
     }
 
-    fn ioctl(_me: (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(me: ArcBorrow<'_, TableSet>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         // Checked again here: the fd may have been passed (SCM_RIGHTS) or inherited to a process that
         // lacks the capability.
         if !current_has_net_admin() {
@@ -173,7 +221,7 @@ impl MiscDevice for SlimDev {
                 let req: kabi::SlimRestrict =
                     UserSlice::new(ptr, core::mem::size_of::<kabi::SlimRestrict>()).reader().read()?;
                 req.validate().map_err(|_| EINVAL)?;
-                sockops::restrict(&req)?;
+                sockops::restrict(&req, Arc::from(me))?;
                 Ok(0)
             }
             kabi::SLIM_IOC_AUTHORIZE_CONNECT => {
@@ -197,6 +245,47 @@ impl MiscDevice for SlimDev {
                 req.validate().map_err(|_| EINVAL)?;
                 req.revoked = sockops::revoke(req.tag);
                 writer.write(&req)?;
+                Ok(0)
+            }
+            kabi_tables::SLIM_IOC_TABLE_UPDATE => {
+                let slice = UserSlice::new(ptr, size_of::<kabi_tables::SlimTableUpdate>());
+                let (mut reader, mut writer) = slice.reader_writer();
+                let mut req: kabi_tables::SlimTableUpdate = reader.read()?;
+                // A malformed header is refused before anything else (and counted like a batch).
+                if let Err(e) = req.validate() {
+                    me.count_refused(e);
+                    req.error_index = kabi_tables::SLIM_NO_INDEX;
+                    let _ = writer.write(&req);
+                    return Err(tables::table_errno(e));
+                }
+                let r = me.update(&req, table_limit());
+                match r {
+                    Ok(generation) => {
+                        req.generation = generation;
+                        req.error_index = kabi_tables::SLIM_NO_INDEX;
+                        writer.write(&req)?;
+                        Ok(0)
+                    }
+                    Err((e, at)) => {
+                        // Tell the caller which op was at fault; the errno is what matters.
+                        req.error_index = at;
+                        let _ = writer.write(&req);
+                        Err(e)
+                    }
+                }
+            }
+            kabi_tables::SLIM_IOC_TABLE_DUMP => {
+                let slice = UserSlice::new(ptr, size_of::<kabi_tables::SlimTableDump>());
+                let (mut reader, mut writer) = slice.reader_writer();
+                let mut req: kabi_tables::SlimTableDump = reader.read()?;
+                let ti = req.validate().map_err(tables::table_errno)?;
+                me.dump(&mut req, ti)?;
+                writer.write(&req)?;
+                Ok(0)
+            }
+            kabi_tables::SLIM_IOC_TABLE_STATS => {
+                let s = me.stats(table_limit());
+                UserSlice::new(ptr, size_of::<kabi_tables::SlimTableStats>()).writer().write(&s)?;
                 Ok(0)
             }
             _ => Err(ENOTTY),

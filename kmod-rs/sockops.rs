@@ -33,7 +33,8 @@ use kernel::{
     sync::atomic::Relaxed,
 };
 
-use crate::{kabi, COUNTERS};
+use crate::{kabi, tables::TableSet, COUNTERS};
+use kernel::sync::Arc;
 
 // The kernel's TCP tables (`EXPORT_SYMBOL(inet_stream_ops)`, `EXPORT_SYMBOL_GPL(inet6_stream_ops)`;
 // CONFIG_IPV6=y in the test kernel). `net/inet_common.h` / `net/ipv6.h` are not part of the Rust
@@ -107,6 +108,10 @@ struct Entry {
     local: kabi::SlimAddr,
     /// Virtual peer address, or NONE.
     peer: kabi::SlimAddr,
+    /// The table set of the `/dev/slim` file that restricted the socket (a child: its listener's),
+    /// where the connect and accept hooks of issue 15 (points 2 and 3) will look up. Keeps the set
+    /// alive after that file is closed. `None` only for a child whose listener had no entry.
+    tables: Option<Arc<TableSet>>,
 }
 
 kernel::sync::global_lock! {
@@ -154,7 +159,7 @@ fn is_restricted_ops(ops: *const bindings::proto_ops) -> bool {
 }
 
 /// `SLIM_IOC_RESTRICT`: `req` has been copied from the caller and validated.
-pub(crate) fn restrict(req: &kabi::SlimRestrict) -> Result {
+pub(crate) fn restrict(req: &kabi::SlimRestrict, tables: Arc<TableSet>) -> Result {
     let fd = u32::try_from(req.fd).map_err(|_| EBADF)?;
     // Holds a reference on the file (so on the socket) until the end of this function.
     let file = LocalFile::fget(fd)?;
@@ -204,6 +209,7 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict) -> Result {
         auth: kabi::SlimAddr::NONE,
         local: req.local,
         peer: req.peer,
+        tables: Some(tables),
     };
     if table.push_within_capacity(entry).is_err() {
         // Unreachable (capacity reserved above under the same lock); undo the reference anyway.
@@ -468,8 +474,11 @@ unsafe extern "C" fn slim_accept(
     };
     if err >= 0 {
         let mut table = TABLE.lock();
-        let parent = table.iter().find(|e| e.sock == sock as usize).map(|e| (e.tag, e.local, e.revoked));
-        let (tag, local, revoked) = parent.unwrap_or((0, kabi::SlimAddr::NONE, false));
+        let parent = table
+            .iter()
+            .find(|e| e.sock == sock as usize)
+            .map(|e| (e.tag, e.local, e.revoked, e.tables.clone()));
+        let (tag, local, revoked, tables) = parent.unwrap_or((0, kabi::SlimAddr::NONE, false, None));
         // Until SET_CHILD_ADDRS: the listener's local address, no (all-zero) peer.
         let child = Entry {
             sock: newsock as usize,
@@ -480,11 +489,16 @@ unsafe extern "C" fn slim_accept(
             auth: kabi::SlimAddr::NONE,
             local,
             peer: kabi::SlimAddr::NONE,
+            tables,
         };
         // Capacity may have been used by a concurrent restrict: then the child is not recorded
-        // (still restricted; `release` tolerates it).
-        if table.push_within_capacity(child).is_ok() {
-            COUNTERS.restricted_live.fetch_add(1, Relaxed);
+        // (still restricted; `release` tolerates it). A child not recorded is dropped here, under
+        // TABLE (a mutex): its set reference may be the last, and freeing a set may sleep.
+        match table.push_within_capacity(child) {
+            Ok(()) => {
+                COUNTERS.restricted_live.fetch_add(1, Relaxed);
+            }
+            Err(e) => drop(e),
         }
         COUNTERS.children_total.fetch_add(1, Relaxed);
         if revoked {
@@ -510,12 +524,15 @@ unsafe extern "C" fn slim_release(sock: *mut bindings::socket) -> c_int {
     // socket whose `sk` is gone (or going). Lock order: inode lock (held by `__sock_release`) ->
     // TABLE here; TABLE -> socket lock in REVOKE; nothing takes TABLE under the socket lock.
     let mut table = TABLE.lock();
+    let mut gone = None;
     if let Some(i) = table.iter().position(|e| e.sock == sock as usize) {
         // Order does not matter; `swap_remove` would be enough but KVec's `remove` is fine too.
-        let _ = table.remove(i);
+        gone = table.remove(i).ok();
         COUNTERS.restricted_live.fetch_sub(1, Relaxed);
     }
     drop(table);
+    // Outside TABLE: the entry may hold the last reference to a closed file's table set.
+    drop(gone);
     // SAFETY: wrapper contract; `__sock_release` calls this exactly once, then sets `sock->ops` to
     // NULL and drops the module reference (after we return).
     unsafe {
