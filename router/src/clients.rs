@@ -156,6 +156,28 @@ async fn send_reply(
     }
 }
 
+/// A library connection of an identified container (secure mode), for as long as it lives.
+struct ContainerSession<'a> {
+    router: &'a Router,
+    netns: u64,
+}
+
+impl<'a> ContainerSession<'a> {
+    fn new(router: &'a Router, c: &container::Caller) -> Self {
+        router.tables().container_connected(c.netns, &c.addrs);
+        ContainerSession {
+            router,
+            netns: c.netns,
+        }
+    }
+}
+
+impl Drop for ContainerSession<'_> {
+    fn drop(&mut self) {
+        self.router.tables().container_disconnected(self.netns);
+    }
+}
+
 async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
     let pid = getsockopt(&fd, sockopt::PeerCredentials)
         .map(|c| c.pid())
@@ -208,6 +230,9 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
         }
     };
     let secure = caller.as_ref();
+    // While this connection lives, its container's identity is in the router's tables (and in
+    // the module's, see kmod_tables.rs); it goes with the container's last connection.
+    let _session = secure.map(|c| ContainerSession::new(&router, c));
     // SAFETY: an OwnedFd's descriptor stays open and unchanged until the AsyncFd drops it.
     let conn = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
     let mut buf = [0u8; MAX_FRAME];

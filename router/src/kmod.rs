@@ -4,6 +4,7 @@
 //! ioctl). Every host socket of secure mode is restricted here before any container sees it.
 
 use slim_uapi::kabi::{self, SlimAddr};
+use slim_uapi::kabi_tables::{self as kt, SlimTableOp};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,24 @@ const NEEDED: u32 = kabi::SLIM_FEAT_RESTRICT
 
 pub struct SlimDev {
     file: File,
+    /// `SLIM_FEAT_*` bits of the loaded module.
+    features: u32,
+}
+
+/// A refused TABLE_UPDATE: the errno and the index of the op at fault (if one was).
+#[derive(Debug)]
+pub struct TableUpdateError {
+    pub error: io::Error,
+    pub index: Option<u32>,
+}
+
+impl std::fmt::Display for TableUpdateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{} (op {i} of the batch)", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
 }
 
 fn ioctl<T>(fd: BorrowedFd<'_>, cmd: u32, arg: &mut T) -> io::Result<()> {
@@ -63,7 +82,7 @@ impl SlimDev {
             }
             Err(source) => return Err(OpenError::Open { path: p, source }),
         };
-        let dev = SlimDev { file };
+        let mut dev = SlimDev { file, features: 0 };
         let mut v = kabi::SlimVersion::zeroed();
         ioctl(dev.fd(), kabi::SLIM_IOC_VERSION, &mut v)
             .map_err(|source| OpenError::NoVersion { path: p, source })?;
@@ -78,6 +97,7 @@ impl SlimDev {
                 missing: NEEDED & !v.features,
             });
         }
+        dev.features = v.features;
         Ok(dev)
     }
 
@@ -128,6 +148,87 @@ impl SlimDev {
         v.tag = tag;
         ioctl(self.fd(), kabi::SLIM_IOC_REVOKE, &mut v)?;
         Ok(v.revoked)
+    }
+
+    /// A device that is not one (`/dev/null`), for unit tests that must not reach the module.
+    #[cfg(test)]
+    pub fn for_tests() -> io::Result<SlimDev> {
+        Ok(SlimDev {
+            file: File::open("/dev/null")?,
+            features: kabi::SLIM_FEAT_TABLES,
+        })
+    }
+
+    /// Whether the module keeps tables (`SLIM_FEAT_TABLES`).
+    pub fn has_tables(&self) -> bool {
+        self.features & kabi::SLIM_FEAT_TABLES != 0
+    }
+
+    /// Another descriptor of the same open file: the same table set in the module (sets are per
+    /// open file, not per descriptor).
+    pub fn try_clone(&self) -> io::Result<SlimDev> {
+        Ok(SlimDev {
+            file: self.file.try_clone()?,
+            features: self.features,
+        })
+    }
+
+    /// One TABLE_UPDATE batch (at most `SLIM_TABLE_BATCH_MAX` ops), all or nothing; returns the
+    /// set's new generation.
+    pub fn table_update(&self, flags: u32, ops: &[SlimTableOp]) -> Result<u64, TableUpdateError> {
+        let mut u = kt::SlimTableUpdate::zeroed();
+        u.flags = flags;
+        u.count = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        u.ops = ops.as_ptr() as u64;
+        match ioctl(self.fd(), kt::SLIM_IOC_TABLE_UPDATE, &mut u) {
+            Ok(()) => Ok(u.generation),
+            Err(error) => Err(TableUpdateError {
+                error,
+                // The module writes the header back on every refusal it gets to (not on EFAULT
+                // or EPERM: then the input's zero stays, and no op is named).
+                index: (u.error_index != kt::SLIM_NO_INDEX
+                    && !matches!(error.raw_os_error(), Some(libc::EFAULT | libc::EPERM)))
+                .then_some(u.error_index)
+                .filter(|i| (*i as usize) < ops.len()),
+            }),
+        }
+    }
+
+    /// Every row of one table, from one snapshot (pages again when the tables changed between
+    /// pages); with the snapshot's generation.
+    pub fn table_dump(&self, table: u16) -> io::Result<(Vec<SlimTableOp>, u64)> {
+        const PAGE: usize = kt::SLIM_TABLE_BATCH_MAX as usize;
+        'again: for _ in 0..100 {
+            let mut rows: Vec<SlimTableOp> = Vec::new();
+            let mut generation = None;
+            loop {
+                let mut buf = vec![SlimTableOp::zeroed(); PAGE];
+                let mut d = kt::SlimTableDump::zeroed();
+                d.table = table;
+                d.start = rows.len() as u32;
+                d.capacity = PAGE as u32;
+                d.rows = buf.as_mut_ptr() as u64;
+                ioctl(self.fd(), kt::SLIM_IOC_TABLE_DUMP, &mut d)?;
+                if generation.is_some_and(|g| g != d.generation) {
+                    continue 'again;
+                }
+                generation = Some(d.generation);
+                buf.truncate(d.count as usize);
+                rows.extend(buf);
+                if rows.len() >= d.total as usize || d.count == 0 {
+                    return Ok((rows, d.generation));
+                }
+            }
+        }
+        Err(io::Error::other(
+            "the module's tables changed during every dump attempt",
+        ))
+    }
+
+    pub fn table_stats(&self) -> io::Result<kt::SlimTableStats> {
+        let mut s = kt::SlimTableStats::zeroed();
+        ioctl(self.fd(), kt::SLIM_IOC_TABLE_STATS, &mut s)?;
+        Ok(s)
     }
 
     pub fn stats(&self) -> io::Result<kabi::SlimStats> {

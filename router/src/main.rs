@@ -10,6 +10,7 @@ mod config;
 mod container;
 mod hostsock;
 mod kmod;
+mod kmod_tables;
 mod leases;
 mod metrics;
 mod peer_set;
@@ -106,6 +107,17 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
             "port leases off (--lease-ports, or too few ports above the ephemeral range): every pooled connection is announced"
         ),
         None => {}
+    }
+    // Secure mode: the router's listeners, leases and containers' identities are loaded into the
+    // module (one table set per open /dev/slim, this router's own), then kept up to date.
+    if let Some(sink) = router
+        .dev
+        .as_ref()
+        .and_then(kmod_tables::KernelTables::open)
+    {
+        let _ = router.kernel_tables.set(sink.counters());
+        router.tables().sink = Some(Box::new(sink));
+        tracing::info!("slim_kern keeps this router's tables (listeners, leases, identities)");
     }
     // Secure mode shares no tables with containers (they hold host endpoints).
     if !secure {

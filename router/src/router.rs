@@ -147,6 +147,8 @@ pub struct Router {
     pub settings: Settings,
     /// Secure mode: the kernel module every host socket is restricted through.
     pub dev: Option<crate::kmod::SlimDev>,
+    /// Secure mode, with a module that keeps tables: what loading them did (`kmod_tables`).
+    pub kernel_tables: std::sync::OnceLock<std::sync::Arc<crate::kmod_tables::Counters>>,
     pub tables: Mutex<Tables>,
     pub peers: PeerSet,
     pub counters: Counters,
@@ -179,6 +181,7 @@ impl Router {
                 .map(|(lo, hi)| Mutex::new(crate::leases::LeaseBook::new(lo, hi))),
             settings,
             dev,
+            kernel_tables: std::sync::OnceLock::new(),
             seal: seal.map(std::sync::Arc::new),
             tables: Mutex::new(Tables::default()),
             peers: PeerSet::default(),

@@ -26,6 +26,70 @@ pub struct Status {
     pub containers: Vec<ContainerStatus>,
     pub leases: LeaseStatus,
     pub counters: BTreeMap<String, u64>,
+    /// Secure mode with a module that keeps tables: this router's tables in the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_tables: Option<KernelTablesStatus>,
+}
+
+/// This router's table set in slim_kern, as the module reports it (TABLE_STATS, TABLE_DUMP).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct KernelTablesStatus {
+    pub listeners: u64,
+    pub leases: u64,
+    pub identities: u64,
+    /// The module parameter `table_limit` (rows per table).
+    pub limit: u64,
+    pub generation: u64,
+    /// Batches the module refused (its count), and how many for ENOSPC.
+    pub refused_batches: u64,
+    pub enospc: u64,
+    /// Whether the module holds exactly the router's state (false after a refusal, until a
+    /// reload succeeds).
+    pub in_sync: bool,
+    /// Full loads (the first, and one after each refusal).
+    pub loads: u64,
+    /// The listener rows, read back from the module: overlay endpoint -> host endpoint.
+    pub listener_rows: Vec<(SocketAddr, SocketAddr)>,
+    /// Why the module's tables could not be read, if they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The module's word on this router's table set (None: no secure mode or no tables).
+pub fn kernel_tables(router: &Router) -> Option<KernelTablesStatus> {
+    let counters = router.kernel_tables.get()?;
+    let dev = router.dev.as_ref()?;
+    let mut k = KernelTablesStatus {
+        in_sync: counters.in_sync.load(Ordering::Relaxed),
+        loads: counters.loads.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let read = dev.table_stats().and_then(|st| {
+        let rows = dev
+            .table_dump(slim_uapi::kabi_tables::SLIM_TABLE_LISTENERS)?
+            .0;
+        Ok((st, rows))
+    });
+    match read {
+        Ok((st, rows)) => {
+            use slim_uapi::kabi_tables::{
+                SLIM_TABLE_IDENTITIES, SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS,
+            };
+            k.listeners = st.rows[SLIM_TABLE_LISTENERS as usize];
+            k.leases = st.rows[SLIM_TABLE_LEASES as usize];
+            k.identities = st.rows[SLIM_TABLE_IDENTITIES as usize];
+            k.limit = st.limit;
+            k.generation = st.generation;
+            k.refused_batches = st.refused_batches;
+            k.enospc = st.enospc;
+            k.listener_rows = rows
+                .iter()
+                .filter_map(|r| Some((r.key.to_socket_addr()?, r.value.to_socket_addr()?)))
+                .collect();
+        }
+        Err(e) => k.error = Some(e.to_string()),
+    }
+    Some(k)
 }
 
 /// A configured peer.
@@ -214,6 +278,7 @@ pub fn snapshot(router: &Router) -> Status {
         containers: containers.into_values().collect(),
         leases,
         counters: counters(router),
+        kernel_tables: kernel_tables(router),
     }
 }
 
@@ -237,6 +302,11 @@ pub fn counters(router: &Router) -> BTreeMap<String, u64> {
         ("sealed_frames_opened", g(&c.seal.opened)),
     ] {
         m.insert(k.to_string(), v);
+    }
+    if let Some(k) = router.kernel_tables.get() {
+        m.insert("kernel_table_batches".to_string(), g(&k.batches));
+        m.insert("kernel_table_batches_refused".to_string(), g(&k.refused));
+        m.insert("kernel_table_loads".to_string(), g(&k.loads));
     }
     for (kind, v) in crate::metrics::sealed_refusals(c) {
         m.insert(format!("sealed_frames_refused_{kind}"), v);
@@ -324,6 +394,25 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "  this host's ports leased: {own}");
     for (h, n) in &s.leases.peers {
         let _ = writeln!(o, "  ports of {h} known: {n}");
+    }
+    if let Some(k) = &s.kernel_tables {
+        let _ = writeln!(
+            o,
+            "\nkernel tables (slim_kern): listeners {}, leases {}, identities {} (limit {} per table), generation {}, {}, {} loads, {} batches refused ({} ENOSPC){}",
+            k.listeners,
+            k.leases,
+            k.identities,
+            k.limit,
+            k.generation,
+            if k.in_sync { "in sync" } else { "NOT in sync" },
+            k.loads,
+            k.refused_batches,
+            k.enospc,
+            k.error.as_ref().map(|e| format!("; cannot read them: {e}")).unwrap_or_default()
+        );
+        for (overlay, host) in &k.listener_rows {
+            let _ = writeln!(o, "  {:<40} -> {}", overlay.to_string(), host);
+        }
     }
     let _ = writeln!(o, "\ncounters:");
     for (k, v) in &s.counters {

@@ -40,6 +40,20 @@ pub struct LocalListener {
 
 type ConnKey = (SocketAddr, SocketAddr);
 
+/// Where the listener, lease and identity tables are mirrored besides the shared-memory tables:
+/// the kernel module in secure mode (`kmod_tables::KernelTables`). Each `set_*` call states the
+/// whole truth for one key; [`TableSink::flush`] sends what changed since the last flush as one
+/// batch. Called with the tables' lock held, so in the order the changes happened.
+pub trait TableSink: Send {
+    /// The host listeners (with their owner's tag, 0 for a peer's) serving `overlay`; none: gone.
+    fn set_listeners(&mut self, overlay: SocketAddr, hosts: &[(SocketAddr, u64)]);
+    /// The holder of the leased host port `host`; None: no lease (or "ask the router").
+    fn set_lease(&mut self, host: SocketAddr, owner: Option<IpAddr>);
+    /// The overlay addresses of the container `tag`; none: gone.
+    fn set_identity(&mut self, tag: u64, ips: &[IpAddr]);
+    fn flush(&mut self);
+}
+
 /// This host's TCP connections by their peer's endpoint, from one sock_diag dump taken when
 /// first needed (a change of a port's owner pins the connections already made from it).
 pub struct LiveConns {
@@ -132,6 +146,11 @@ pub struct Tables {
     pub lease_table: Option<crate::shm::SharedTable>,
     /// Where the routes are published for the preload libraries (None if unavailable).
     pub route_table: Option<crate::shm::SharedTable>,
+    /// Where listeners, leases and identities are mirrored (secure mode: the kernel module).
+    pub sink: Option<Box<dyn TableSink>>,
+    /// Containers with a live library connection (secure mode): tag -> (connections, overlay
+    /// addresses).
+    containers: HashMap<u64, (usize, Vec<IpAddr>)>,
 }
 
 impl Tables {
@@ -140,6 +159,7 @@ impl Tables {
         v.retain(|r| !(r.cookie == route.cookie && r.owner == route.owner));
         v.push(route);
         self.publish(&overlay);
+        self.flush_sink();
     }
 
     pub fn del_route(&mut self, overlay: &SocketAddr, cookie: u64, owner: Owner) {
@@ -150,6 +170,7 @@ impl Tables {
             }
         }
         self.publish(overlay);
+        self.flush_sink();
     }
 
     /// Forgets every route learned over one peer connection (it went away).
@@ -166,6 +187,7 @@ impl Tables {
         for k in touched {
             self.publish(&k);
         }
+        self.flush_sink();
         // Its leases stay: they remain true for the sockets they were made for, and a port of
         // that host changes owner only through a lease that reaches us before any connection
         // from the new socket can (a reconnecting peer sends its whole table first, and we use
@@ -187,7 +209,11 @@ impl Tables {
             if let Some(t) = &self.lease_table {
                 t.set_lease(c, None);
             }
+            if let Some(s) = &mut self.sink {
+                s.set_lease(*c, None);
+            }
         }
+        self.flush_sink();
         gone.len()
     }
 
@@ -211,9 +237,65 @@ impl Tables {
         v
     }
 
-    /// Copies the routes of one overlay endpoint to the shared route table (distinct host
-    /// listeners: two peer connections to the same router report the same listener).
-    fn publish(&self, overlay: &SocketAddr) {
+    /// Sends what changed to the sink (one batch).
+    fn flush_sink(&mut self) {
+        if let Some(s) = &mut self.sink {
+            s.flush();
+        }
+    }
+
+    /// A library connection of container `tag` (secure mode) was identified: its overlay
+    /// addresses are its identity in the sink while any such connection lives.
+    pub fn container_connected(&mut self, tag: u64, ips: &[IpAddr]) {
+        let e = self.containers.entry(tag).or_default();
+        e.0 += 1;
+        if e.1 != ips {
+            e.1 = ips.to_vec();
+            if let Some(s) = &mut self.sink {
+                s.set_identity(tag, ips);
+            }
+            self.flush_sink();
+        }
+    }
+
+    /// A library connection of container `tag` ended; with its last one, its identity goes.
+    pub fn container_disconnected(&mut self, tag: u64) {
+        let Some(e) = self.containers.get_mut(&tag) else {
+            return;
+        };
+        e.0 = e.0.saturating_sub(1);
+        if e.0 == 0 {
+            self.containers.remove(&tag);
+            if let Some(s) = &mut self.sink {
+                s.set_identity(tag, &[]);
+            }
+            self.flush_sink();
+        }
+    }
+
+    /// Containers with a live library connection (secure mode).
+    pub fn connected_containers(&self) -> usize {
+        self.containers.len()
+    }
+
+    /// Copies the routes of one overlay endpoint to the shared route table and the sink (distinct
+    /// host listeners: two peer connections to the same router report the same listener).
+    fn publish(&mut self, overlay: &SocketAddr) {
+        if self.sink.is_some() {
+            let mut hosts: Vec<(SocketAddr, u64)> = Vec::new();
+            for r in self.routes.get(overlay).into_iter().flatten() {
+                if !hosts.iter().any(|(h, _)| *h == r.host) {
+                    let tag = match r.owner {
+                        Owner::Local => self.local.get(&r.cookie).map_or(0, |l| l.owner),
+                        Owner::Peer(_) => 0,
+                    };
+                    hosts.push((r.host, tag));
+                }
+            }
+            if let Some(s) = &mut self.sink {
+                s.set_listeners(*overlay, &hosts);
+            }
+        }
         let Some(t) = &self.route_table else { return };
         let mut hosts: Vec<(SocketAddr, bool)> = Vec::new();
         for r in self.routes.get(overlay).into_iter().flatten() {
@@ -244,6 +326,8 @@ impl Tables {
 
     pub fn add_local(&mut self, cookie: u64, l: LocalListener) -> Vec<ListenerEntry> {
         let entries = entries_of(cookie, &l);
+        // Known before its routes are published (the sink wants the owner's tag).
+        self.local.insert(cookie, l.clone());
         for e in &entries {
             self.add_route(
                 e.overlay,
@@ -265,7 +349,6 @@ impl Tables {
             };
             t.set_listener_keys(&l.host, only(true), only(false));
         }
-        self.local.insert(cookie, l);
         entries
     }
 
@@ -468,6 +551,10 @@ impl Tables {
         if let Some(t) = &self.lease_table {
             t.set_lease(&client_host, (!ask).then_some(owner));
         }
+        if let Some(s) = &mut self.sink {
+            s.set_lease(client_host, (!ask).then_some(owner));
+        }
+        self.flush_sink();
         // Accepts already waiting for a connection from this port.
         let waiting: Vec<ConnKey> = self
             .waiters

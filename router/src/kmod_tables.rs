@@ -1,0 +1,356 @@
+//! The secure router's tables in the kernel module (issue 15, point 1): the cluster's Slim
+//! listeners, the port leases and this host's containers' identities, loaded into `slim_kern`
+//! through the table ioctls (`slim_uapi::kabi_tables`), so that the module can later set
+//! connections up by itself.
+//!
+//! [`KernelTables`] is the [`TableSink`] the router's [`crate::tables::Tables`] reports its
+//! changes to: it keeps the state the module should hold, turns each change into INSERT/REMOVE ops
+//! and sends them as one batch per change (all or nothing in the module). On start, and after any
+//! refused batch, it loads everything again: one RESET batch, then inserts in batches of
+//! `SLIM_TABLE_BATCH_MAX`. A refusal is logged with its errno and a hint and never stops the
+//! router; a module without `SLIM_FEAT_TABLES` is logged once and the router runs without tables.
+//!
+//! The module keeps one table set per open file of `/dev/slim`; this router's set is the one of its
+//! own open file (the sink works on a duplicate descriptor of it), so another router on the same
+//! kernel never touches it.
+
+use crate::kmod::SlimDev;
+use crate::tables::TableSink;
+use slim_uapi::kabi_tables::{
+    SlimTableOp, SLIM_TABLE_BATCH_MAX, SLIM_TOP_INSERT, SLIM_TOP_REMOVE, SLIM_UPDATE_RESET,
+};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the router did with the module's tables (for status and metrics; the sizes come from the
+/// module itself, `SLIM_IOC_TABLE_STATS`).
+#[derive(Default)]
+pub struct Counters {
+    /// Batches the module applied.
+    pub batches: AtomicU64,
+    /// Batches the module refused.
+    pub refused: AtomicU64,
+    /// Full loads (RESET + everything): the first one, and one after each refusal.
+    pub loads: AtomicU64,
+    /// The module holds exactly the router's state.
+    pub in_sync: AtomicBool,
+    /// errno of the last refusal (0: none).
+    pub last_errno: AtomicI32,
+}
+
+/// The router's side of its table set in the module.
+pub struct KernelTables {
+    dev: SlimDev,
+    /// What the module should hold: overlay endpoint -> (host listener, owner tag).
+    listeners: BTreeMap<SocketAddr, Vec<(SocketAddr, u64)>>,
+    /// Host endpoint -> overlay address of its holder.
+    leases: BTreeMap<SocketAddr, IpAddr>,
+    /// Container tag -> its overlay addresses.
+    identities: BTreeMap<u64, Vec<IpAddr>>,
+    /// Ops not yet sent (one batch per change).
+    pending: Vec<SlimTableOp>,
+    /// A refusal was logged and no load has succeeded since (log once per streak).
+    failing: bool,
+    counters: Arc<Counters>,
+}
+
+/// A host or overlay endpoint as the module's tables spell it (IPv4-mapped IPv6 as IPv4).
+fn canonical(sa: SocketAddr) -> SocketAddr {
+    SocketAddr::new(sa.ip().to_canonical(), sa.port())
+}
+
+/// What an errno from TABLE_UPDATE most likely means for an operator.
+pub fn hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::ENOSPC) => "more rows than the module's table_limit: load slim_kern with a larger limit (insmod slim_kern.ko table_limit=N, rows per table)",
+        Some(libc::EINVAL) | Some(libc::EEXIST) | Some(libc::ENOENT) | Some(libc::E2BIG) => {
+            "the module refused a batch this router built: load the slim_kern.ko built with this slim-router"
+        }
+        Some(libc::ENOMEM) => "the kernel is short of memory",
+        Some(libc::EPERM) => "the router needs CAP_NET_ADMIN",
+        _ => "see the module's kernel log",
+    }
+}
+
+impl KernelTables {
+    /// The sink for the table set of `dev`'s open file, fully loaded (empty at start); `None` if
+    /// the module keeps no tables (logged once) or the descriptor cannot be duplicated.
+    pub fn open(dev: &SlimDev) -> Option<KernelTables> {
+        if !dev.has_tables() {
+            tracing::info!("slim_kern has no tables (no SLIM_FEAT_TABLES in VERSION): running without them; every connect and accept asks this router");
+            return None;
+        }
+        let dev = match dev.try_clone() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate the /dev/slim descriptor: running without kernel tables");
+                return None;
+            }
+        };
+        let mut t = KernelTables {
+            dev,
+            listeners: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            pending: Vec::new(),
+            failing: false,
+            counters: Arc::default(),
+        };
+        t.load();
+        Some(t)
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Every row the module should hold, as INSERT ops.
+    fn all_rows(&self) -> Vec<SlimTableOp> {
+        let mut ops = Vec::new();
+        for (overlay, hosts) in &self.listeners {
+            for (host, tag) in hosts {
+                ops.push(SlimTableOp::listener(
+                    SLIM_TOP_INSERT,
+                    *overlay,
+                    *host,
+                    *tag,
+                ));
+            }
+        }
+        for (host, owner) in &self.leases {
+            ops.push(SlimTableOp::lease(SLIM_TOP_INSERT, *host, *owner, 0));
+        }
+        for (tag, ips) in &self.identities {
+            for ip in ips {
+                ops.push(SlimTableOp::identity(SLIM_TOP_INSERT, *tag, *ip));
+            }
+        }
+        ops
+    }
+
+    /// Rows the router holds now, by table (listeners, leases, identities).
+    pub fn sizes(&self) -> [usize; 3] {
+        [
+            self.listeners.values().map(Vec::len).sum(),
+            self.leases.len(),
+            self.identities.values().map(Vec::len).sum(),
+        ]
+    }
+
+    fn refused(&mut self, what: &str, e: &crate::kmod::TableUpdateError) {
+        let errno = e.error.raw_os_error();
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .last_errno
+            .store(errno.unwrap_or(-1), Ordering::Relaxed);
+        self.counters.in_sync.store(false, Ordering::Relaxed);
+        if !self.failing {
+            let [l, d, i] = self.sizes();
+            tracing::warn!(
+                error = %e, listeners = l, leases = d, identities = i,
+                "slim_kern refused the {what} of this router's tables; {}; the module's tables are \
+                 reloaded at the next change",
+                hint(errno)
+            );
+        }
+        self.failing = true;
+    }
+
+    /// Loads everything again: RESET with the first batch, the rest in further batches.
+    fn load(&mut self) {
+        self.pending.clear();
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        let ops = self.all_rows();
+        let mut chunks: Vec<&[SlimTableOp]> = ops.chunks(SLIM_TABLE_BATCH_MAX as usize).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for (n, chunk) in chunks.into_iter().enumerate() {
+            let flags = if n == 0 { SLIM_UPDATE_RESET } else { 0 };
+            if let Err(e) = self.dev.table_update(flags, chunk) {
+                self.refused("full load", &e);
+                return;
+            }
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.failing {
+            let [l, d, i] = self.sizes();
+            tracing::info!(
+                listeners = l,
+                leases = d,
+                identities = i,
+                "slim_kern holds this router's tables again"
+            );
+        }
+        self.failing = false;
+        self.counters.in_sync.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues the ops that turn `old` into `new` (each a list of rows of one key): removes first.
+    fn diff<T: PartialEq + Copy>(
+        &mut self,
+        old: &[T],
+        new: &[T],
+        op: impl Fn(u16, T) -> SlimTableOp,
+    ) {
+        for x in old.iter().filter(|x| !new.contains(x)) {
+            self.pending.push(op(SLIM_TOP_REMOVE, *x));
+        }
+        for x in new.iter().filter(|x| !old.contains(x)) {
+            self.pending.push(op(SLIM_TOP_INSERT, *x));
+        }
+    }
+}
+
+impl TableSink for KernelTables {
+    fn set_listeners(&mut self, overlay: SocketAddr, hosts: &[(SocketAddr, u64)]) {
+        let overlay = canonical(overlay);
+        let mut new: Vec<(SocketAddr, u64)> = Vec::new();
+        for (h, tag) in hosts {
+            let h = canonical(*h);
+            // One row per (overlay, host): the first tag seen wins.
+            if !new.iter().any(|(x, _)| *x == h) {
+                new.push((h, *tag));
+            }
+        }
+        let old = if new.is_empty() {
+            self.listeners.remove(&overlay).unwrap_or_default()
+        } else {
+            self.listeners
+                .insert(overlay, new.clone())
+                .unwrap_or_default()
+        };
+        self.diff(&old, &new, |op, (h, tag)| {
+            SlimTableOp::listener(op, overlay, h, tag)
+        });
+    }
+
+    fn set_lease(&mut self, host: SocketAddr, owner: Option<IpAddr>) {
+        let host = canonical(host);
+        let owner = owner.map(|o| o.to_canonical());
+        let old = match owner {
+            Some(o) => self.leases.insert(host, o),
+            None => self.leases.remove(&host),
+        };
+        let (old, new): (Vec<IpAddr>, Vec<IpAddr>) =
+            (old.into_iter().collect(), owner.into_iter().collect());
+        self.diff(&old, &new, |op, o| SlimTableOp::lease(op, host, o, 0));
+    }
+
+    fn set_identity(&mut self, tag: u64, ips: &[IpAddr]) {
+        let mut new: Vec<IpAddr> = ips.iter().map(|i| i.to_canonical()).collect();
+        new.sort();
+        new.dedup();
+        let old = if new.is_empty() {
+            self.identities.remove(&tag).unwrap_or_default()
+        } else {
+            self.identities.insert(tag, new.clone()).unwrap_or_default()
+        };
+        self.diff(&old, &new, |op, ip| SlimTableOp::identity(op, tag, ip));
+    }
+
+    fn flush(&mut self) {
+        if self.failing {
+            // A batch was refused earlier: the module's rows are not known; start over.
+            self.load();
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        for chunk in ops.chunks(SLIM_TABLE_BATCH_MAX as usize) {
+            if let Err(e) = self.dev.table_update(0, chunk) {
+                self.refused("update", &e);
+                // Try once right away: the refused batch may have been the only problem (a row
+                // over the limit that another change has since removed comes back at the next).
+                self.load();
+                return;
+            }
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slim_uapi::kabi_tables::{SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn hints_name_the_fix() {
+        assert!(hint(Some(libc::ENOSPC)).contains("table_limit"));
+        assert!(hint(Some(libc::EINVAL)).contains("built with this slim-router"));
+    }
+
+    #[test]
+    fn changes_become_minimal_batches() {
+        // /dev/null stands in for the device: no ioctl is made (nothing is flushed).
+        let Ok(dev) = crate::kmod::SlimDev::for_tests() else {
+            return;
+        };
+        // The diffing without a device: the pending ops are inspected, never sent.
+        let mut t = KernelTables {
+            dev,
+            listeners: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            pending: Vec::new(),
+            failing: false,
+            counters: Arc::default(),
+        };
+        let o = sa("10.32.0.2:80");
+        t.set_listeners(
+            o,
+            &[
+                (sa("192.168.77.2:40000"), 7),
+                (sa("[::ffff:192.168.77.2]:40000"), 7),
+            ],
+        );
+        assert_eq!(
+            t.pending.len(),
+            1,
+            "the v4-mapped spelling is the same listener"
+        );
+        t.set_listeners(
+            o,
+            &[(sa("192.168.77.2:40000"), 7), (sa("192.168.77.2:40001"), 7)],
+        );
+        assert_eq!(t.pending.len(), 2);
+        assert_eq!(t.pending[1].op, SLIM_TOP_INSERT);
+        t.set_listeners(o, &[]);
+        assert_eq!(t.pending.len(), 4);
+        assert!(t.pending[2..]
+            .iter()
+            .all(|x| x.op == SLIM_TOP_REMOVE && x.table == SLIM_TABLE_LISTENERS));
+        assert!(t.listeners.is_empty());
+        let h = sa("192.168.77.1:61000");
+        t.set_lease(h, Some("10.32.0.1".parse().unwrap()));
+        t.set_lease(h, Some("10.32.0.1".parse().unwrap()));
+        assert_eq!(t.pending.len(), 5, "an unchanged lease sends nothing");
+        t.set_lease(h, Some("10.32.0.3".parse().unwrap()));
+        assert_eq!(
+            t.pending[5..]
+                .iter()
+                .map(|x| (x.op, x.table))
+                .collect::<Vec<_>>(),
+            vec![
+                (SLIM_TOP_REMOVE, SLIM_TABLE_LEASES),
+                (SLIM_TOP_INSERT, SLIM_TABLE_LEASES)
+            ],
+            "a change of owner is a remove and an insert in one batch"
+        );
+        t.set_identity(
+            9,
+            &["10.32.0.1".parse().unwrap(), "10.32.0.1".parse().unwrap()],
+        );
+        assert_eq!(t.sizes(), [0, 1, 1]);
+        assert_eq!(t.all_rows().len(), 2);
+        assert!(t.all_rows().iter().all(|r| r.validate().is_ok()));
+        t.set_identity(9, &[]);
+        assert_eq!(t.sizes(), [0, 1, 0]);
+    }
+}
