@@ -182,15 +182,18 @@ impl SlimDev {
         u.ops = ops.as_ptr() as u64;
         match ioctl(self.fd(), kt::SLIM_IOC_TABLE_UPDATE, &mut u) {
             Ok(()) => Ok(u.generation),
-            Err(error) => Err(TableUpdateError {
-                error,
+            Err(error) => {
                 // The module writes the header back on every refusal it gets to (not on EFAULT
                 // or EPERM: then the input's zero stays, and no op is named).
-                index: (u.error_index != kt::SLIM_NO_INDEX
-                    && !matches!(error.raw_os_error(), Some(libc::EFAULT | libc::EPERM)))
-                .then_some(u.error_index)
-                .filter(|i| (*i as usize) < ops.len()),
-            }),
+                let named = u.error_index != kt::SLIM_NO_INDEX
+                    && !matches!(error.raw_os_error(), Some(libc::EFAULT | libc::EPERM));
+                Err(TableUpdateError {
+                    error,
+                    index: named
+                        .then_some(u.error_index)
+                        .filter(|i| (*i as usize) < ops.len()),
+                })
+            }
         }
     }
 

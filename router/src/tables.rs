@@ -273,11 +273,6 @@ impl Tables {
         }
     }
 
-    /// Containers with a live library connection (secure mode).
-    pub fn connected_containers(&self) -> usize {
-        self.containers.len()
-    }
-
     /// Copies the routes of one overlay endpoint to the shared route table and the sink (distinct
     /// host listeners: two peer connections to the same router report the same listener).
     fn publish(&mut self, overlay: &SocketAddr) {
