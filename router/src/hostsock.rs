@@ -339,6 +339,36 @@ fn new_reusable(family: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new host socket with SO_REUSEPORT (and, for IPv6, reaching IPv4 hosts too), not bound: a
+/// leased socket before its bind (`leasewatch`).
+pub fn new_reuseport(family: i32) -> io::Result<OwnedFd> {
+    let fd = new_socket(family)?;
+    let raw = fd.as_raw_fd();
+    set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if family == libc::AF_INET6 {
+        set_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    Ok(fd)
+}
+
+/// bind(2) of `fd` to `host` and exactly `port` (0: the kernel's choice).
+pub fn bind_exact(fd: RawFd, host: IpAddr, port: u16, family: i32) -> io::Result<()> {
+    bind_to(fd, SocketAddr::new(host, port), family)
+}
+
+pub fn set_reuseaddr(fd: RawFd) -> io::Result<()> {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+}
+
+/// The uid a socket belongs to (the fsuid of the thread that created it).
+pub fn owner_uid(fd: RawFd) -> io::Result<u32> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid for writes of a stat; fstat fills it on success, checked by cvt.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() }.st_uid)
+}
+
 /// The ephemeral port range of this network namespace.
 pub fn ephemeral_ports() -> (u16, u16) {
     let text =

@@ -7,9 +7,12 @@
 //! - Nobody else takes these ports: the range lies outside `ip_local_port_range`, so no
 //!   automatic port choice uses it, and only this router binds there (the range is Slim's, as
 //!   `--lease-ports` says).
-//! - A port is bound for a new lease only when sock_diag lists no socket on it that a program
-//!   could hold (TIME_WAIT leftovers are not such sockets; sockets that are only bound are,
-//!   which Linux 6.8 and later list). So the sockets of a port's previous lease are all gone.
+//! - A port is bound for a new lease only when no socket on it is one that a program could hold
+//!   (TIME_WAIT leftovers are not such sockets; sockets that are only bound are). The bind of
+//!   the new lease's socket itself tells, port by port (`leasewatch`); where the router cannot
+//!   do that (no CAP_SETUID), a sock_diag dump of the whole host does (sockets that are only
+//!   bound are listed by Linux 6.8 and later). So the sockets of a port's previous lease are
+//!   all gone.
 //! - A port changes owner only after every connected peer has acknowledged the new lease, and
 //!   a peer first pins the connections it already has from that port to their old identity
 //!   (`Tables::lease_from_peer`).
@@ -20,6 +23,7 @@
 //! second). Ports are therefore handed out least recently leased first.
 
 use crate::hostsock;
+use crate::leasewatch::{self, Refused};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::IpAddr;
@@ -29,12 +33,19 @@ use std::time::{Duration, Instant};
 /// Sweeps (sock_diag dumps) at most this often when the range runs out.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
 /// Binds that may fail per call before giving up (ports a sweep found free may have been
-/// taken since, e.g. by a listener).
+/// taken since, e.g. by a listener; ports whose connections are still open).
 const MAX_FAILED_BINDS: usize = 64;
+/// Leasing by bind, a port goes to a new socket this long after its last lease at the
+/// earliest, as long as other ports are left: a new connection to the same destination reuses
+/// the 4-tuple of the old one's TIME_WAIT leftover only once that is over a second old
+/// (net.ipv4.tcp_tw_reuse).
+const REUSE_AFTER: Duration = Duration::from_secs(2);
 
 struct Lease {
     owner: IpAddr,
     at: Instant,
+    /// Which of `leasewatch::SLOT_UIDS` its socket was made under.
+    slot: u8,
 }
 
 pub struct LeaseBook {
@@ -42,12 +53,16 @@ pub struct LeaseBook {
     hi: u16,
     /// Every port this router has leased: to whom, and when last.
     leases: HashMap<u16, Lease>,
-    /// Ports the last sweep found free, by their last owner here (so that an owner gets its
-    /// own ports back and ports rarely change owner), least recently leased first.
+    /// Ports to try, by their last owner here (so that an owner gets its own ports back and
+    /// ports rarely change owner), least recently leased first: leasing by bind, every port
+    /// leased here (the bind tells whether it is free); else the ports the last sweep found
+    /// free.
     free: HashMap<IpAddr, VecDeque<u16>>,
-    /// Free ports this router never leased.
+    /// Ports this router never leased (sweeping: those the last sweep found free).
     unowned: VecDeque<u16>,
     last_sweep: Option<Instant>,
+    /// Whether a port's next bind says if it is free (`leasewatch`), or sweeps do.
+    by_bind: bool,
 }
 
 /// Sockets bound to leased ports, and which of those ports changed owner (to be told to peers).
@@ -58,7 +73,7 @@ pub struct Leased {
 }
 
 impl LeaseBook {
-    /// The ports `lo..=hi`.
+    /// The ports `lo..=hi`, found free by sock_diag sweeps of the whole host.
     pub fn new(lo: u16, hi: u16) -> Self {
         LeaseBook {
             lo,
@@ -67,7 +82,22 @@ impl LeaseBook {
             free: HashMap::new(),
             unowned: VecDeque::new(),
             last_sweep: None,
+            by_bind: false,
         }
+    }
+
+    /// The ports `lo..=hi`, each found free by the bind of its next socket (`leasewatch`).
+    pub fn by_bind(lo: u16, hi: u16) -> Self {
+        LeaseBook {
+            unowned: (lo..=hi).collect(),
+            by_bind: true,
+            ..Self::new(lo, hi)
+        }
+    }
+
+    /// Whether ports are found free by bind, without sweeps.
+    pub fn leases_by_bind(&self) -> bool {
+        self.by_bind
     }
 
     pub fn range(&self) -> (u16, u16) {
@@ -111,8 +141,76 @@ impl LeaseBook {
         self.free.values_mut().find_map(|v| v.pop_front())
     }
 
-    /// Binds up to `count` sockets of `family` to `host` and ports leased to `owner`. When the
-    /// free lists run out, `live` (see `sweep`) refills them.
+    /// Leasing by bind: the port to try next for `owner`. Its own ports leased long enough
+    /// ago (`REUSE_AFTER`), then never-leased ones, then anybody's leased long enough ago, then
+    /// the least recently leased of all.
+    fn next_to_try(&mut self, owner: IpAddr) -> Option<u16> {
+        let at = |p: Option<&u16>| p.and_then(|p| self.leases.get(p)).map(|l| l.at);
+        let old = |p: Option<&u16>| at(p).is_some_and(|t| t.elapsed() >= REUSE_AFTER);
+        if old(self.free.get(&owner).and_then(|v| v.front())) {
+            return self.free.get_mut(&owner)?.pop_front();
+        }
+        if let Some(p) = self.unowned.pop_front() {
+            return Some(p);
+        }
+        let pick = self
+            .free
+            .iter()
+            .filter_map(|(o, v)| at(v.front()).map(|t| (old(v.front()), *o != owner, t, *o)))
+            .min_by_key(|(is_old, others, t, _)| (!is_old, *others, *t))
+            .map(|(_, _, _, o)| o)?;
+        self.free.get_mut(&pick)?.pop_front()
+    }
+
+    /// Leasing by bind: binds up to `count` sockets (see `lease`).
+    fn lease_by_bind(&mut self, family: i32, host: IpAddr, owner: IpAddr, count: usize) -> Leased {
+        let mut out = Leased {
+            sockets: Vec::new(),
+            changed: Vec::new(),
+        };
+        // Ports found still held (or not bindable now), tried again in later calls, after the
+        // others.
+        let mut held: Vec<(Option<IpAddr>, u16)> = Vec::new();
+        while out.sockets.len() < count && held.len() < MAX_FAILED_BINDS {
+            let Some(port) = self.next_to_try(owner) else {
+                break;
+            };
+            let prev = self.leases.get(&port).map(|l| (l.owner, l.slot));
+            let plan = leasewatch::plan(prev.map(|(_, s)| s));
+            match leasewatch::bind_leased(family, host, port, plan) {
+                Ok(fd) => {
+                    let lease = Lease {
+                        owner,
+                        at: Instant::now(),
+                        slot: plan.slot,
+                    };
+                    self.leases.insert(port, lease);
+                    self.free.entry(owner).or_default().push_back(port);
+                    if prev.is_none_or(|(o, _)| o != owner) {
+                        out.changed.push(port);
+                    }
+                    out.sockets.push((fd, port));
+                }
+                Err(e) => {
+                    if let Refused::Other(e) = e {
+                        tracing::debug!(port, error = %e, "leased port not bound");
+                    }
+                    held.push((prev.map(|(o, _)| o), port));
+                }
+            }
+        }
+        for (o, port) in held {
+            match o {
+                Some(o) => self.free.entry(o).or_default().push_back(port),
+                None => self.unowned.push_back(port),
+            }
+        }
+        out
+    }
+
+    /// Binds up to `count` sockets of `family` to `host` and ports leased to `owner`. Leasing
+    /// by bind, each bind says whether its port is free and `live` is not called; else, when
+    /// the free lists run out, `live` (see `sweep`) refills them.
     pub fn lease(
         &mut self,
         family: i32,
@@ -121,6 +219,9 @@ impl LeaseBook {
         count: usize,
         live: impl FnOnce(u16, u16) -> io::Result<Vec<(u16, u64)>>,
     ) -> Leased {
+        if self.by_bind {
+            return self.lease_by_bind(family, host, owner, count);
+        }
         let mut out = Leased {
             sockets: Vec::new(),
             changed: Vec::new(),
@@ -152,6 +253,7 @@ impl LeaseBook {
                 Lease {
                     owner,
                     at: Instant::now(),
+                    slot: 0,
                 },
             );
             if prev.is_none_or(|l| l.owner != owner) {
@@ -229,6 +331,66 @@ mod tests {
         // Its sockets gone, the port is remembered for the owner but held by nobody.
         assert!(book.held(&[]).is_empty());
         assert_eq!(book.owner(ports[1]), Some(owner));
+    }
+
+    /// Leasing by bind on loopback ports: a port comes back only when its socket is gone, to
+    /// its owner first, and changes owner only then; no sweep is asked for.
+    #[test]
+    fn by_bind_ports_come_back_only_when_their_socket_is_gone() {
+        if !leasewatch::available() {
+            eprintln!("cannot switch fsuid here (no CAP_SETUID); skipped");
+            return;
+        }
+        let host: IpAddr = "127.0.0.1".parse().unwrap();
+        let (x, y): (IpAddr, IpAddr) = ("10.32.0.1".parse().unwrap(), "10.32.0.3".parse().unwrap());
+        let lo = test_ports() + 10;
+        let mut book = LeaseBook::by_bind(lo, lo + 3);
+        let no_sweep = |_, _| -> io::Result<Vec<(u16, u64)>> { panic!("swept") };
+        let a = book.lease(libc::AF_INET, host, x, 4, no_sweep);
+        assert_eq!(
+            a.sockets.len(),
+            4,
+            "the test's ports {lo}-{} are busy",
+            lo + 3
+        );
+        assert_eq!(a.changed.len(), 4);
+        // All four are held: nothing for y.
+        assert!(book
+            .lease(libc::AF_INET, host, y, 1, no_sweep)
+            .sockets
+            .is_empty());
+        // One socket goes: its port comes back, to y now, as a change of owner.
+        let mut socks = a.sockets;
+        let gone = socks.pop().unwrap().1;
+        let c = book.lease(libc::AF_INET, host, y, 1, no_sweep);
+        assert_eq!(c.changed, vec![gone]);
+        assert_eq!(book.owner(gone), Some(y));
+        // Held by y's socket now: x gets nothing.
+        assert!(book
+            .lease(libc::AF_INET, host, x, 1, no_sweep)
+            .sockets
+            .is_empty());
+        // Back to x once y's socket is gone.
+        drop(c);
+        let d = book.lease(libc::AF_INET, host, x, 1, no_sweep);
+        assert_eq!(d.changed, vec![gone]);
+        // Every socket gone: x gets its own ports back, with no change of owner.
+        drop(socks);
+        drop(d);
+        let e = book.lease(libc::AF_INET, host, x, 4, no_sweep);
+        assert_eq!(e.sockets.len(), 4);
+        assert!(e.changed.is_empty(), "{:?}", e.changed);
+    }
+
+    /// Ports outside this namespace's ephemeral range, for tests (the sweep test uses the
+    /// first four, the bind test the next four after ten).
+    fn test_ports() -> u16 {
+        let (elo, ehi) = hostsock::ephemeral_ports();
+        if ehi < 65535 - 200 {
+            ehi + 100
+        } else {
+            elo - 200
+        }
     }
 
     #[test]

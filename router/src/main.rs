@@ -12,6 +12,7 @@ mod hostsock;
 mod kmod;
 mod kmod_tables;
 mod leases;
+mod leasewatch;
 mod metrics;
 mod peer_set;
 mod peers;
@@ -70,9 +71,17 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
     };
     let mut settings = checked.settings;
     settings.lease_ports = settings.lease_ports.filter(|_| {
+        if leasewatch::available() {
+            return true;
+        }
         let ok = sockdiag::lists_bound_sockets();
-        if !ok {
-            tracing::warn!("this kernel does not list sockets that are only bound (sock_diag, Linux 6.8+): port leases off");
+        if ok {
+            tracing::warn!(
+                "cannot create sockets under other uids (CAP_SETUID): leased ports are found free \
+                 by sock_diag dumps of every TCP socket of the host, which a restock waits for"
+            );
+        } else {
+            tracing::warn!("cannot create sockets under other uids (CAP_SETUID), and this kernel does not list sockets that are only bound (sock_diag, Linux 6.8+): port leases off");
         }
         ok
     });
@@ -171,9 +180,17 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
             n += 1;
             // Forget closed sockets every few seconds (the kernel says which are gone, however
             // they went: close, exit, crash), and sooner when a program reported a close.
+            // On a blocking thread: a dump walks every TCP socket of the host (TIME_WAIT ones
+            // too), tens of milliseconds with 100k of them, and requests must not wait for it.
             if sweeper.sweep_due.swap(false, Ordering::Relaxed) || n.is_multiple_of(3) {
-                sweeper.sweep_identities();
-                sweeper.sweep_listeners();
+                let r = sweeper.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    r.sweep_identities();
+                    r.sweep_listeners();
+                });
+                if let Err(e) = swept.await {
+                    tracing::warn!(error = %e, "sweep failed");
+                }
             }
             if !n.is_multiple_of(5) {
                 continue;

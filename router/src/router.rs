@@ -176,9 +176,13 @@ impl Router {
         Router {
             stash: Default::default(),
             leasing: Default::default(),
-            leases: settings
-                .lease_ports
-                .map(|(lo, hi)| Mutex::new(crate::leases::LeaseBook::new(lo, hi))),
+            leases: settings.lease_ports.map(|(lo, hi)| {
+                Mutex::new(if crate::leasewatch::available() {
+                    crate::leases::LeaseBook::by_bind(lo, hi)
+                } else {
+                    crate::leases::LeaseBook::new(lo, hi)
+                })
+            }),
             settings,
             dev,
             kernel_tables: std::sync::OnceLock::new(),
@@ -266,11 +270,12 @@ impl Router {
     }
 
     /// Pooled sockets on ports leased to `owner`, from a stash of sockets whose lease every
-    /// peer knows. The stash is refilled ahead of need, a chunk at a time: ports that stay with
-    /// their owner go into it at once; ports that change owner go to the peers in one burst in
-    /// the background, and into the stash once all have acknowledged. So a slow or unreachable
-    /// peer never holds up a connect: with an empty stash the request gets sockets without a
-    /// lease (whose connections are announced).
+    /// peer knows. The stash is refilled ahead of need, a chunk at a time, after the reply has
+    /// gone (a task of its own): only a stash that cannot serve the request is refilled before
+    /// it. Ports that stay with their owner go into it at once; ports that change owner go to
+    /// the peers in one burst in the background, and into the stash once all have
+    /// acknowledged. So a slow or unreachable peer never holds up a connect: with an empty
+    /// stash the request gets sockets without a lease (whose connections are announced).
     fn leased_sockets(
         self: &std::sync::Arc<Self>,
         family: i32,
@@ -297,7 +302,17 @@ impl Router {
         let in_flight = self.leasing().get(&key).copied().unwrap_or(0);
         let want = low.max(count) + if changing { CHANGING_AHEAD * chunk } else { 0 };
         if stashed + in_flight < want {
-            self.restock(family, host, owner, chunk);
+            if stashed < count {
+                self.restock(family, host, owner, chunk);
+            } else {
+                // Counted as in flight until done, so that requests meanwhile do not ask again.
+                *self.leasing().entry(key).or_default() += chunk;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.restock(family, host, owner, chunk);
+                    me.leasing_done(key, chunk);
+                });
+            }
         }
         let mut stash = self.stash();
         let s = stash.get_mut(&key)?;
@@ -374,14 +389,19 @@ impl Router {
             // Else a peer that has not applied the lease may still credit a port's previous
             // owner: these sockets must not connect (they close here; the peer applies the
             // lease later anyway).
-            let mut leasing = me.leasing();
-            if let Some(n) = leasing.get_mut(&key) {
-                *n = n.saturating_sub(waiting);
-                if *n == 0 {
-                    leasing.remove(&key);
-                }
-            }
+            me.leasing_done(key, waiting);
         });
+    }
+
+    /// `n` sockets counted in flight for `key` are in its stash now, or never will be.
+    fn leasing_done(&self, key: (IpAddr, i32), n: usize) {
+        let mut leasing = self.leasing();
+        if let Some(left) = leasing.get_mut(&key) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                leasing.remove(&key);
+            }
+        }
     }
 
     /// Closes the stashed sockets of owners that stopped asking, so that their ports go back to

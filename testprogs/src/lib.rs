@@ -1024,7 +1024,7 @@ pub fn conn_client(addr: SocketAddr, secs: f64, procs: usize) -> Result<()> {
         slow += v[4] as u64;
     }
     println!(
-        "CONN count={total} errors={errors} secs={longest:.3} rate={:.1} slowest_ms={slowest:.1} over_10ms={slow}",
+        "CONN count={total} errors={errors} secs={longest:.3} rate={:.1} slowest_ms={slowest:.2} over_10ms={slow}",
         total as f64 / longest
     );
     if errors > 0 {

@@ -255,3 +255,31 @@ pub fn group_pids(pgid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// The counters a host's router logs on SIGUSR1, as `name=value` pairs of its latest such line.
+pub fn router_counters(host: &str) -> std::collections::HashMap<String, u64> {
+    let log = format!("/run/slim-lab/{host}.log");
+    let lines = |s: &str| s.lines().filter(|l| l.contains("counters;")).count();
+    let before = lines(&std::fs::read_to_string(&log).unwrap_or_default());
+    // SAFETY: kill(2) on the router's pid.
+    unsafe { libc::kill(router_pid(host) as i32, libc::SIGUSR1) };
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines(&text) > before
+    });
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("counters;"))
+        .unwrap_or("");
+    // Strip the terminal colours tracing may add.
+    let plain: String = line
+        .split('\x1b')
+        .map(|p| p.split_once('m').map_or(p, |(_, rest)| rest))
+        .collect();
+    plain
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
