@@ -95,11 +95,6 @@ impl LeaseBook {
         }
     }
 
-    /// Whether ports are found free by bind, without sweeps.
-    pub fn leases_by_bind(&self) -> bool {
-        self.by_bind
-    }
-
     pub fn range(&self) -> (u16, u16) {
         (self.lo, self.hi)
     }
