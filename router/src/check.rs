@@ -39,6 +39,7 @@ pub fn check(c: &Config) -> anyhow::Result<Checked> {
         host_v6: None,
         prefixes: c.prefixes.clone(),
         lease_ports: None,
+        lease_uids: c.lease_uids,
     };
     for ip in &c.host_addrs {
         if ip.is_unspecified() || ip.is_loopback() {

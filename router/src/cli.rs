@@ -137,6 +137,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "LO-HI|off", value_parser = parse_lease_ports)]
     pub lease_ports: Option<LeasePorts>,
 
+    /// The three uids leased sockets are created under, as PROBE,A,B: a port's successive leases
+    /// alternate between A and B, so that the kernel's bind check tells, port by port, whether
+    /// the previous lease's socket is gone (needs CAP_SETUID; without it, sock_diag sweeps of
+    /// the whole host do). Give uids that no program on the host creates sockets under.
+    /// [default: 2147481000,2147481001,2147481002]
+    #[arg(long, value_name = "PROBE,A,B", value_parser = crate::leasewatch::LeaseUids::parse)]
+    pub lease_uids: Option<crate::leasewatch::LeaseUids>,
+
     /// Worker threads. One is the default: each request is a few system calls, and a single
     /// thread avoids waking (and migrating between) CPUs on every request.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]

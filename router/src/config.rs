@@ -47,6 +47,8 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ports: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_uids: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -114,6 +116,8 @@ pub struct Config {
     pub insecure_peer_channel: bool,
     /// `None`: the default range (above the ephemeral ports, if there is room).
     pub lease_ports: Option<LeasePorts>,
+    /// The uids of leased sockets (`leasewatch`).
+    pub lease_uids: crate::leasewatch::LeaseUids,
     pub secure: bool,
     pub log_level: String,
     pub metrics_listen: Option<SocketAddr>,
@@ -162,6 +166,13 @@ impl Config {
             }
             (None, None) => None,
         };
+        let lease_uids = match (args.lease_uids, f.lease_uids) {
+            (Some(u), _) => u,
+            (None, Some(s)) => {
+                crate::leasewatch::LeaseUids::parse(&s).map_err(|m| bad("lease_uids", m))?
+            }
+            (None, None) => crate::leasewatch::LeaseUids::default(),
+        };
         let list = |flag: &Vec<SocketAddr>, file: Option<Vec<SocketAddr>>| {
             if flag.is_empty() {
                 file.unwrap_or_default()
@@ -189,6 +200,7 @@ impl Config {
             insecure_peer_channel: args.insecure_peer_channel
                 || f.insecure_peer_channel.unwrap_or(false),
             lease_ports,
+            lease_uids,
             secure: args.secure || f.secure.unwrap_or(false),
             log_level: args
                 .log_level
@@ -229,6 +241,7 @@ impl Config {
                     None => "off".to_string(),
                 },
             }),
+            lease_uids: Some(self.lease_uids.to_string()),
             secure: Some(self.secure),
             log_level: Some(self.log_level.clone()),
             metrics_listen: self.metrics_listen,
@@ -263,6 +276,7 @@ peers_file   = "/etc/slim/peers"
 cluster_key  = "/etc/slim/cluster.key"
 insecure_peer_channel = false
 lease_ports  = "40000-65535"
+lease_uids   = "3000000,3000001,3000002"
 secure       = false
 log_level    = "info"
 metrics_listen = "127.0.0.1:9788"
@@ -302,6 +316,7 @@ metrics_listen = "127.0.0.1:9788"
             Some(LeasePorts::Range(40000, 65535))
         ));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9788".parse().unwrap()));
+        assert_eq!(c.lease_uids.to_string(), "3000000,3000001,3000002");
         assert!(!c.insecure_peer_channel && !c.secure);
     }
 

@@ -44,7 +44,7 @@ const REUSE_AFTER: Duration = Duration::from_secs(2);
 struct Lease {
     owner: IpAddr,
     at: Instant,
-    /// Which of `leasewatch::SLOT_UIDS` its socket was made under.
+    /// Which of `LeaseUids::slots` its socket was made under.
     slot: u8,
 }
 
@@ -61,8 +61,9 @@ pub struct LeaseBook {
     /// Ports this router never leased (sweeping: those the last sweep found free).
     unowned: VecDeque<u16>,
     last_sweep: Option<Instant>,
-    /// Whether a port's next bind says if it is free (`leasewatch`), or sweeps do.
-    by_bind: bool,
+    /// Some: a port's next bind says if it is free (`leasewatch`), under these uids; None:
+    /// sweeps do.
+    by_bind: Option<leasewatch::LeaseUids>,
 }
 
 /// Sockets bound to leased ports, and which of those ports changed owner (to be told to peers).
@@ -82,15 +83,15 @@ impl LeaseBook {
             free: HashMap::new(),
             unowned: VecDeque::new(),
             last_sweep: None,
-            by_bind: false,
+            by_bind: None,
         }
     }
 
     /// The ports `lo..=hi`, each found free by the bind of its next socket (`leasewatch`).
-    pub fn by_bind(lo: u16, hi: u16) -> Self {
+    pub fn by_bind(lo: u16, hi: u16, uids: leasewatch::LeaseUids) -> Self {
         LeaseBook {
             unowned: (lo..=hi).collect(),
-            by_bind: true,
+            by_bind: Some(uids),
             ..Self::new(lo, hi)
         }
     }
@@ -158,7 +159,14 @@ impl LeaseBook {
     }
 
     /// Leasing by bind: binds up to `count` sockets (see `lease`).
-    fn lease_by_bind(&mut self, family: i32, host: IpAddr, owner: IpAddr, count: usize) -> Leased {
+    fn lease_by_bind(
+        &mut self,
+        uids: leasewatch::LeaseUids,
+        family: i32,
+        host: IpAddr,
+        owner: IpAddr,
+        count: usize,
+    ) -> Leased {
         let mut out = Leased {
             sockets: Vec::new(),
             changed: Vec::new(),
@@ -172,7 +180,7 @@ impl LeaseBook {
             };
             let prev = self.leases.get(&port).map(|l| (l.owner, l.slot));
             let plan = leasewatch::plan(prev.map(|(_, s)| s));
-            match leasewatch::bind_leased(family, host, port, plan) {
+            match leasewatch::bind_leased(&uids, family, host, port, plan) {
                 Ok(fd) => {
                     let lease = Lease {
                         owner,
@@ -214,8 +222,8 @@ impl LeaseBook {
         count: usize,
         live: impl FnOnce(u16, u16) -> io::Result<Vec<(u16, u64)>>,
     ) -> Leased {
-        if self.by_bind {
-            return self.lease_by_bind(family, host, owner, count);
+        if let Some(uids) = self.by_bind {
+            return self.lease_by_bind(uids, family, host, owner, count);
         }
         let mut out = Leased {
             sockets: Vec::new(),
@@ -332,14 +340,14 @@ mod tests {
     /// its owner first, and changes owner only then; no sweep is asked for.
     #[test]
     fn by_bind_ports_come_back_only_when_their_socket_is_gone() {
-        if !leasewatch::available() {
+        if !leasewatch::available(&leasewatch::LeaseUids::default()) {
             eprintln!("cannot switch fsuid here (no CAP_SETUID); skipped");
             return;
         }
         let host: IpAddr = "127.0.0.1".parse().unwrap();
         let (x, y): (IpAddr, IpAddr) = ("10.32.0.1".parse().unwrap(), "10.32.0.3".parse().unwrap());
         let lo = test_ports() + 10;
-        let mut book = LeaseBook::by_bind(lo, lo + 3);
+        let mut book = LeaseBook::by_bind(lo, lo + 3, leasewatch::LeaseUids::default());
         let no_sweep = |_, _| -> io::Result<Vec<(u16, u64)>> { panic!("swept") };
         let a = book.lease(libc::AF_INET, host, x, 4, no_sweep);
         assert_eq!(

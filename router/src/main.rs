@@ -71,7 +71,7 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
     };
     let mut settings = checked.settings;
     settings.lease_ports = settings.lease_ports.filter(|_| {
-        if leasewatch::available() {
+        if leasewatch::available(&settings.lease_uids) {
             return true;
         }
         let ok = sockdiag::lists_bound_sockets();

@@ -343,6 +343,7 @@ pub mod tests {
                 host_v6: None,
                 prefixes: vec!["10.32.0.0/12".parse().unwrap()],
                 lease_ports: None,
+                lease_uids: Default::default(),
             },
             None,
             None,

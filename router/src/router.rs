@@ -69,6 +69,8 @@ pub struct Settings {
     pub prefixes: Vec<IpNet>,
     /// Ports leased to containers' pooled sockets (`leases`), if any.
     pub lease_ports: Option<(u16, u16)>,
+    /// The uids of leased sockets (`leasewatch`).
+    pub lease_uids: crate::leasewatch::LeaseUids,
 }
 
 impl Settings {
@@ -177,8 +179,8 @@ impl Router {
             stash: Default::default(),
             leasing: Default::default(),
             leases: settings.lease_ports.map(|(lo, hi)| {
-                Mutex::new(if crate::leasewatch::available() {
-                    crate::leases::LeaseBook::by_bind(lo, hi)
+                Mutex::new(if crate::leasewatch::available(&settings.lease_uids) {
+                    crate::leases::LeaseBook::by_bind(lo, hi, settings.lease_uids)
                 } else {
                     crate::leases::LeaseBook::new(lo, hi)
                 })
