@@ -7,8 +7,9 @@ use common::*;
 use std::collections::HashSet;
 
 const C2: &str = "10.32.0.2";
-/// The lab routers' lease range (slim-lab up: --lease-ports 61000-65535).
-const LEASE_RANGE: std::ops::RangeInclusive<u16> = 61000..=65535;
+/// The lab routers' lease range: the ports above the lab's ephemeral range (lab/src/network.rs
+/// sets net.ipv4.ip_local_port_range to 10000-39999; the routers lease the rest by default).
+const LEASE_RANGE: std::ops::RangeInclusive<u16> = 40000..=65535;
 
 /// The connections of h1 from host port `port`, as (local, peer) endpoints: one entry per
 /// connection whatever its state (established, closing, TIME_WAIT).
