@@ -828,19 +828,24 @@ public class Echo {
         }
     }
 
-    /** Reads what fits in the connection's buffer and writes it back; OP_WRITE while the peer is slow. */
+    /** Reads what fits in the connection's buffer and writes it back; OP_WRITE while the peer is slow.
+     *  At the client's EOF, what is still in the buffer is written back before the close. */
     static void echo(SelectionKey key) throws IOException {
         SocketChannel c = (SocketChannel) key.channel();
         ByteBuffer buf = (ByteBuffer) key.attachment();
         if (key.isReadable() && c.read(buf) < 0) {
-            c.close();
-            return;
+            c.shutdownInput();
         }
+        boolean eof = c.socket().isInputShutdown();
         buf.flip();
         c.write(buf);
         buf.compact();
+        if (eof && buf.position() == 0) {
+            c.close();
+            return;
+        }
         int ops = buf.position() > 0 ? SelectionKey.OP_WRITE : 0;
-        if (buf.hasRemaining()) ops |= SelectionKey.OP_READ;
+        if (buf.hasRemaining() && !eof) ops |= SelectionKey.OP_READ;
         key.interestOps(ops);
     }
 
