@@ -428,9 +428,24 @@ pub fn start_listen(
     backlog: i32,
     opts: &SockOpts,
 ) -> io::Result<Listening> {
-    let fd = new_socket(family)?;
+    start_listen_on(new_socket(family)?, family, host, backlog, opts, false)
+}
+
+/// `start_listen` on a socket the caller created (`porthold`: under another uid);
+/// `reuseport`: SO_REUSEPORT set again after the program's options are replayed.
+pub fn start_listen_on(
+    fd: OwnedFd,
+    family: i32,
+    host: IpAddr,
+    backlog: i32,
+    opts: &SockOpts,
+    reuseport: bool,
+) -> io::Result<Listening> {
     let raw = fd.as_raw_fd();
     replay(raw, opts);
+    if reuseport {
+        set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     bind_host(raw, family, host)?;
     // SAFETY: listen(2) on a socket we own.
     cvt(unsafe { libc::listen(raw, backlog) })?;

@@ -19,6 +19,7 @@
 //! to switch its fsuid (CAP_SETUID); without it `available` says no and leases fall back to
 //! sock_diag sweeps (`leases.rs`).
 
+use crate::fsuid::FsUid;
 use crate::hostsock;
 use std::io;
 use std::net::IpAddr;
@@ -146,25 +147,6 @@ fn bind_as(uid: u32, family: i32, host: IpAddr, port: u16) -> io::Result<OwnedFd
     };
     hostsock::bind_exact(fd.as_raw_fd(), host, port, family)?;
     Ok(fd)
-}
-
-/// This thread's fsuid switched to another uid for as long as it lives. A socket's uid is taken
-/// from the fsuid of the thread that creates it; nothing else is done while it is switched.
-struct FsUid(u32);
-
-impl FsUid {
-    fn switch(uid: u32) -> FsUid {
-        // SAFETY: setfsuid(2) changes only this thread's filesystem uid (glibc does not
-        // broadcast it to other threads); it returns the previous one, restored on drop.
-        FsUid(unsafe { libc::setfsuid(uid) } as u32)
-    }
-}
-
-impl Drop for FsUid {
-    fn drop(&mut self) {
-        // SAFETY: as in `switch`; back to the uid this thread had.
-        unsafe { libc::setfsuid(self.0) };
-    }
 }
 
 /// Whether this router can lease by bind: it can create sockets under the three uids, and this

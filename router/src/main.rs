@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod config;
 mod container;
+mod fsuid;
 mod hostsock;
 mod kmod;
 mod kmod_tables;
@@ -17,6 +18,7 @@ mod metrics;
 mod peer_set;
 mod peers;
 mod peers_file;
+mod porthold;
 mod router;
 mod secure;
 mod shm;
@@ -108,6 +110,13 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
     };
     let secure = dev.is_some();
     let router = Arc::new(router::Router::new(settings, dev, seal));
+    if router.hold_uid.is_none() {
+        tracing::warn!(
+            "cannot create sockets under other uids (CAP_SETUID): no port holds, so for a few \
+             seconds after a Slim listener closes, a program that binds its host port may receive \
+             connections meant for it (docs/design.md, \"Port holds\"); give the router CAP_SETUID"
+        );
+    }
     match router.book().map(|b| b.range()) {
         Some((lo, hi)) => tracing::info!(
             "pooled sockets get ports leased from {lo}-{hi}: their connections need no announcement"

@@ -105,29 +105,24 @@ impl PeerSet {
         wait: Duration,
         what: &str,
     ) -> bool {
+        self.send_all(n, make).wait(wait, what).await
+    }
+
+    /// Sends `n` messages (`make(i, seq)`) to every peer now; what each peer must acknowledge.
+    fn send_all(&self, n: usize, make: impl Fn(usize, u64) -> PeerMsg) -> Acks {
         let mut waits = Vec::new();
-        {
-            let conns = self.conns();
-            for (id, c) in conns.iter() {
-                let mut last = 0;
-                for i in 0..n {
-                    last = self.next_seq();
-                    let _ = c.tx.send(make(i, last));
-                }
-                if last != 0 {
-                    waits.push((*id, c.host, c.acked.clone(), last));
-                }
+        let conns = self.conns();
+        for (id, c) in conns.iter() {
+            let mut last = 0;
+            for i in 0..n {
+                last = self.next_seq();
+                let _ = c.tx.send(make(i, last));
+            }
+            if last != 0 {
+                waits.push((*id, c.host, c.acked.clone(), last));
             }
         }
-        let mut all = true;
-        for (id, host, mut acked, want) in waits {
-            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(peer = %host, conn = id, "peer did not confirm {what} in time");
-                all = false;
-            }
-        }
-        all
+        Acks(waits)
     }
 
     /// Sends new listeners to every peer and waits (bounded) until each has acknowledged them.
@@ -159,16 +154,14 @@ impl PeerSet {
         .await
     }
 
-    pub fn del_listeners(&self, entries: &[ListenerEntry]) {
-        let conns = self.conns();
-        for c in conns.values() {
-            for e in entries {
-                let _ = c.tx.send(PeerMsg::ListenerDel {
-                    seq: self.next_seq(),
-                    entry: *e,
-                });
-            }
-        }
+    /// Withdraws listeners from every peer, sent now (before anything sent later on the same
+    /// connections); the returned [`Acks`] says when each peer has applied the withdrawal.
+    pub fn del_listeners(&self, entries: &[ListenerEntry]) -> Acks {
+        let make = |i: usize, seq| PeerMsg::ListenerDel {
+            seq,
+            entry: entries[i],
+        };
+        self.send_all(entries.len(), make)
     }
 
     pub fn describe(&self) -> Vec<(u64, IpAddr)> {
@@ -327,6 +320,33 @@ pub fn runs(ports: &[SocketAddr]) -> Vec<(SocketAddr, u16)> {
         }
     }
     out
+}
+
+/// What the peers must acknowledge of messages sent: per peer connection, the last sequence
+/// number sent to it.
+pub struct Acks(
+    Vec<(
+        u64,
+        std::net::IpAddr,
+        tokio::sync::watch::Receiver<u64>,
+        u64,
+    )>,
+);
+
+impl Acks {
+    /// Waits (bounded) until every peer has acknowledged. False if one did not in time (`what`
+    /// says what, in the warning); a peer whose connection ended counts as not in time.
+    pub async fn wait(self, wait: Duration, what: &str) -> bool {
+        let mut all = true;
+        for (id, host, mut acked, want) in self.0 {
+            let r = tokio::time::timeout(wait, acked.wait_for(|a| *a >= want)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::warn!(peer = %host, conn = id, "peer did not confirm {what} in time");
+                all = false;
+            }
+        }
+        all
+    }
 }
 
 #[cfg(test)]

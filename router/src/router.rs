@@ -167,6 +167,11 @@ pub struct Router {
     /// Per owner (and socket family), how many sockets wait for the peers to acknowledge their
     /// new lease.
     leasing: Mutex<std::collections::HashMap<(IpAddr, i32), usize>>,
+    /// The uid host listeners and their port holds are created under (`porthold`); None: no
+    /// holds (no CAP_SETUID).
+    pub hold_uid: Option<u32>,
+    /// The port holds of this host's listeners, by listener cookie (`porthold`).
+    holds: Mutex<std::collections::HashMap<u64, std::os::fd::OwnedFd>>,
 }
 
 impl Router {
@@ -175,11 +180,14 @@ impl Router {
         dev: Option<crate::kmod::SlimDev>,
         seal: Option<crate::peers::PeerSeal>,
     ) -> Self {
+        let by_uid = crate::leasewatch::available(&settings.lease_uids);
         Router {
             stash: Default::default(),
             leasing: Default::default(),
+            hold_uid: by_uid.then_some(settings.lease_uids.probe),
+            holds: Default::default(),
             leases: settings.lease_ports.map(|(lo, hi)| {
-                Mutex::new(if crate::leasewatch::available(&settings.lease_uids) {
+                Mutex::new(if by_uid {
                     crate::leases::LeaseBook::by_bind(lo, hi, settings.lease_uids)
                 } else {
                     crate::leases::LeaseBook::new(lo, hi)
@@ -640,8 +648,17 @@ impl Router {
             // the removals reach the peers before the new entries do (same connection, in order).
             self.sweep_listeners();
         }
-        let l = match hostsock::start_listen(req.family, host, req.backlog, &req.opts) {
-            Ok(l) => l,
+        let started = match self.hold_uid {
+            Some(uid) => {
+                crate::porthold::start_listen(uid, req.family, host, req.backlog, &req.opts)
+                    .map(|(l, hold)| (l, Some(hold)))
+            }
+            None => {
+                hostsock::start_listen(req.family, host, req.backlog, &req.opts).map(|l| (l, None))
+            }
+        };
+        let (l, hold) = match started {
+            Ok(x) => x,
             Err(e) => {
                 tracing::warn!(bound = %req.bound, error = %e, "host listen failed; overlay only");
                 return self.fallback(FallbackReason::Unavailable);
@@ -669,6 +686,9 @@ impl Router {
                 owner: caller.map_or(0, |c| c.netns),
             },
         );
+        if let Some(h) = hold {
+            self.holds().insert(l.cookie, h);
+        }
         self.counters.listens.fetch_add(1, Ordering::Relaxed);
         tracing::info!(?keys, host = %l.local, cookie = l.cookie, "listener registered");
         // Return only once every connected peer knows the listener: a client started after the
@@ -728,6 +748,22 @@ impl Router {
             return Reply::ListenOk { cookie };
         }
         let (keys, host) = (l.keys.clone(), l.host);
+        if let Some(uid) = self.hold_uid {
+            // A listener a former router made under the hold uid takes a hold again.
+            let family = if host.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            match crate::porthold::hold(uid, family, host) {
+                Ok(h) => {
+                    self.holds().insert(cookie, h);
+                }
+                Err(e) => {
+                    tracing::debug!(%host, error = %e, "no port hold for a reattached listener")
+                }
+            }
+        }
         let entries = self.tables().add_local(cookie, l);
         tracing::info!(?keys, %host, cookie, "listener reattached");
         self.peers.add_listeners(&entries, PEER_ACK_WAIT).await;
@@ -854,7 +890,26 @@ impl Router {
         for cookie in gone {
             let entries = self.tables().remove_local(cookie);
             tracing::info!(cookie, count = entries.len(), "listener closed");
-            self.peers.del_listeners(&entries);
+            let acks = self.peers.del_listeners(&entries);
+            let Some(hold) = self.holds().remove(&cookie) else {
+                continue;
+            };
+            // The port stays held until every peer has withdrawn the routes, and a grace
+            // period more (porthold.rs). Without a runtime (unit tests) it goes now.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    acks.wait(PEER_ACK_WAIT, "the withdrawal of a closed listener")
+                        .await;
+                    tokio::time::sleep(crate::porthold::GRACE).await;
+                    drop(hold);
+                });
+            }
         }
+    }
+
+    fn holds(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, std::os::fd::OwnedFd>> {
+        self.holds.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
