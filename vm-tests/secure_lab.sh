@@ -74,6 +74,13 @@ if [ -x "$APPS" ] && [ -x "$BEHAVIOUR" ]; then
 else
     nok "lab test binaries not found (run.sh writes them to $OUT/tests.txt): apps=$APPS behaviour=$BEHAVIOUR"
 fi
+# The policy of Slim connections (router --policy-file), enforced in secure mode.
+POLICY_TEST=$(sed -n 's/^policy=//p' "$OUT/tests.txt" 2>/dev/null)
+if [ -x "$POLICY_TEST" ]; then
+    run_test "$POLICY_TEST" the_policy_denies_what_it_does_not_allow_and_nothing_else
+else
+    nok "lab test binary policy not found in $OUT/tests.txt"
+fi
 # `slim-lab routers plain|secure` with the module loaded: secure -> plain -> secure, the lab and a
 # running server kept (what `make vm-bench` does between its Slim modes).
 ROUTER_MODES=$(sed -n 's/^router_modes=//p' "$OUT/tests.txt" 2>/dev/null)

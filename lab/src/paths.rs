@@ -25,6 +25,12 @@ pub fn mode_file() -> PathBuf {
     Path::new(STATE_DIR).join("mode")
 }
 
+/// A policy of Slim connections for the routers in secure mode (`slim-router --policy-file`),
+/// used by a router that starts while it exists (the policy lab test writes it).
+pub fn policy_file() -> PathBuf {
+    Path::new(STATE_DIR).join("policy.toml")
+}
+
 /// Holds `on` or `off`: whether `up` started the routers (`--no-routers` builds only the network).
 pub fn routers_file() -> PathBuf {
     Path::new(STATE_DIR).join("routers")

@@ -48,6 +48,10 @@ fn router_args_with_socket(host: &Host, secure: bool, socket: &Path) -> Vec<Stri
     }
     if secure {
         args.push("--secure".to_string());
+        let policy = crate::paths::policy_file();
+        if policy.exists() {
+            args.extend(["--policy-file".to_string(), policy.display().to_string()]);
+        }
     }
     // The peer channel is sealed by default (the router refuses to start without a key).
     args.push("--cluster-key".to_string());

@@ -531,7 +531,11 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
             let (n, mut passed) = link::call(&req, &mut buf)?;
             let (id, cookie) = match Reply::decode(&buf[..n]) {
                 Ok(Reply::ConnectOk { id, cookie }) => (id, cookie),
-                Ok(Reply::Error { errno: e, message }) if e == libc::EACCES || e == libc::EPERM => {
+                // EACCES/EPERM: refused (secure mode); ECONNREFUSED: denied by the Slim policy,
+                // which the overlay must not be asked to carry instead.
+                Ok(Reply::Error { errno: e, message })
+                    if e == libc::EACCES || e == libc::EPERM || e == libc::ECONNREFUSED =>
+                {
                     slog!(DEBUG, "connect to {dst} refused by the router: {message}");
                     set_errno(e);
                     return Some(-1);

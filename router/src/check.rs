@@ -40,6 +40,7 @@ pub fn check(c: &Config) -> anyhow::Result<Checked> {
         prefixes: c.prefixes.clone(),
         lease_ports: None,
         lease_uids: c.lease_uids,
+        policy: None,
     };
     for ip in &c.host_addrs {
         if ip.is_unspecified() || ip.is_loopback() {
@@ -119,6 +120,17 @@ pub fn check(c: &Config) -> anyhow::Result<Checked> {
                 path.display()
             ),
         }
+    }
+    if let Some(path) = &c.policy_file {
+        if !c.secure {
+            bail!(
+                "`policy_file` (--policy-file) {}: a policy is enforced in secure mode only (plain \
+                 mode identifies no container and its library connects without asking); add \
+                 `secure = true` (--secure) or remove the policy",
+                path.display()
+            );
+        }
+        s.policy = Some(crate::policy::Policy::load(path).map_err(|m| anyhow::anyhow!("{m}"))?);
     }
     if c.secure && !std::path::Path::new(slim_uapi::kabi::SLIM_DEVICE_PATH).exists() {
         bail!(

@@ -94,6 +94,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub peers_file: Option<PathBuf>,
 
+    /// Secure mode: a policy file saying which overlay destinations each container may reach
+    /// through Slim (selectors by overlay address; docs/operations.md, "Policy"). A denied
+    /// connect fails with ECONNREFUSED and is counted. Read at start. [default: none, every
+    /// Slim connection allowed]
+    #[arg(long, value_name = "PATH")]
+    pub policy_file: Option<PathBuf>,
+
     /// Where this router accepts connections from the other routers [default: first --host-addr, port 7788].
     #[arg(long, value_name = "ADDR:PORT")]
     pub peer_listen: Option<SocketAddr>,

@@ -49,6 +49,8 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_uids: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -118,6 +120,8 @@ pub struct Config {
     pub lease_ports: Option<LeasePorts>,
     /// The uids of leased sockets (`leasewatch`).
     pub lease_uids: crate::leasewatch::LeaseUids,
+    /// Secure mode: the policy of Slim connections (`policy`).
+    pub policy_file: Option<PathBuf>,
     pub secure: bool,
     pub log_level: String,
     pub metrics_listen: Option<SocketAddr>,
@@ -201,6 +205,7 @@ impl Config {
                 || f.insecure_peer_channel.unwrap_or(false),
             lease_ports,
             lease_uids,
+            policy_file: args.policy_file.clone().or(f.policy_file),
             secure: args.secure || f.secure.unwrap_or(false),
             log_level: args
                 .log_level
@@ -242,6 +247,7 @@ impl Config {
                 },
             }),
             lease_uids: Some(self.lease_uids.to_string()),
+            policy_file: self.policy_file.clone(),
             secure: Some(self.secure),
             log_level: Some(self.log_level.clone()),
             metrics_listen: self.metrics_listen,

@@ -18,6 +18,7 @@ mod metrics;
 mod peer_set;
 mod peers;
 mod peers_file;
+mod policy;
 mod porthold;
 mod router;
 mod secure;
@@ -72,6 +73,14 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
         None
     };
     let mut settings = checked.settings;
+    if let (Some(p), Some(f)) = (&settings.policy, &config.policy_file) {
+        tracing::info!(
+            file = %f.display(),
+            rules = p.rule_count(),
+            default = if p.default_allow() { "allow" } else { "deny" },
+            "policy of Slim connections loaded (denied connects: ECONNREFUSED)"
+        );
+    }
     settings.lease_ports = settings.lease_ports.filter(|_| {
         if leasewatch::available(&settings.lease_uids) {
             return true;
@@ -267,6 +276,7 @@ fn log_counters(router: &router::Router) {
         leases = l(&c.leases),
         lease_changes = l(&c.lease_changes),
         pinned = l(&c.pinned),
+        policy_denied = l(&c.policy_denied),
         sealed = router.seal.is_some(),
         "counters; sealed peer frames: {}",
         c.seal.summary()

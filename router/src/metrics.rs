@@ -78,6 +78,12 @@ pub fn render(router: &Router) -> String {
     counter(&mut r, "slim_connections", "Slim connections set up through this router (connects it made, and connections announced from pooled sockets; connections from leased ports need no router and are not counted)", g(&c.connects));
     counter(
         &mut r,
+        "slim_policy_denied",
+        "Secure mode: connects the Slim policy denied (ECONNREFUSED)",
+        g(&c.policy_denied),
+    );
+    counter(
+        &mut r,
         "slim_fallbacks",
         "Requests answered with a fallback to the overlay",
         g(&c.fallbacks),
@@ -344,6 +350,7 @@ pub mod tests {
                 prefixes: vec!["10.32.0.0/12".parse().unwrap()],
                 lease_ports: None,
                 lease_uids: Default::default(),
+                policy: None,
             },
             None,
             None,

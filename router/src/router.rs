@@ -71,6 +71,8 @@ pub struct Settings {
     pub lease_ports: Option<(u16, u16)>,
     /// The uids of leased sockets (`leasewatch`).
     pub lease_uids: crate::leasewatch::LeaseUids,
+    /// Secure mode: which destinations each container may reach through Slim (`policy`).
+    pub policy: Option<crate::policy::Policy>,
 }
 
 impl Settings {
@@ -121,6 +123,8 @@ pub struct Counters {
     pub refusal_reasons: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Peer connections refused because their host is not listed (with a peers file).
     pub peer_refusals: AtomicU64,
+    /// Secure mode: connects the policy denied (`policy`).
+    pub policy_denied: AtomicU64,
 }
 
 impl Counters {
@@ -531,6 +535,19 @@ impl Router {
         let Some(route) = self.tables().route(&dst) else {
             return self.fallback(FallbackReason::NoListener);
         };
+        if let (Some(p), Some(c)) = (&self.settings.policy, caller) {
+            if !p.allows(&c.addrs, dst) {
+                let n = self.counters.policy_denied.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(pid = c.pid, from = ?c.addrs, %dst, denied_total = n, "connect denied by the policy");
+                return (
+                    Reply::Error {
+                        errno: libc::ECONNREFUSED,
+                        message: "denied by the Slim policy",
+                    },
+                    None,
+                );
+            }
+        }
         if req.family == libc::AF_INET && route.host.is_ipv6() {
             return self.fallback(FallbackReason::FamilyUnsupported);
         }

@@ -295,6 +295,7 @@ pub fn counters(router: &Router) -> BTreeMap<String, u64> {
         ("unknown_accepts", g(&c.unknown_accepts)),
         ("bad_frames", g(&c.bad_frames)),
         ("refusals", g(&c.refused)),
+        ("policy_denied", g(&c.policy_denied)),
         ("leases", g(&c.leases)),
         ("lease_changes", g(&c.lease_changes)),
         ("pinned", g(&c.pinned)),
