@@ -65,32 +65,8 @@ fn the_policy_denies_what_it_does_not_allow_and_nothing_else() {
         );
         return;
     }
-    // Two servers in c2 that write a greeting (slim-testprog rr-serve answers what it reads, so
-    // use python): 7320 allowed for c1, 7321 not.
-    let serve = |port: u16| {
-        spawn(
-            "c2",
-            true,
-            &[
-                "python3",
-                "-c",
-                &format!(
-                    r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {port}))
-s.listen(64)
-print("LISTENING", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"HELLO {port}\n")
-    c.close()
-"#
-                ),
-            ],
-        )
-    };
+    // Two servers in c2: 7320 allowed for c1, 7321 not.
+    let serve = |port: u16| spawn_greeter("c2", port, &format!("HELLO {port}"));
     let _a = serve(7320);
     let _b = serve(7321);
     // Without a policy: both reachable from c1.

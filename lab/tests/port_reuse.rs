@@ -35,28 +35,7 @@ fn host_listeners() -> HashSet<u16> {
 fn a_closed_listeners_port_never_reaches_the_next_program_on_it() {
     let _g = lab();
     let before = host_listeners();
-    let server = spawn(
-        "c2",
-        true,
-        &[
-            "python3",
-            "-c",
-            &format!(
-                r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {PORT}))
-s.listen(64)
-print("LISTENING", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"OLD\n")
-    c.close()
-"#
-            ),
-        ],
-    );
+    let server = spawn_greeter("c2", PORT.parse().unwrap(), "OLD");
     assert!(
         server.first_line.starts_with("LISTENING"),
         "{}",

@@ -283,3 +283,23 @@ pub fn router_counters(host: &str) -> std::collections::HashMap<String, u64> {
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
         .collect()
 }
+
+/// A server in `node` (with Slim) on `port` of every address that writes `greeting` and a newline
+/// to each connection and closes it; started once it listens.
+pub fn spawn_greeter(node: &str, port: u16, greeting: &str) -> Bg {
+    let script = format!(
+        r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {port}))
+s.listen(64)
+print("LISTENING", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"{greeting}\n")
+    c.close()
+"#
+    );
+    spawn(node, true, &["python3", "-c", &script])
+}
