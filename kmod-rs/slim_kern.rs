@@ -121,7 +121,8 @@ const FEATURES: u32 = kabi::SLIM_FEAT_STATS
     | kabi::SLIM_FEAT_AUTHORIZE
     | kabi::SLIM_FEAT_CHILD_ADDRS
     | kabi::SLIM_FEAT_REVOKE
-    | kabi::SLIM_FEAT_TABLES;
+    | kabi::SLIM_FEAT_TABLES
+    | kabi::SLIM_FEAT_TRANSLATE;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
 pub(crate) struct Counters {
@@ -130,6 +131,9 @@ pub(crate) struct Counters {
     pub(crate) children_total: Atomic<u64>,
     pub(crate) revoked_total: Atomic<u64>,
     pub(crate) refusals: [Atomic<u64>; kabi::SLIM_REFUSAL_SLOTS],
+    /// Connects translated from a listeners table, and those refused with ENOENT (TABLE_STATS).
+    pub(crate) translated: Atomic<u64>,
+    pub(crate) not_found: Atomic<u64>,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -138,6 +142,8 @@ pub(crate) static COUNTERS: Counters = Counters {
     children_total: Atomic::new(0),
     revoked_total: Atomic::new(0),
     refusals: [const { Atomic::new(0) }; kabi::SLIM_REFUSAL_SLOTS],
+    translated: Atomic::new(0),
+    not_found: Atomic::new(0),
 };
 
 impl Counters {

@@ -33,7 +33,7 @@ use kernel::{
     sync::atomic::Relaxed,
 };
 
-use crate::{kabi, tables::TableSet, COUNTERS};
+use crate::{kabi, kabi_tables, tables::TableSet, COUNTERS};
 use kernel::sync::Arc;
 
 // The kernel's TCP tables (`EXPORT_SYMBOL(inet_stream_ops)`, `EXPORT_SYMBOL_GPL(inet6_stream_ops)`;
@@ -98,6 +98,9 @@ struct Entry {
     child: bool,
     /// Restricted with `SLIM_RESTRICT_LISTENER` (AUTHORIZE_CONNECT refuses it).
     listener: bool,
+    /// Restricted with `SLIM_RESTRICT_TRANSLATE`: `connect(overlay endpoint)` is translated from
+    /// `tables` (see `slim_connect`).
+    translate: bool,
     /// Shut down by REVOKE: every later `connect` is refused, whatever the authorization.
     revoked: bool,
     /// REVOKE shuts down every socket of a tag.
@@ -204,6 +207,7 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict, tables: Arc<TableSet>) -> Resul
         sock: sock as usize,
         child: false,
         listener: req.flags & kabi::SLIM_RESTRICT_LISTENER != 0,
+        translate: req.flags & kabi::SLIM_RESTRICT_TRANSLATE != 0,
         revoked: false,
         tag: req.tag,
         auth: kabi::SlimAddr::NONE,
@@ -289,10 +293,12 @@ fn dest_of(b: &[u8]) -> Option<Dest> {
     Some(d)
 }
 
-/// `connect`: allowed only to the endpoint authorized by AUTHORIZE_CONNECT (then delegated to the
-/// original `connect`, so blocking / non-blocking semantics, EINPROGRESS, EALREADY and EISCONN are
-/// the kernel's); anything else (no authorization, another address, AF_UNSPEC "disconnect", a
-/// revoked socket) is refused with EPERM.
+/// `connect`: to the endpoint authorized by AUTHORIZE_CONNECT, delegated to the original
+/// `connect` as it is; on a socket restricted with `SLIM_RESTRICT_TRANSLATE`, to an overlay endpoint
+/// of its table set's listeners table, translated to the row's host endpoint (see [`translate`]). In
+/// both cases blocking / non-blocking semantics, EINPROGRESS, EALREADY, EISCONN and SO_ERROR are the
+/// kernel's. Anything else (no authorization, another address, AF_UNSPEC "disconnect", a revoked
+/// socket) is refused with EPERM; an overlay endpoint with no row, with ENOENT.
 unsafe extern "C" fn slim_connect(
     sock: *mut bindings::socket,
     addr: *mut bindings::sockaddr_unsized,
@@ -308,25 +314,115 @@ unsafe extern "C" fn slim_connect(
         unsafe { core::ptr::copy_nonoverlapping(addr.cast::<u8>(), buf.as_mut_ptr(), n) };
     }
     let want = dest_of(&buf[..n]);
-    let allowed = {
+    let (allowed, tables) = {
         let table = TABLE.lock();
         match table.iter().find(|e| e.sock == sock as usize) {
-            Some(e) if !e.revoked && !e.auth.is_none() => {
-                want.is_some() && want == dest_of(&e.auth.raw[..e.auth.sockaddr_len().unwrap_or(0)])
+            Some(e) if !e.revoked => {
+                let authorized = !e.auth.is_none()
+                    && want.is_some()
+                    && want == dest_of(&e.auth.raw[..e.auth.sockaddr_len().unwrap_or(0)]);
+                (authorized, if e.translate { e.tables.clone() } else { None })
             }
-            _ => false,
+            _ => (false, None),
         }
     };
-    if !allowed {
-        return refuse(kabi::SLIM_REFUSED_CONNECT);
+    if allowed {
+        // SAFETY: wrapper contract (see `orig_ops`); the arguments are passed on unchanged.
+        return unsafe { orig_connect(sock, addr, len, flags) };
     }
-    // SAFETY: wrapper contract (see `orig_ops`); the arguments are passed on unchanged.
+    match (tables, want) {
+        // SAFETY: wrapper contract, as above.
+        (Some(t), Some(d)) => unsafe { translate(sock, &t, &d, flags) },
+        _ => refuse(kabi::SLIM_REFUSED_CONNECT),
+    }
+}
+
+/// The original `connect` of a restricted socket.
+///
+/// # Safety
+/// As for [`orig_ops`]; `addr` valid for `len` bytes.
+unsafe fn orig_connect(
+    sock: *mut bindings::socket,
+    addr: *mut bindings::sockaddr_unsized,
+    len: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: per the contract.
     unsafe {
         match orig_ops(sock).connect {
             Some(f) => f(sock, addr, len, flags),
             None => -(bindings::EOPNOTSUPP as c_int),
         }
     }
+}
+
+/// A translated connect (issue 15, point 2): the overlay endpoint `d` is looked up in the listeners
+/// table of `tables` (one snapshot, no lock held during the connect); the first row's host endpoint
+/// (rows of one endpoint are spread over by socket) is connected to by the original `connect`, in
+/// this socket's family (v4-mapped for an IPv6 socket). Once that connect has started (0 or
+/// EINPROGRESS), `getpeername` answers `d`. ENOENT: no row, or an IPv6 host endpoint for an IPv4
+/// socket (the caller takes the overlay).
+///
+/// # Safety
+/// As for [`orig_ops`].
+unsafe fn translate(sock: *mut bindings::socket, tables: &TableSet, d: &Dest, flags: c_int) -> c_int {
+    let enoent = -(bindings::ENOENT as c_int);
+    let port = u16::from_be_bytes(d.port);
+    let key = if d.v4 {
+        kabi::SlimAddr::v4([d.ip[0], d.ip[1], d.ip[2], d.ip[3]], port)
+    } else {
+        kabi::SlimAddr::v6(d.ip, port, 0, 0)
+    };
+    let snap = tables.snapshot();
+    let rows = snap.rows(0);
+    let range = kabi_tables::key_range(rows, &key);
+    let count = range.len();
+    if count == 0 {
+        COUNTERS.not_found.fetch_add(1, Relaxed);
+        return enoent;
+    }
+    let pick = range.start + (sock as usize >> 6) % count;
+    let Some(host) = rows.get(pick).map(|r| r.value) else {
+        return enoent;
+    };
+    // SAFETY: `sock->ops` is one of our initialised 'static tables (wrapper contract).
+    let family = unsafe { (*(*sock).ops).family };
+    let Some(host) = in_family(&host, family) else {
+        return enoent;
+    };
+    let Some(peer) = in_family(&key, family) else {
+        return enoent;
+    };
+    drop(snap);
+    let mut sa = host.raw;
+    let len = host.sockaddr_len().unwrap_or(0) as c_int;
+    // SAFETY: wrapper contract; `sa` is a local `sockaddr_in`/`sockaddr_in6` of `len` bytes.
+    let r = unsafe { orig_connect(sock, sa.as_mut_ptr().cast(), len, flags) };
+    if r == 0 || r == -(bindings::EINPROGRESS as c_int) {
+        let mut table = TABLE.lock();
+        if let Some(e) = table.iter_mut().find(|e| e.sock == sock as usize) {
+            e.peer = peer;
+        }
+        COUNTERS.translated.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+/// `a` (an IPv4 or IPv6 address of the tables' canonical form) as an address of a socket of
+/// `family`: IPv4 in an IPv6 socket as v4-mapped; None for IPv6 in an IPv4 socket.
+fn in_family(a: &kabi::SlimAddr, family: c_int) -> Option<kabi::SlimAddr> {
+    let fam = c_int::from(a.family());
+    if fam == family {
+        return Some(*a);
+    }
+    if fam == kabi::AF_INET as c_int && family == kabi::AF_INET6 as c_int {
+        let mut ip = [0u8; 16];
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..16].copy_from_slice(&a.raw[4..8]);
+        return Some(kabi::SlimAddr::v6(ip, a.port(), 0, 0));
+    }
+    None
 }
 
 /// The restricted socket of `fd` (holding the file) and the family of its restricted table.
@@ -483,6 +579,7 @@ unsafe extern "C" fn slim_accept(
         let child = Entry {
             sock: newsock as usize,
             child: true,
+            translate: false,
             listener: false,
             revoked,
             tag,

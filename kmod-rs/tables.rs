@@ -246,6 +246,8 @@ impl TableSet {
         s.refused_batches = self.refused.load(Relaxed);
         s.enospc = self.enospc.load(Relaxed);
         s.sets_live = SETS_LIVE.load(Relaxed);
+        s.translated = crate::COUNTERS.translated.load(Relaxed);
+        s.not_found = crate::COUNTERS.not_found.load(Relaxed);
         s
     }
 }

@@ -91,6 +91,19 @@ while IFS= read -r line; do
     esac
 done < <($PY "$HERE/table_test.py" 2>&1; echo "exit status $?")
 
+# --- connect by the module (vm-tests/translate_test.py, SLIM_RESTRICT_TRANSLATE): overlay endpoints
+# looked up in the listeners table, blocking and non-blocking, ENOENT without a row, ECONNREFUSED,
+# per-file sets, a socket passed to nobody, 4 threads connecting while rows change.
+while IFS= read -r line; do
+    case $line in
+        "ok   - "*) ok "translate: ${line#ok   - }" ;;
+        "FAIL - "*) nok "translate: ${line#FAIL - }" ;;
+        "exit status 0") ;;
+        "exit status "*) nok "translate_test.py ended with $line" ;;
+        *) echo "  translate_test: $line" ;;
+    esac
+done < <($PY "$HERE/translate_test.py" 2>&1; echo "exit status $?")
+
 # --- callers without CAP_NET_ADMIN in the initial user namespace
 expect "root without CAP_NET_ADMIN: open refused" '^errno=EPERM$' \
     setpriv --inh-caps=-net_admin --bounding-set=-net_admin $PROBE open

@@ -272,6 +272,9 @@ pub const SLIM_FEAT_STATS: u32 = 1 << 4;
 /// Feature bit: the table ioctls of `kabi_tables.rs` (`SLIM_IOC_TABLE_UPDATE`, `_DUMP`, `_STATS`),
 /// one table set per open file. A compatible extension: `KABI_VERSION` stays the same.
 pub const SLIM_FEAT_TABLES: u32 = 1 << 5;
+/// Feature bit: [`SLIM_RESTRICT_TRANSLATE`], connect by the module from the listeners table (issue
+/// 15, point 2). A compatible extension: `KABI_VERSION` stays the same.
+pub const SLIM_FEAT_TRANSLATE: u32 = 1 << 6;
 
 /// [`SLIM_IOC_RESTRICT`] (write): restrict the host socket `fd` (a TCP socket of the caller) before
 /// any container sees it, and record its virtual (overlay) addresses. From then on `getsockname`
@@ -299,8 +302,18 @@ pub struct SlimRestrict {
 /// accepted children inherit the restriction and the tag, with the child's addresses set by
 /// [`SLIM_IOC_SET_CHILD_ADDRS`] (until then they answer the listener's local address and no peer).
 pub const SLIM_RESTRICT_LISTENER: u32 = 1 << 0;
+/// The socket connects to overlay endpoints, translated by the module ([`SLIM_FEAT_TRANSLATE`]):
+/// `connect(overlay endpoint)` looks the endpoint up in the listeners table of the table set of the
+/// `/dev/slim` file that restricted the socket (`kabi_tables.rs`), connects to its host endpoint
+/// with the kernel's own connect (blocking and non-blocking semantics, `EINPROGRESS`, `SO_ERROR`
+/// are the kernel's) and, once that connect has started, answers the overlay endpoint to
+/// `getpeername`. An endpoint without a row fails with `ENOENT` (which a TCP connect never
+/// returns otherwise: the caller takes the overlay), an IPv6 host endpoint for an IPv4 socket
+/// too. An endpoint authorized by AUTHORIZE_CONNECT is connected to as it is. Not with
+/// [`SLIM_RESTRICT_LISTENER`], nor with a `peer` (`EINVAL`).
+pub const SLIM_RESTRICT_TRANSLATE: u32 = 1 << 1;
 /// All defined `SLIM_RESTRICT_*` bits.
-pub const SLIM_RESTRICT_FLAGS: u32 = SLIM_RESTRICT_LISTENER;
+pub const SLIM_RESTRICT_FLAGS: u32 = SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE;
 
 /// [`SLIM_IOC_AUTHORIZE_CONNECT`] (write): the one host endpoint the restricted socket `fd` may
 /// `connect` to (the container's `connect` is refused for anything else). Replaces an earlier
@@ -408,6 +421,11 @@ impl SlimRestrict {
     /// Checks flags and addresses (what the module checks before acting).
     pub const fn validate(&self) -> Result<(), KabiError> {
         if self.flags & !SLIM_RESTRICT_FLAGS != 0 {
+            return Err(KabiError::Invalid);
+        }
+        if self.flags & SLIM_RESTRICT_TRANSLATE != 0
+            && (self.flags & SLIM_RESTRICT_LISTENER != 0 || !self.peer.is_none())
+        {
             return Err(KabiError::Invalid);
         }
         if let Err(e) = self.local.sockaddr_len() {
@@ -619,6 +637,14 @@ mod tests {
         assert_eq!(r.validate(), Ok(()));
         r.flags = SLIM_RESTRICT_LISTENER;
         assert_eq!(r.validate(), Ok(()));
+        r.flags = SLIM_RESTRICT_TRANSLATE;
+        assert_eq!(r.validate(), Ok(()));
+        r.flags = SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_LISTENER;
+        assert_eq!(r.validate(), Err(KabiError::Invalid), "a listener does not connect");
+        r.flags = SLIM_RESTRICT_TRANSLATE;
+        r.peer = SlimAddr::v4([10, 32, 0, 2], 80);
+        assert_eq!(r.validate(), Err(KabiError::Invalid), "the module sets the peer");
+        r.peer = SlimAddr::NONE;
         r.flags = 1 << 7;
         assert_eq!(r.validate(), Err(KabiError::Invalid));
         r.flags = 0;

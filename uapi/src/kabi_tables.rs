@@ -182,8 +182,11 @@ pub struct SlimTableStats {
     pub sets_live: u64,
     /// Rows of all sets of the module, by table id (index 0 unused, zero).
     pub all_rows: [u64; 4],
-    /// Zero.
-    pub reserved: [u64; 2],
+    /// Connects translated by the module from a listeners table (`SLIM_RESTRICT_TRANSLATE`),
+    /// all sets.
+    pub translated: u64,
+    /// Translating connects refused with ENOENT (no row for the endpoint), all sets.
+    pub not_found: u64,
 }
 
 /// Why a batch is refused; [`TableError::errno`] is the errno the module answers.
@@ -233,7 +236,7 @@ zeroed_ctor! {
     SlimTableDump { table: 0, reserved0: 0, flags: 0, start: 0, capacity: 0, rows: 0, count: 0,
                     total: 0, generation: 0 }
     SlimTableStats { rows: [0; 4], limit: 0, generation: 0, ops_applied: 0, refused_batches: 0,
-                     enospc: 0, sets_live: 0, all_rows: [0; 4], reserved: [0; 2] }
+                     enospc: 0, sets_live: 0, all_rows: [0; 4], translated: 0, not_found: 0 }
 }
 
 /// Whether `a` is a canonical address: valid encoding, IPv4 as `AF_INET`, IPv6 flow info zero
@@ -585,7 +588,8 @@ const _: () = {
     assert!(offset_of!(SlimTableStats, limit) == 32);
     assert!(offset_of!(SlimTableStats, sets_live) == 72);
     assert!(offset_of!(SlimTableStats, all_rows) == 80);
-    assert!(offset_of!(SlimTableStats, reserved) == 112);
+    assert!(offset_of!(SlimTableStats, translated) == 112);
+    assert!(offset_of!(SlimTableStats, not_found) == 120);
 
     assert!(SLIM_IOC_TABLE_UPDATE == 0xC020_5306);
     assert!(SLIM_IOC_TABLE_DUMP == 0xC028_5307);

@@ -1,0 +1,270 @@
+#!/usr/bin/python3
+"""Connect by the module (SLIM_RESTRICT_TRANSLATE, issue 15 point 2), run as root inside the test VM by
+guest.sh with slim_kern loaded and lo up: a restricted socket's connect(overlay endpoint) is looked up in
+the listeners table of its /dev/slim file's table set and connected to the host endpoint by the kernel's
+own connect; getpeername answers the overlay endpoint.
+
+    translate_test.py             every check
+    translate_test.py --child FD  internal: what a process without privileges can do with a passed socket
+
+Prints one "ok   - ..." or "FAIL - ..." line per check and exits non-zero on any failure. The ioctl
+helpers are table_test.py's.
+"""
+import ctypes
+import errno
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import table_test as tt
+from table_test import INSERT, REMOVE, RESET, LISTENERS, addr4, addr6, check, errname, op, raw_ioctl, tstats, update
+
+FEAT_TRANSLATE = 1 << 6
+RESTRICT_LISTENER, RESTRICT_TRANSLATE = 1, 2
+TAG = 41
+
+
+def restrict(dev, sock, flags=RESTRICT_TRANSLATE, local=None, peer=tt.NONE):
+    if local is None:
+        port = sock.getsockname()[1]
+        local = addr4([10, 99, 0, 1], port) if sock.family == socket.AF_INET else addr6(mapped([10, 99, 0, 1]), port)
+    req = struct.pack("=iIQ", sock.fileno(), flags, TAG) + local + peer
+    raw_ioctl(dev, tt.IOC_RESTRICT, ctypes.create_string_buffer(req, 72))
+
+
+def mapped(ip4):
+    return bytes(10) + b"\xff\xff" + bytes(ip4)
+
+
+def row(overlay_ip, overlay_port, host_port, kind=INSERT):
+    return op(kind, LISTENERS, addr4(overlay_ip, overlay_port), addr4([127, 0, 0, 1], host_port))
+
+
+class Greeter:
+    """A plain host listener on 127.0.0.1 that writes its word to every connection."""
+
+    def __init__(self, word):
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        self.s.listen(128)
+        self.port = self.s.getsockname()[1]
+        self.peers = []
+        self.word = word
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while True:
+            try:
+                c, peer = self.s.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            try:
+                c.sendall(self.word)
+            except OSError:
+                pass
+            c.close()
+
+
+def translating(dev, family=socket.AF_INET, blocking=True):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0) if family == socket.AF_INET else ("::ffff:127.0.0.1", 0))
+    restrict(dev, s)
+    s.setblocking(blocking)
+    return s
+
+
+def connect_err(s, dst):
+    try:
+        s.connect(dst)
+        return None
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def child(fd):
+    """A process without privileges (another container's, say) holding a passed translating socket."""
+    s = socket.socket(fileno=fd)
+    out = [f"name={s.getsockname()[0]}:{s.getsockname()[1]}"]
+    out.append(f"unlisted={connect_err(s, ('10.99.0.9', 80))}")
+    e = connect_err(s, ("10.99.0.2", 80))
+    out.append(f"listed={e}")
+    if e is None:
+        out.append(f"got={s.recv(16).decode()}")
+    print(" ".join(out))
+    return 0
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return child(int(sys.argv[2]))
+    dev = os.open("/dev/slim", os.O_RDWR)
+    ver = ctypes.create_string_buffer(16)
+    raw_ioctl(dev, tt.IOC_VERSION, ver)
+    _, feat, _, _ = struct.unpack("=IIII", ver.raw)
+    check("VERSION announces SLIM_FEAT_TRANSLATE", feat & FEAT_TRANSLATE, f"features {feat:#x}")
+
+    hello, other = Greeter(b"HELLO"), Greeter(b"OTHER")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    update(dev, [row([10, 99, 0, 2], 80, hello.port), row([10, 99, 0, 4], 80, closed_port)])
+    s0 = tstats(dev)
+
+    # --- blocking connect to a listed overlay endpoint
+    s = translating(dev)
+    e = connect_err(s, ("10.99.0.2", 80))
+    got = s.recv(16) if e is None else b""
+    check("connect(overlay endpoint) reaches the host listener of its row", e is None and got == b"HELLO", e or got)
+    check("getpeername answers the overlay endpoint", e is None and s.getpeername() == ("10.99.0.2", 80), e or s.getpeername())
+    check("getsockname answers the restricted local address", s.getsockname()[0] == "10.99.0.1", s.getsockname())
+    check("the host listener saw the socket's real host endpoint",
+          hello.peers and hello.peers[-1][0] == "127.0.0.1", hello.peers[-1:] if hello.peers else "no connection")
+    s.close()
+
+    # --- no row: ENOENT, nothing connected, the socket still usable
+    s = translating(dev)
+    n0 = len(hello.peers) + len(other.peers)
+    e = connect_err(s, ("10.99.0.3", 80))
+    check("an overlay endpoint without a row -> ENOENT (the library takes the overlay)", e == "ENOENT", e)
+    e = connect_err(s, ("127.0.0.1", hello.port))
+    check("a host endpoint given directly -> ENOENT, not reached", e == "ENOENT" and len(hello.peers) + len(other.peers) == n0, e)
+    e = connect_err(s, ("10.99.0.2", 80))
+    check("after ENOENT the same socket connects to a listed endpoint", e is None and s.recv(16) == b"HELLO", e)
+    s.close()
+    s1 = tstats(dev)
+    check("TABLE_STATS counts translated connects and ENOENT refusals",
+          s1["translated"] - s0["translated"] == 2 and s1["not_found"] - s0["not_found"] == 2,
+          f"translated {s0['translated']}->{s1['translated']}, not_found {s0['not_found']}->{s1['not_found']}")
+
+    # --- non-blocking: EINPROGRESS, then writable with SO_ERROR 0
+    s = translating(dev, blocking=False)
+    r = s.connect_ex(("10.99.0.2", 80))
+    _, w, _ = select.select([], [s], [], 5)
+    soerr = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    check("non-blocking connect: EINPROGRESS (or done at once), then writable, SO_ERROR 0",
+          r in (0, errno.EINPROGRESS) and w and soerr == 0, f"connect_ex {errno.errorcode.get(r, r)}, writable {bool(w)}, SO_ERROR {soerr}")
+    check("non-blocking: getpeername answers the overlay endpoint", s.getpeername() == ("10.99.0.2", 80), s.getpeername())
+    s.close()
+
+    # --- a row whose host listener is gone: the kernel's ECONNREFUSED, no peer recorded
+    s = translating(dev)
+    e = connect_err(s, ("10.99.0.4", 80))
+    check("blocking connect to a row with no listener -> ECONNREFUSED", e == "ECONNREFUSED", e)
+    check("... and getpeername -> ENOTCONN", errname(s.getpeername) == "ENOTCONN", errname(s.getpeername))
+    s.close()
+    s = translating(dev, blocking=False)
+    r = s.connect_ex(("10.99.0.4", 80))
+    select.select([], [s], [], 5)
+    soerr = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    check("non-blocking connect to a row with no listener: EINPROGRESS, then SO_ERROR ECONNREFUSED",
+          r in (errno.EINPROGRESS, errno.ECONNREFUSED) and (soerr == errno.ECONNREFUSED or r == errno.ECONNREFUSED),
+          f"connect_ex {errno.errorcode.get(r, r)}, SO_ERROR {errno.errorcode.get(soerr, soerr)}")
+    s.close()
+
+    # --- an IPv6 socket reaches an IPv4 overlay endpoint (v4-mapped both ways)
+    s = translating(dev, family=socket.AF_INET6)
+    e = connect_err(s, ("::ffff:10.99.0.2", 80))
+    got = s.recv(16) if e is None else b""
+    check("IPv6 socket, v4-mapped overlay endpoint: translated to the v4-mapped host endpoint",
+          e is None and got == b"HELLO" and s.getpeername()[:2] == ("::ffff:10.99.0.2", 80), e or (got, s.getpeername()))
+    s.close()
+
+    # --- a socket restricted without TRANSLATE keeps today's rule
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    restrict(dev, s, flags=0)
+    e = connect_err(s, ("10.99.0.2", 80))
+    check("a restricted socket without TRANSLATE: connect(overlay) -> EPERM", e == "EPERM", e)
+    s.close()
+    s = socket.socket()
+    e = errname(lambda: restrict(dev, s, flags=RESTRICT_TRANSLATE | RESTRICT_LISTENER))
+    check("TRANSLATE with LISTENER -> EINVAL", e == "EINVAL", e)
+    e = errname(lambda: restrict(dev, s, flags=RESTRICT_TRANSLATE, peer=addr4([10, 99, 0, 2], 80)))
+    check("TRANSLATE with a peer -> EINVAL (the module sets it)", e == "EINVAL", e)
+    s.close()
+
+    # --- another table set: a socket restricted through another file does not see these rows
+    other_dev = os.open("/dev/slim", os.O_RDWR)
+    s = translating(other_dev)
+    e = connect_err(s, ("10.99.0.2", 80))
+    check("a socket of another file's set does not see this set's rows (ENOENT)", e == "ENOENT", e)
+    s.close()
+    os.close(other_dev)
+
+    # --- passed to a process without privileges (SCM_RIGHTS / inheritance): still its owner's socket
+    s = translating(dev)
+    me = os.path.abspath(__file__)
+    r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+                        "--bounding-set=-all", sys.executable, me, "--child", str(s.fileno())],
+                       pass_fds=(s.fileno(),), capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(me)})
+    out = (r.stdout + r.stderr).strip()
+    check("a passed socket answers its owner's address, reaches only listed endpoints, as its owner",
+          out.startswith("name=10.99.0.1:") and "unlisted=ENOENT" in out and "listed=None got=HELLO" in out, out)
+    s.close()
+
+    # --- table updates racing connects: 4 threads connect while rows are replaced, removed, reset
+    stop = time.monotonic() + 5
+    results = {"HELLO": 0, "OTHER": 0, "ENOENT": 0}
+    bad = []
+    lock = threading.Lock()
+
+    def connector():
+        while time.monotonic() < stop:
+            s = translating(dev)
+            e = connect_err(s, ("10.99.0.2", 80))
+            if e is None:
+                try:
+                    got = s.recv(16).decode() or "eof"
+                except OSError as x:
+                    got = errno.errorcode.get(x.errno, str(x))
+                key = got
+            else:
+                key = e
+            with lock:
+                if key in results:
+                    results[key] += 1
+                else:
+                    bad.append(key)
+            s.close()
+
+    def writer():
+        k = 0
+        while time.monotonic() < stop:
+            target = hello.port if k % 2 == 0 else other.port
+            prev = other.port if k % 2 == 0 else hello.port
+            try:
+                if k % 5 == 4:
+                    update(dev, [row([10, 99, 0, 2], 80, target)], flags=RESET)
+                else:
+                    update(dev, [row([10, 99, 0, 2], 80, prev, kind=REMOVE), row([10, 99, 0, 2], 80, target)])
+                update(dev, [row([10, 99, 0, 2], 80, target, kind=REMOVE)])
+                update(dev, [row([10, 99, 0, 2], 80, target)])
+            except tt.Err as x:
+                bad.append(f"update {x.name}")
+                update(dev, [row([10, 99, 0, 2], 80, target)], flags=RESET)
+            k += 1
+
+    update(dev, [row([10, 99, 0, 2], 80, other.port)], flags=RESET)
+    threads = [threading.Thread(target=connector) for _ in range(4)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(f"4 threads connecting while rows change: every connect reached a row's listener or got ENOENT ({results})",
+          not bad and results["HELLO"] > 0 and results["OTHER"] > 0 and results["ENOENT"] > 0, f"unexpected: {bad[:5]}")
+
+    update(dev, [], flags=RESET)
+    os.close(dev)
+    return 1 if tt.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
