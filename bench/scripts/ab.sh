@@ -6,7 +6,11 @@
 #   bench/scripts/ab.sh A_CHECKOUT B_CHECKOUT OUT ROUNDS [slim-bench arguments...]
 #   e.g. bench/scripts/ab.sh /work/main . /tmp/ab 3 --only conn1 --modes host,overlay,slim --runs 5 --no-callcost
 #
-# Each checkout must be built (cargo build --release). Writes OUT/{A,B}-N/latest.json and
+# Each checkout must be built (cargo build --release). Between runs it waits AB_PAUSE seconds
+# (default 65): a run's TIME_WAIT leftovers last 60 s, and a router that leases ports by bind
+# (router/src/leasewatch.rs) counts a port as held while a TIME_WAIT socket without SO_REUSEPORT
+# (one of an older router's) is on it, so without the pause the side that follows the other's
+# run would start with most of its lease range blocked. Writes OUT/{A,B}-N/latest.json and
 # OUT/{A,B}-N/output.txt, then prints each pair's Slim/host per run (bench/scripts/pair-table.py).
 set -euo pipefail
 [ $# -ge 4 ] || { sed -n '2,10p' "$0"; exit 2; }
@@ -20,6 +24,7 @@ for r in $(seq 1 "$ROUNDS"); do
         echo "== round $r, $side: $dir ($(git -C "$dir" rev-parse --short HEAD))"
         # From the checkout, so that the JSON records its commit; its own lab binaries.
         (cd "$dir" && ./target/release/slim-bench --restart-routers --out "$o" "$@") 2>&1 | tee "$o/output.txt"
+        sleep "${AB_PAUSE:-65}"
     done
 done
 for r in $(seq 1 "$ROUNDS"); do
