@@ -36,7 +36,7 @@ use kernel::{
 mod kabi;
 
 /// The table ioctls, also shared with userspace (`kabi_tables.rs` refers to `crate::kabi`).
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../uapi/src/kabi_tables.rs"]
 mod kabi_tables;
 
@@ -63,7 +63,7 @@ module! {
 
 /// The `table_limit` module parameter, as a row count.
 fn table_limit() -> usize {
-    *module_parameters::table_limit.value() as usize
+    module_parameters::table_limit.value() as usize
 }
 
 // The kabi ioctl numbers must be exactly what the kernel's own _IOR/_IOW/_IOWR compute.
