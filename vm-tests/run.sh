@@ -7,7 +7,7 @@
 #   SLIM_VM_NO_BUILD=1 vm-tests/run.sh    only boot (fails if the kernel or module is missing)
 #
 # Environment: SLIM_VM_OUT (guest-writable results dir, default target/vm-tests), SLIM_VM_TIMEOUT
-# (seconds, default 900), SLIM_VM_CPUS (2), SLIM_VM_MEM (2G: KASAN takes 1/8 for shadow memory),
+# (seconds, default 2400), SLIM_VM_CPUS (2), SLIM_VM_MEM (2G: KASAN takes 1/8 for shadow memory),
 # SLIM_VM_GUEST (the script the guest runs with arguments KO OUT, default vm-tests/guest.sh; it
 # must write OUT/result.txt when it ends).
 # The guest has no network device: `vng` without --net gives it none.
@@ -56,7 +56,9 @@ rc=0
 # "BUG: KASAN: wild-memory-access" when an interrupt hits the window in early boot where
 # identify_cpu() has zeroed boot_cpu_data.x86_capability (pgtable_l5_enabled() is then false, so
 # KASAN's shadow-range check is wrong). Seen in 1 of 2 boots before this option.
-timeout --foreground -k 10 "${SLIM_VM_TIMEOUT:-900}" \
+# 2400 s: the guest's tests took 17-20 min under TCG on 2 cores (2026-12-07: the table, translate,
+# policy and router-mode tests added; each lab test 45-145 s there).
+timeout --foreground -k 10 "${SLIM_VM_TIMEOUT:-2400}" \
     vng --disable-kvm --run "$KDIR" --qemu "$KQEMU" \
         --cpus "${SLIM_VM_CPUS:-2}" --memory "${SLIM_VM_MEM:-2G}" \
         --append "panic=-1 oops=panic no5lvl" \
