@@ -640,10 +640,18 @@ mod tests {
         r.flags = SLIM_RESTRICT_TRANSLATE;
         assert_eq!(r.validate(), Ok(()));
         r.flags = SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_LISTENER;
-        assert_eq!(r.validate(), Err(KabiError::Invalid), "a listener does not connect");
+        assert_eq!(
+            r.validate(),
+            Err(KabiError::Invalid),
+            "a listener does not connect"
+        );
         r.flags = SLIM_RESTRICT_TRANSLATE;
         r.peer = SlimAddr::v4([10, 32, 0, 2], 80);
-        assert_eq!(r.validate(), Err(KabiError::Invalid), "the module sets the peer");
+        assert_eq!(
+            r.validate(),
+            Err(KabiError::Invalid),
+            "the module sets the peer"
+        );
         r.peer = SlimAddr::NONE;
         r.flags = 1 << 7;
         assert_eq!(r.validate(), Err(KabiError::Invalid));
