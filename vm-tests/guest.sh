@@ -51,58 +51,43 @@ expect "VERSION number with a wrong size -> ENOTTY" '^errno=ENOTTY$' $PROBE bads
 expect "VERSION to a NULL pointer -> EFAULT" '^errno=EFAULT$' $PROBE nullptr
 expect "RESTRICT with an all-zero request (no local address) -> EINVAL" '^errno=EINVAL$' $PROBE restrict-stub
 
+# py_checks NAME PREFIX [ARGS...]: runs vm-tests/NAME.py ARGS (one "ok   - ..." / "FAIL - ..." line
+# per check) and counts its lines as checks of this script, each prefixed with PREFIX; any other line
+# is shown; a non-zero exit is a failure of its own.
+py_checks() {
+    local name=$1 prefix=$2 line
+    shift 2
+    while IFS= read -r line; do
+        case $line in
+            "ok   - "*) ok "$prefix${line#ok   - }" ;;
+            "FAIL - "*) nok "$prefix${line#FAIL - }" ;;
+            "exit status 0") ;;
+            "exit status "*) nok "$name.py $* ended with $line" ;;
+            *) echo "  $name: $line" ;;
+        esac
+    done < <($PY "$HERE/$name.py" "$@" 2>&1; echo "exit status $?")
+}
+
 # --- RESTRICT on real sockets (vm-tests/restrict_test.py: one "ok"/"FAIL" line per check)
 ip link set lo up 2>/dev/null || true
-while IFS= read -r line; do
-    case $line in
-        "ok   - "*) ok "${line#ok   - }" ;;
-        "FAIL - "*) nok "${line#FAIL - }" ;;
-        "exit status 0") ;;
-        "exit status "*) nok "restrict_test.py ended with $line" ;;
-        *) echo "  restrict_test: $line" ;;
-    esac
-done < <($PY "$HERE/restrict_test.py" 2>&1; echo "exit status $?")
+py_checks restrict_test ""
 
 # --- concurrency stress (vm-tests/stress_test.py): threads racing RESTRICT, accept, SET_CHILD_ADDRS,
 # REVOKE, STATS and close (also close of an fd during an ioctl on it) for a few seconds; checks the
 # errnos and the STATS totals, and that everything is closed again (restricted_live 0) so the rmmod
 # below can succeed. KASAN / lockdep findings show up in the kernel-log check at the end.
-while IFS= read -r line; do
-    case $line in
-        "ok   - "*) ok "${line#ok   - }" ;;
-        "FAIL - "*) nok "${line#FAIL - }" ;;
-        "exit status 0") ;;
-        "exit status "*) nok "stress_test.py ended with $line" ;;
-        *) echo "  stress_test: $line" ;;
-    esac
-done < <($PY "$HERE/stress_test.py" 2>&1; echo "exit status $?")
+py_checks stress_test ""
 
 # --- the router's tables in the module (vm-tests/table_test.py): TABLE_UPDATE / DUMP / STATS round
 # trips, all-or-nothing batches, malformed input, EPERM without CAP_NET_ADMIN, one set per open file,
 # concurrent updates against paged dumps. The limit (ENOSPC) is checked after the rmmod below, with
 # the module loaded again with a small table_limit.
-while IFS= read -r line; do
-    case $line in
-        "ok   - "*) ok "tables: ${line#ok   - }" ;;
-        "FAIL - "*) nok "tables: ${line#FAIL - }" ;;
-        "exit status 0") ;;
-        "exit status "*) nok "table_test.py ended with $line" ;;
-        *) echo "  table_test: $line" ;;
-    esac
-done < <($PY "$HERE/table_test.py" 2>&1; echo "exit status $?")
+py_checks table_test "tables: "
 
 # --- connect by the module (vm-tests/translate_test.py, SLIM_RESTRICT_TRANSLATE): overlay endpoints
 # looked up in the listeners table, blocking and non-blocking, ENOENT without a row, ECONNREFUSED,
 # per-file sets, a socket passed to nobody, 4 threads connecting while rows change.
-while IFS= read -r line; do
-    case $line in
-        "ok   - "*) ok "translate: ${line#ok   - }" ;;
-        "FAIL - "*) nok "translate: ${line#FAIL - }" ;;
-        "exit status 0") ;;
-        "exit status "*) nok "translate_test.py ended with $line" ;;
-        *) echo "  translate_test: $line" ;;
-    esac
-done < <($PY "$HERE/translate_test.py" 2>&1; echo "exit status $?")
+py_checks translate_test "translate: "
 
 # --- callers without CAP_NET_ADMIN in the initial user namespace
 expect "root without CAP_NET_ADMIN: open refused" '^errno=EPERM$' \
@@ -142,15 +127,7 @@ if out=$(insmod "$KO" table_limit=8 2>&1); then
     ok "insmod $(basename "$KO") table_limit=8"
     udevadm settle 2>/dev/null || true
     # (Rust module parameters have no sysfs file in 7.3: TABLE_STATS reports the limit.)
-    while IFS= read -r line; do
-        case $line in
-            "ok   - "*) ok "tables: ${line#ok   - }" ;;
-            "FAIL - "*) nok "tables: ${line#FAIL - }" ;;
-            "exit status 0") ;;
-            "exit status "*) nok "table_test.py --limit 8 ended with $line" ;;
-            *) echo "  table_test: $line" ;;
-        esac
-    done < <($PY "$HERE/table_test.py" --limit 8 2>&1; echo "exit status $?")
+    py_checks table_test "tables: " --limit 8
     if out=$(rmmod slim_kern 2>&1); then ok "rmmod slim_kern (table_limit=8)"; else nok "rmmod (table_limit=8): $out"; fi
 else
     nok "insmod table_limit=8: $out"

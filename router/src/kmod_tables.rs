@@ -75,6 +75,19 @@ pub fn hint(errno: Option<i32>) -> &'static str {
 }
 
 impl KernelTables {
+    /// A mirror of nothing yet, on `dev`.
+    fn empty(dev: SlimDev) -> KernelTables {
+        KernelTables {
+            dev,
+            listeners: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            pending: Vec::new(),
+            failing: false,
+            counters: Arc::default(),
+        }
+    }
+
     /// The sink for the table set of `dev`'s open file, fully loaded (empty at start); `None` if
     /// the module keeps no tables (logged once) or the descriptor cannot be duplicated.
     pub fn open(dev: &SlimDev) -> Option<KernelTables> {
@@ -89,15 +102,7 @@ impl KernelTables {
                 return None;
             }
         };
-        let mut t = KernelTables {
-            dev,
-            listeners: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            identities: BTreeMap::new(),
-            pending: Vec::new(),
-            failing: false,
-            counters: Arc::default(),
-        };
+        let mut t = KernelTables::empty(dev);
         t.load();
         Some(t)
     }
@@ -293,15 +298,7 @@ mod tests {
             return;
         };
         // The diffing without a device: the pending ops are inspected, never sent.
-        let mut t = KernelTables {
-            dev,
-            listeners: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            identities: BTreeMap::new(),
-            pending: Vec::new(),
-            failing: false,
-            counters: Arc::default(),
-        };
+        let mut t = KernelTables::empty(dev);
         let o = sa("10.32.0.2:80");
         t.set_listeners(
             o,

@@ -407,6 +407,8 @@ macro_rules! zeroed_ctor {
         }
     )*};
 }
+/// Also used by `kabi_tables.rs` (compiled next to this file in the crate and in the module).
+pub(crate) use zeroed_ctor;
 zeroed_ctor! {
     SlimVersion { kabi_version: 0, features: 0, reserved: [0; 2] }
     SlimRestrict { fd: 0, flags: 0, tag: 0, local: SlimAddr::NONE, peer: SlimAddr::NONE }

@@ -66,7 +66,7 @@
 //! `VERSION`), a compatible extension: `KABI_VERSION` stays 1 (kabi.rs's rule bumps it only for
 //! incompatible changes). A router checks the feature bit and runs without tables if it is absent.
 
-use crate::kabi::{ior, iowr, SlimAddr, AF_INET, AF_INET6, SLIM_IOC_MAGIC};
+use crate::kabi::{ior, iowr, zeroed_ctor, SlimAddr, AF_INET, AF_INET6, SLIM_IOC_MAGIC};
 use core::cmp::Ordering;
 
 pub use crate::kabi::SLIM_FEAT_TABLES;
@@ -220,16 +220,6 @@ impl TableError {
 /// A refused batch: why, and which op ([`SLIM_NO_INDEX`] if none in particular).
 pub type BatchError = (TableError, u32);
 
-macro_rules! zeroed_ctor {
-    ($($t:ident { $($f:ident: $v:expr),* $(,)? })*) => {$(
-        impl $t {
-            /// All fields zero (reserved fields must stay zero).
-            pub const fn zeroed() -> $t {
-                $t { $($f: $v),* }
-            }
-        }
-    )*};
-}
 zeroed_ctor! {
     SlimTableOp { op: 0, table: 0, flags: 0, tag: 0, key: SlimAddr::NONE, value: SlimAddr::NONE }
     SlimTableUpdate { flags: 0, count: 0, ops: 0, generation: 0, error_index: 0, reserved: 0 }
