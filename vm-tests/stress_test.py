@@ -203,6 +203,20 @@ def run(tally, name, fn, allowed=()):
 # The forked racer: close of an fd against an ioctl / accept on it, and against REVOKE of its tag.
 
 RACE_TAG = 0x99
+# The racer's own loopback address: the main process's client-maker connects to 127.0.0.1 ports of
+# its pool's listeners, and a port number the racer's listener reuses must not draw those connects.
+RACE_IP = "127.0.0.2"
+
+
+def tcp_rows(port):
+    """/proc/net/tcp rows with local or remote port `port` (state, queues): for a failure message."""
+    want = f":{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            rows = [" ".join(line.split()[1:5]) for line in f if want in line]
+    except OSError as x:
+        return f"/proc/net/tcp: {x}"
+    return "; ".join(rows) or "no /proc/net/tcp row"
 
 
 def racer(deadline, wfd):
@@ -231,7 +245,7 @@ def racer(deadline, wfd):
     t = threading.Thread(target=closer_side, daemon=True)
     t.start()
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lst.bind(("127.0.0.1", 0))
+    lst.bind((RACE_IP, 0))
     lst.listen(64)
     lport = lst.getsockname()[1]
     lst.setblocking(False)
@@ -246,7 +260,7 @@ def racer(deadline, wfd):
             slot["revoke"] = None
             if kind == 4:  # accept on a restricted listener (a client queued) vs REVOKE of its tag
                 l2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                l2.bind(("127.0.0.1", 0))
+                l2.bind((RACE_IP, 0))
                 l2.listen(8)
                 l2.setblocking(False)
                 p2 = l2.getsockname()[1]
@@ -254,7 +268,7 @@ def racer(deadline, wfd):
                 extra.append(fd)
                 restrict(fd, 1, RACE_TAG + 2, addr4([10, 33, 0, 4], 80), bytes(28))
                 out["restricted"] += 1
-                c = socket.create_connection(("127.0.0.1", p2), timeout=5)
+                c = socket.create_connection((RACE_IP, p2), timeout=5)
                 extra.append(c.detach())
                 slot["revoke"] = RACE_TAG + 2
                 got = []
@@ -279,7 +293,7 @@ def racer(deadline, wfd):
                     out["restricted"] += 1
                 name, allowed = "race:restrict", ("EBADF",)
             elif kind == 1:  # accept on a restricted listener (a client queued) vs close of the listener
-                c = socket.create_connection(("127.0.0.1", lport), timeout=5)
+                c = socket.create_connection((RACE_IP, lport), timeout=5)
                 extra.append(c.detach())
                 fd = lst.detach()
 
@@ -295,10 +309,11 @@ def racer(deadline, wfd):
                 name, allowed = "race:accept", ("EBADF", "EAGAIN", "EINVAL", "ECONNABORTED")
             else:  # an accepted child: SET_CHILD_ADDRS on it vs its close (2); its client, restricted
                 # with a tag of its own: REVOKE of that tag vs the client's close (3)
-                c = socket.create_connection(("127.0.0.1", lport), timeout=5)
+                c = socket.create_connection((RACE_IP, lport), timeout=5)
                 cfd = c.detach()
                 ch = None
-                for _ in range(200):
+                wait_until = time.monotonic() + 30
+                while time.monotonic() < wait_until:
                     try:
                         ch, _ = accept(lst.fileno())
                         out["children"] += 1
@@ -311,7 +326,7 @@ def racer(deadline, wfd):
                         select.select([lst], [], [], 0.05)
                 if ch is None:
                     close(cfd)
-                    raise RuntimeError("racer: no connection to accept")
+                    raise RuntimeError(f"racer: no connection to accept in 30 s: {tcp_rows(lport)}")
                 if kind == 2:
                     fd = ch
                     extra.append(cfd)
@@ -348,7 +363,7 @@ def racer(deadline, wfd):
                 close(x)
             if kind == 1:  # a new restricted listener for the next rounds
                 lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                lst.bind(("127.0.0.1", 0))
+                lst.bind((RACE_IP, 0))
                 lst.listen(64)
                 lport = lst.getsockname()[1]
                 lst.setblocking(False)
