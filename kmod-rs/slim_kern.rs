@@ -201,6 +201,10 @@ impl MiscDevice for SlimDev {
         TableSet::new()
     }
 
+    fn release(me: Arc<TableSet>, _file: &File) {
+        me.close();
+    }
+
     fn ioctl(me: ArcBorrow<'_, TableSet>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         // Checked again here: the fd may have been passed (SCM_RIGHTS) or inherited to a process that
         // lacks the capability.

@@ -321,7 +321,11 @@ unsafe extern "C" fn slim_connect(
                 let authorized = !e.auth.is_none()
                     && want.is_some()
                     && want == dest_of(&e.auth.raw[..e.auth.sockaddr_len().unwrap_or(0)]);
-                (authorized, if e.translate { e.tables.clone() } else { None })
+                // A translating socket translates its one connect: once it has a peer, any other
+                // connect is refused like one of an authorized socket to another endpoint (the
+                // library answers a program's repeated connect itself, from SO_ERROR).
+                let translate = e.translate && e.peer.is_none();
+                (authorized, if translate { e.tables.clone() } else { None })
             }
             _ => (false, None),
         }

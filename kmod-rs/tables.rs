@@ -111,6 +111,26 @@ impl TableSet {
         core::mem::replace(&mut *cur, next)
     }
 
+    /// The router's file is closed: the set is emptied, so sockets restricted through it (which keep
+    /// it alive) translate nothing more; a router that comes back loads a set of its own. Rows of a
+    /// router that is gone would no longer follow listeners that close, and a host port could reach
+    /// another program. On allocation failure the rows stay (nothing better can be done here).
+    pub(crate) fn close(&self) {
+        let Ok(tables) = (|| -> Result<[Arc<Table>; NTABLES]> {
+            Ok([empty_table()?, empty_table()?, empty_table()?])
+        })() else {
+            return;
+        };
+        let _w = self.writer.lock();
+        let generation = self.snapshot().generation.wrapping_add(1);
+        let Ok(next) = Arc::new(Snapshot { tables, generation }, GFP_KERNEL) else {
+            return;
+        };
+        // Dropped after the spinlock is released (it may free vmalloc'ed rows).
+        let old = self.publish(next);
+        drop(old);
+    }
+
     /// Counts a batch refused before it reached [`TableSet::update`] (a malformed header).
     pub(crate) fn count_refused(&self, e: TableError) {
         self.refused.fetch_add(1, Relaxed);

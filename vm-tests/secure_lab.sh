@@ -137,7 +137,35 @@ if [ "${out:-0}" -ge 1 ] 2>/dev/null; then
 else
     nok "kernel tables: no identity rows in h2's set: $out"
 fi
-echo "  kernel tables: secure routers lease no ports yet (issue 15 point 2), so their lease tables stay empty"
+
+# --- connect by the module (issue 15 point 2): c1's library gets pooled sockets on ports leased to
+# it, restricted with SLIM_RESTRICT_TRANSLATE, and connects them to the overlay endpoint itself; the
+# module translates it from h1's listeners table. So 20 connects add 20 to the module's translated
+# count and nothing to h1's router's connections (which counts every connect it makes), and the
+# server still sees c1's overlay address (the lease identifies each connection to h2's router).
+cat > /tmp/slim-translate-probe.py <<'PY'
+import socket, sys
+n, seen = int(sys.argv[1]), set()
+for _ in range(n):
+    s = socket.create_connection(("10.32.0.2", 7400), timeout=10)
+    hello = s.recv(200)
+    server_saw = hello.split(b"peer=")[1].split(b" ")[0].decode() if b"peer=" in hello else hello
+    seen.add((s.getsockname()[0], s.getpeername(), "server saw " + server_saw.rsplit(":", 1)[0]))
+    s.close()
+print(sorted(seen))
+PY
+tstat() {
+    "$LAB" exec h1 -- "$REPO/target/release/slim-router" status --json --socket /run/slim-lab/h1.sock 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin); k=s["kernel_tables"]; print(k.get("translated", -1), s["counters"]["connections"], k["leases"])'
+}
+read -r tr0 cn0 _ <<<"$(tstat)"
+pout=$("$LAB" exec c1 --slim -- timeout 120 python3 /tmp/slim-translate-probe.py 20 2>&1)
+read -r tr1 cn1 leases1 <<<"$(tstat)"
+if [ "$((tr1 - tr0))" -ge 20 ] && [ "$cn1" = "$cn0" ] && [ "$pout" = "[('10.32.0.1', ('10.32.0.2', 7400), 'server saw 10.32.0.1')]" ]; then
+    ok "connect by the module: 20 connects from c1 translated by slim_kern (translated $tr0 -> $tr1), h1's router made none (connections $cn0 -> $cn1), h1's module lease rows $leases1; c1 saw $pout"
+else
+    nok "connect by the module: translated $tr0 -> $tr1 (want +20), h1's router connections $cn0 -> $cn1 (want unchanged); probe: $pout"
+fi
 
 NOBODY="setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all --bounding-set=-all"
 t0=$SECONDS

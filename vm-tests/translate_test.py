@@ -137,6 +137,11 @@ def main():
     check("a host endpoint given directly -> ENOENT, not reached", e == "ENOENT" and len(hello.peers) + len(other.peers) == n0, e)
     e = connect_err(s, ("10.99.0.2", 80))
     check("after ENOENT the same socket connects to a listed endpoint", e is None and s.recv(16) == b"HELLO", e)
+    # Connected: it translates nothing more. Another listed endpoint, the same one again, or the
+    # host endpoint it reached: EPERM, as on any restricted socket (no EISCONN that would tell
+    # which host endpoint it is connected to).
+    errs = [connect_err(s, d) for d in (("10.99.0.4", 80), ("10.99.0.2", 80), ("127.0.0.1", hello.port))]
+    check("a connected translating socket refuses every further connect with EPERM", errs == ["EPERM"] * 3, errs)
     s.close()
     s1 = tstats(dev)
     check("TABLE_STATS counts translated connects and ENOENT refusals",
@@ -197,6 +202,17 @@ def main():
     check("a socket of another file's set does not see this set's rows (ENOENT)", e == "ENOENT", e)
     s.close()
     os.close(other_dev)
+
+    # --- the file of a set is closed (its router is gone): its sockets translate nothing more
+    gone_dev = os.open("/dev/slim", os.O_RDWR)
+    update(gone_dev, [row([10, 99, 0, 2], 80, hello.port)])
+    s = translating(gone_dev)
+    os.close(gone_dev)
+    n0 = len(hello.peers)
+    e = connect_err(s, ("10.99.0.2", 80))
+    check("after its file is closed, a set's sockets find no row (ENOENT), the listener is not reached",
+          e == "ENOENT" and len(hello.peers) == n0, e)
+    s.close()
 
     # --- passed to a process without privileges (SCM_RIGHTS / inheritance): still its owner's socket
     s = translating(dev)

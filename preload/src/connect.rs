@@ -95,6 +95,9 @@ static NEXT_ROUTE: AtomicU32 = AtomicU32::new(0);
 /// router's shared route table, the host socket from the pool the router filled, and the router
 /// is told afterwards (a one-way message) so that it can announce the connection.
 fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -> Fast {
+    if link::secure() {
+        return translated_connect(family, src_ip, dst, opts);
+    }
     let routes = match link::lookup_route(&dst) {
         Err(()) => return Fast::AskRouter,
         Ok(None) => return Fast::NoListener,
@@ -154,6 +157,55 @@ fn fast_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -
                 errno()
             );
             return Fast::AskRouter;
+        }
+    }
+    Fast::AskRouter
+}
+
+/// Secure mode: connects a pooled socket that the kernel module restricted with
+/// `SLIM_RESTRICT_TRANSLATE` to the overlay destination itself. The module finds the host
+/// listener in the table the router loaded and connects there (the library never learns the host
+/// endpoint); the socket's leased port identifies the connection to the listener's router, so
+/// nothing is announced. ENOENT: no Slim listener the module knows (none, or one the router must
+/// announce): the router is asked, as without a pool.
+fn translated_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockOpts) -> Fast {
+    if route_source(dst) != Some(src_ip) {
+        return Fast::AskRouter;
+    }
+    let (ss, len) = addr::to_storage(dst, family);
+    for _ in 0..3 {
+        let Some(pooled) = link::pooled_socket(family, src_ip) else {
+            return Fast::AskRouter;
+        };
+        let raw = pooled.fd.as_raw_fd();
+        apply_opts(raw, opts, true);
+        let id = Identity {
+            local: SocketAddr::new(normalize_ip(src_ip), pooled.port),
+            peer: Some(dst),
+        };
+        // SAFETY: ss holds a valid address of `len` bytes; the socket is non-blocking.
+        let r = unsafe { real::connect(raw, &ss as *const _ as *const libc::sockaddr, len) };
+        let e = errno();
+        if r == 0 || e == libc::EINPROGRESS {
+            return Fast::Done(pooled.fd, id);
+        }
+        match e {
+            // Untouched unless the program's options were set on it.
+            libc::ENOENT => {
+                if opts.is_empty() {
+                    link::return_pooled(family, src_ip, pooled);
+                }
+                return Fast::AskRouter;
+            }
+            // The 4-tuple is in use (the port is shared with connections elsewhere).
+            libc::EADDRNOTAVAIL => continue,
+            _ => {
+                slog!(
+                    DEBUG,
+                    "translated connect to {dst} failed (errno {e}); asking the router"
+                );
+                return Fast::AskRouter;
+            }
         }
     }
     Fast::AskRouter
@@ -514,7 +566,8 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
     let (host, id, cookie) = match fast_connect(family, src_ip, ndst, &opts) {
         Fast::Done(host, id) => {
-            if let (libc::AF_INET, IpAddr::V4(v4)) = (family, src_ip) {
+            // Hosted sockets (handed out by socket()) need the route table: not in secure mode.
+            if let (libc::AF_INET, IpAddr::V4(v4), false) = (family, src_ip, link::secure()) {
                 HOSTED_SRC.store(u32::from(v4), Ordering::Relaxed);
             }
             (host, id, 0)

@@ -68,6 +68,9 @@ pub fn forget_pool() {
             discard(v as u32 as i32);
         }
     }
+    for n in &NO_POOL {
+        n.store(false, Ordering::Relaxed);
+    }
     // A reply on its way belongs to whoever sent the request (the parent, after fork).
     for p in &PREFETCH {
         let fd = p.swap(NO_PREFETCH, Ordering::AcqRel);
@@ -341,6 +344,10 @@ static PREFETCH: [AtomicI32; 3] = [const { AtomicI32::new(NO_PREFETCH) }; 3];
 /// A refill is asked for ahead of need when the pool holds this many sockets or fewer.
 const LOW_WATER: usize = REFILL as usize;
 
+/// Per pool, the router answered that it has no pooled sockets for it (e.g. secure mode under a
+/// policy that checks each connect): no more asking until the router is replaced.
+static NO_POOL: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
+
 fn pool_index(family: i32, overlay_v6: bool) -> usize {
     match (family == libc::AF_INET6, overlay_v6) {
         (false, _) => 0,
@@ -354,6 +361,9 @@ fn pool_index(family: i32, overlay_v6: bool) -> usize {
 /// waiting; only an empty pool waits for the router.
 pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
     let idx = pool_index(family, src.is_ipv6());
+    if NO_POOL[idx].load(Ordering::Relaxed) {
+        return None;
+    }
     let pool = &SOCKETS[idx];
     collect_prefetch(idx, libc::MSG_DONTWAIT);
     for round in 0..2 {
@@ -387,6 +397,24 @@ pub fn pooled_socket(family: i32, src: core::net::IpAddr) -> Option<Pooled> {
         }
     }
     None
+}
+
+/// Puts an unused pooled socket (unconnected, none of the program's options set on it) back
+/// into its pool, or closes it if the pool is full.
+pub fn return_pooled(family: i32, src: core::net::IpAddr, p: Pooled) {
+    use std::os::fd::IntoRawFd;
+    let raw = p.fd.into_raw_fd();
+    if let Some(s) = crate::fdtable::get_or_alloc(raw) {
+        s.set_hidden();
+    }
+    let v = raw as u32 as u64 | (p.port as u64) << 32 | if p.leased { LEASED } else { 0 };
+    let pool = &SOCKETS[pool_index(family, src.is_ipv6())];
+    if !pool.iter().any(|s| {
+        s.compare_exchange(EMPTY, v, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }) {
+        discard(raw);
+    }
 }
 
 fn sockets_request(family: i32, src: core::net::IpAddr) -> Request {
@@ -467,6 +495,14 @@ fn install(idx: usize, reply: &[u8], mut fds: Passed) -> bool {
             leased,
             ports,
         }) if count > 0 => (leased, ports),
+        Ok(Reply::Fallback(why)) => {
+            slog!(
+                DEBUG,
+                "no pooled sockets from the router ({why:?}); asking per connect"
+            );
+            NO_POOL[idx].store(true, Ordering::Relaxed);
+            return false;
+        }
         _ => return false,
     };
     let pool = &SOCKETS[idx];

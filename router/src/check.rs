@@ -61,8 +61,6 @@ pub fn check(c: &Config) -> anyhow::Result<Checked> {
         }
     }
     s.lease_ports = match c.lease_ports {
-        // Secure mode hands out no pooled sockets.
-        _ if c.secure => None,
         Some(LeasePorts::Off) => None,
         Some(LeasePorts::Range(lo, hi)) => {
             leases::check_range(lo, hi).map_err(|m| anyhow::anyhow!("`lease_ports`: {m}"))?;

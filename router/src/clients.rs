@@ -387,7 +387,10 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
             ),
             (Request::Revoke { .. }, Some(c)) => (
                 router
-                    .refuse(c, "revocation is for administrators (root in the router's namespace)")
+                    .refuse(
+                        c,
+                        "revocation is for administrators (root in the router's namespace)",
+                    )
                     .0,
                 Vec::new(),
             ),
@@ -405,15 +408,22 @@ async fn client(router: Arc<Router>, fd: OwnedFd) -> anyhow::Result<()> {
                 },
                 Vec::new(),
             ),
-            // Host endpoints and pooled unrestricted sockets: not for containers in secure mode.
+            // Pooled sockets restricted by the module, which connects them itself.
             (
-                Request::AcceptLookup(_)
-                | Request::QueryTuple { .. }
-                | Request::Sockets { .. },
+                Request::Sockets {
+                    family,
+                    count,
+                    lease,
+                },
                 Some(c),
-            ) => (
+            ) => router.secure_sockets(c, *family, *count, *lease).await,
+            // Host endpoints: not for containers in secure mode.
+            (Request::AcceptLookup(_) | Request::QueryTuple { .. }, Some(c)) => (
                 router
-                    .refuse(c, "request not available in secure mode (it would reveal host endpoints or hand out unrestricted sockets)")
+                    .refuse(
+                        c,
+                        "request not available in secure mode (it would reveal host endpoints)",
+                    )
                     .0,
                 Vec::new(),
             ),

@@ -128,6 +128,29 @@ impl SlimDev {
         ioctl(self.fd(), kabi::SLIM_IOC_RESTRICT, &mut r)
     }
 
+    /// Restricts the unconnected host socket `sock` for container `tag` with
+    /// `SLIM_RESTRICT_TRANSLATE`: its getsockname answers `local`, and its connect to an overlay
+    /// endpoint is translated by the module from this file's listeners table.
+    pub fn restrict_translate(
+        &self,
+        sock: BorrowedFd<'_>,
+        tag: u64,
+        local: SocketAddr,
+    ) -> io::Result<()> {
+        let mut r = kabi::SlimRestrict::zeroed();
+        r.fd = sock.as_raw_fd();
+        r.tag = tag;
+        r.flags = kabi::SLIM_RESTRICT_TRANSLATE;
+        r.local = SlimAddr::from_socket_addr(&local);
+        r.peer = SlimAddr::NONE;
+        ioctl(self.fd(), kabi::SLIM_IOC_RESTRICT, &mut r)
+    }
+
+    /// Whether the module connects restricted sockets by itself (`SLIM_FEAT_TRANSLATE`).
+    pub fn has_translate(&self) -> bool {
+        self.features & kabi::SLIM_FEAT_TRANSLATE != 0 && self.has_tables()
+    }
+
     /// Records the virtual addresses of a child accepted on a restricted listener.
     pub fn set_child_addrs(
         &self,

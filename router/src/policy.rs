@@ -192,6 +192,16 @@ impl Policy {
         !selected && self.default_allow
     }
 
+    /// Whether the policy restricts a container with overlay addresses `addrs` at all (a rule
+    /// selects it, or the default denies): then each of its connects must be checked.
+    pub fn constrains(&self, addrs: &[IpAddr]) -> bool {
+        !self.default_allow
+            || self
+                .rules
+                .iter()
+                .any(|r| addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))))
+    }
+
     /// Rules, for the start-up log.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
@@ -245,6 +255,12 @@ to = ["10.32.0.3:22"]
         .unwrap();
         assert!(all.allows(&[ip("10.32.0.3")], sa("10.32.9.9:9")));
         assert!(Policy::parse("").unwrap().allows(&[], sa("10.32.0.2:1")));
+        // Which containers must have each connect checked (they get no translating pool).
+        assert!(p.constrains(&c1));
+        assert!(!p.constrains(&[ip("10.32.0.3")]));
+        assert!(deny.constrains(&[ip("10.32.0.3")]));
+        assert!(all.constrains(&[ip("10.32.0.3")]));
+        assert!(!Policy::parse("").unwrap().constrains(&[ip("10.32.0.3")]));
     }
 
     #[test]

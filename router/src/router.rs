@@ -290,7 +290,7 @@ impl Router {
     /// the peers in one burst in the background, and into the stash once all have
     /// acknowledged. So a slow or unreachable peer never holds up a connect: with an empty
     /// stash the request gets sockets without a lease (whose connections are announced).
-    fn leased_sockets(
+    pub(crate) fn leased_sockets(
         self: &std::sync::Arc<Self>,
         family: i32,
         host: IpAddr,

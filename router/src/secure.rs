@@ -90,6 +90,81 @@ impl Router {
         })
     }
 
+    /// Pooled sockets for a container in secure mode (issue 15, point 2): host sockets bound to
+    /// ports leased to the caller's own overlay address `lease`, restricted with
+    /// `SLIM_RESTRICT_TRANSLATE` under the container's tag. The library connects them to overlay
+    /// endpoints and the module translates the destination from the listeners table this router
+    /// loaded; the container never learns a host endpoint, and no connect needs the router. A
+    /// lease identifies each connection to the listener's router as in plain mode.
+    ///
+    /// No pool (a fallback reply; the library then asks per connect, as before) when the module
+    /// cannot translate, no ports are leased here, or the Slim policy constrains the container:
+    /// its connects are checked one by one by [`Router::connect`].
+    pub async fn secure_sockets(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        family: i32,
+        count: u8,
+        lease: Option<IpAddr>,
+    ) -> (Reply<'static>, Vec<OwnedFd>) {
+        let Some(owner) = lease else {
+            return (
+                self.refuse(caller, "pooled sockets without a lease").0,
+                Vec::new(),
+            );
+        };
+        if !caller.owns(owner) {
+            return (
+                self.refuse(
+                    caller,
+                    "pooled sockets for an overlay address that is not this container's",
+                )
+                .0,
+                Vec::new(),
+            );
+        }
+        // Not counted as a fallback: no connect fell back; the library stops asking.
+        let no_pool = |why| (Reply::Fallback(why), Vec::new());
+        let Some(dev) = self.dev.as_ref().filter(|d| d.has_translate()) else {
+            return no_pool(FallbackReason::Unavailable);
+        };
+        if let Some(p) = &self.settings.policy {
+            if p.constrains(&caller.addrs) {
+                return no_pool(FallbackReason::Unavailable);
+            }
+        }
+        let Some(host) = self.settings.listen_host(family) else {
+            return no_pool(FallbackReason::FamilyUnsupported);
+        };
+        let Some(out) = self.leased_sockets(family, host, owner, count) else {
+            return no_pool(FallbackReason::Unavailable);
+        };
+        let owner = hostsock::normalize_ip(owner);
+        let mut ports = slim_uapi::proto::PortList::default();
+        let mut fds = Vec::with_capacity(out.len());
+        for (fd, port) in out {
+            let local = in_family(std::net::SocketAddr::new(owner, port), family);
+            if let Err(e) = dev.restrict_translate(fd.as_fd(), caller.netns, local) {
+                // The lease goes back with the socket's close (found free by its next bind).
+                tracing::warn!(%local, error = %e, "cannot restrict a pooled socket");
+                continue;
+            }
+            ports.push(port);
+            fds.push(fd);
+        }
+        if fds.is_empty() {
+            return no_pool(FallbackReason::Unavailable);
+        }
+        (
+            Reply::SocketsOk {
+                count: fds.len() as u8,
+                leased: true,
+                ports,
+            },
+            fds,
+        )
+    }
+
     /// A restricted host listener the library already holds, registered again after this router
     /// restarted. Accepted only if the kernel says it is a listener of this host whose (virtual)
     /// address is the one the caller says it bound, on the caller's own overlay addresses.

@@ -48,6 +48,12 @@ pub struct KernelTablesStatus {
     pub in_sync: bool,
     /// Full loads (the first, and one after each refusal).
     pub loads: u64,
+    /// Connects the module translated from a listeners table, and those it answered ENOENT (no
+    /// row): module-wide counts, all routers' sets together.
+    #[serde(default)]
+    pub translated: u64,
+    #[serde(default)]
+    pub not_found: u64,
     /// The listener rows, read back from the module: overlay endpoint -> host endpoint.
     pub listener_rows: Vec<(SocketAddr, SocketAddr)>,
     /// Why the module's tables could not be read, if they could not.
@@ -82,6 +88,8 @@ pub fn kernel_tables(router: &Router) -> Option<KernelTablesStatus> {
             k.generation = st.generation;
             k.refused_batches = st.refused_batches;
             k.enospc = st.enospc;
+            k.translated = st.translated;
+            k.not_found = st.not_found;
             k.listener_rows = rows
                 .iter()
                 .filter_map(|r| Some((r.key.to_socket_addr()?, r.value.to_socket_addr()?)))
@@ -399,7 +407,7 @@ pub fn render(s: &Status) -> String {
     if let Some(k) = &s.kernel_tables {
         let _ = writeln!(
             o,
-            "\nkernel tables (slim_kern): listeners {}, leases {}, identities {} (limit {} per table), generation {}, {}, {} loads, {} batches refused ({} ENOSPC){}",
+            "\nkernel tables (slim_kern): listeners {}, leases {}, identities {} (limit {} per table), generation {}, {}, {} loads, {} batches refused ({} ENOSPC); connects translated {}, without a row {} (module-wide){}",
             k.listeners,
             k.leases,
             k.identities,
@@ -409,6 +417,8 @@ pub fn render(s: &Status) -> String {
             k.loads,
             k.refused_batches,
             k.enospc,
+            k.translated,
+            k.not_found,
             k.error.as_ref().map(|e| format!("; cannot read them: {e}")).unwrap_or_default()
         );
         for (overlay, host) in &k.listener_rows {

@@ -278,8 +278,11 @@ impl Tables {
     fn publish(&mut self, overlay: &SocketAddr) {
         if self.sink.is_some() {
             let mut hosts: Vec<(SocketAddr, u64)> = Vec::new();
+            // Not a host listener that serves several overlay endpoints: a connection to it from a
+            // leased port does not say which one it is for, so it must go through the router
+            // (which announces it); without a row the module answers ENOENT and the library asks.
             for r in self.routes.get(overlay).into_iter().flatten() {
-                if !hosts.iter().any(|(h, _)| *h == r.host) {
+                if !r.shared && !hosts.iter().any(|(h, _)| *h == r.host) {
                     let tag = match r.owner {
                         Owner::Local => self.local.get(&r.cookie).map_or(0, |l| l.owner),
                         Owner::Peer(_) => 0,

@@ -790,11 +790,19 @@ fn router_attacks(t: &mut Tally, cfg: &AttackCfg, child: RawFd) -> Result<()> {
             },
         ),
         (
-            "Sockets (unrestricted pooled host sockets)",
+            "Sockets without a lease (unrestricted pooled host sockets)",
             Request::Sockets {
                 family: libc::AF_INET,
                 count: 4,
                 lease: None,
+            },
+        ),
+        (
+            "Sockets leased to another container's address",
+            Request::Sockets {
+                family: libc::AF_INET,
+                count: 4,
+                lease: Some(cfg.other),
             },
         ),
     ] {
