@@ -573,13 +573,22 @@ unsafe extern "C" fn slim_accept(
         }
     };
     if err >= 0 {
+        let tables = {
+            let table = TABLE.lock();
+            table.iter().find(|e| e.sock == sock as usize).and_then(|e| e.tables.clone())
+        };
+        // Accept by the module: outside TABLE (the original getname takes the socket lock).
+        // SAFETY: `newsock` is the live child the original accept just filled in; its ops are ours.
+        let found = tables.as_ref().and_then(|t| unsafe { identify_by_tables(newsock, t) });
         let mut table = TABLE.lock();
         let parent = table
             .iter()
             .find(|e| e.sock == sock as usize)
             .map(|e| (e.tag, e.local, e.revoked, e.tables.clone()));
         let (tag, local, revoked, tables) = parent.unwrap_or((0, kabi::SlimAddr::NONE, false, None));
-        // Until SET_CHILD_ADDRS: the listener's local address, no (all-zero) peer.
+        // Identified from the tables, or until SET_CHILD_ADDRS: the listener's local address, no
+        // (all-zero) peer.
+        let (local, peer) = found.unwrap_or((local, kabi::SlimAddr::NONE));
         let child = Entry {
             sock: newsock as usize,
             child: true,
@@ -589,7 +598,7 @@ unsafe extern "C" fn slim_accept(
             tag,
             auth: kabi::SlimAddr::NONE,
             local,
-            peer: kabi::SlimAddr::NONE,
+            peer,
             tables,
         };
         // Capacity may have been used by a concurrent restrict: then the child is not recorded
@@ -617,6 +626,94 @@ unsafe extern "C" fn slim_accept(
         }
     }
     err
+}
+
+/// Accept by the module (issue 15, point 3): the virtual addresses of a child accepted on a
+/// restricted listener, from the tables of the listener's set. The client's host endpoint must be a
+/// leased port (leases table: the holder's overlay address; the overlay port is the leased port, as
+/// the client's getsockname answers), and the child's host endpoint the host listener of exactly one
+/// overlay endpoint of the client's family (listeners table, by value). Returns (local, peer) in the
+/// child's family. None, a miss: no lease (a connection the router announced, or one from a port
+/// nobody leased), a host listener that serves several overlay endpoints, or no row: the library
+/// asks the router (IdentifyChild), which identifies it or refuses it.
+///
+/// # Safety
+/// `newsock` is the live child the original accept returned (not yet published); its `ops` is one of
+/// our tables.
+unsafe fn identify_by_tables(
+    newsock: *mut bindings::socket,
+    tables: &TableSet,
+) -> Option<(kabi::SlimAddr, kabi::SlimAddr)> {
+    // SAFETY: per the contract.
+    let peer_host = canonical(unsafe { orig_getname(newsock, 1) }?)?;
+    // SAFETY: per the contract.
+    let local_host = canonical(unsafe { orig_getname(newsock, 0) }?)?;
+    let snap = tables.snapshot();
+    let leases = snap.rows(table_index(kabi_tables::SLIM_TABLE_LEASES)?);
+    let range = kabi_tables::key_range(leases, &peer_host);
+    if range.len() != 1 {
+        return None;
+    }
+    let owner = leases.get(range.start)?.value;
+    let mut key = None;
+    for row in snap.rows(table_index(kabi_tables::SLIM_TABLE_LISTENERS)?) {
+        if row.value.raw == local_host.raw && row.key.family() == owner.family() {
+            if key.is_some() {
+                return None;
+            }
+            key = Some(row.key);
+        }
+    }
+    let local = key?;
+    let peer = match owner.family() {
+        kabi::AF_INET => {
+            kabi::SlimAddr::v4([owner.raw[4], owner.raw[5], owner.raw[6], owner.raw[7]], peer_host.port())
+        }
+        _ => {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&owner.raw[8..24]);
+            kabi::SlimAddr::v6(ip, peer_host.port(), 0, 0)
+        }
+    };
+    drop(snap);
+    // SAFETY: `newsock->ops` is one of our initialised 'static tables (per the contract).
+    let family = unsafe { (*(*newsock).ops).family };
+    Some((in_family(&local, family)?, in_family(&peer, family)?))
+}
+
+/// The index of table id `id` in a snapshot's rows.
+fn table_index(id: u16) -> Option<usize> {
+    kabi_tables::SLIM_TABLES.iter().position(|&t| t == id)
+}
+
+/// A host endpoint as the original `getname` of a restricted socket answers it (`peer`: 0 local,
+/// 1 peer), as a `SlimAddr`. None on an error (not connected).
+///
+/// # Safety
+/// As for [`orig_ops`]; `sock` is live. May sleep (the original takes the socket lock).
+unsafe fn orig_getname(sock: *mut bindings::socket, peer: c_int) -> Option<kabi::SlimAddr> {
+    let mut a = kabi::SlimAddr::NONE;
+    // SAFETY: per the contract; `a.raw` holds 28 bytes, what `inet6_getname` writes at most
+    // (`inet_getname` 16). The buffer is suitably aligned for `sockaddr` (alignment 2 or less).
+    let n = unsafe {
+        match orig_ops(sock).getname {
+            Some(f) => f(sock, a.raw.as_mut_ptr().cast(), peer),
+            None => return None,
+        }
+    };
+    (n > 0).then_some(a)
+}
+
+/// `a` in the tables' canonical form: an IPv4-mapped IPv6 address as IPv4, IPv6 flow info and
+/// scope id dropped (see `kabi_tables.rs`). None for another family.
+fn canonical(a: kabi::SlimAddr) -> Option<kabi::SlimAddr> {
+    let d = dest_of(&a.raw[..a.sockaddr_len().ok()?])?;
+    let port = u16::from_be_bytes(d.port);
+    Some(if d.v4 {
+        kabi::SlimAddr::v4([d.ip[0], d.ip[1], d.ip[2], d.ip[3]], port)
+    } else {
+        kabi::SlimAddr::v6(d.ip, port, 0, 0)
+    })
 }
 
 unsafe extern "C" fn slim_release(sock: *mut bindings::socket) -> c_int {

@@ -158,9 +158,22 @@ tstat() {
     "$LAB" exec h1 -- "$REPO/target/release/slim-router" status --json --socket /run/slim-lab/h1.sock 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin); k=s["kernel_tables"]; print(k.get("translated", -1), s["counters"]["connections"], k["leases"])'
 }
+accepts() {
+    "$LAB" exec h2 -- "$REPO/target/release/slim-router" status --json --socket /run/slim-lab/h2.sock 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["counters"]["accepts"], s["kernel_tables"]["leases"])'
+}
 read -r tr0 cn0 _ <<<"$(tstat)"
+read -r ac0 _ <<<"$(accepts)"
 pout=$("$LAB" exec c1 --slim -- timeout 120 python3 /tmp/slim-translate-probe.py 20 2>&1)
 read -r tr1 cn1 leases1 <<<"$(tstat)"
+read -r ac1 h2leases <<<"$(accepts)"
+# Accept by the module (point 3): h2's module knows c1's leases and identified each child itself,
+# so h2's router was not asked (its accepts counter counts IdentifyChild answers).
+if [ -n "$ac1" ] && [ "$ac1" = "$ac0" ] && [ "${h2leases:-0}" -ge 1 ]; then
+    ok "accept by the module: h2's router identified none of the 20 connections (accepts $ac0 -> $ac1); h2's module holds $h2leases lease rows"
+else
+    nok "accept by the module: h2's router accepts $ac0 -> $ac1 (want unchanged), h2's module lease rows ${h2leases:-?}"
+fi
 if [ "$((tr1 - tr0))" -ge 20 ] && [ "$cn1" = "$cn0" ] && [ "$pout" = "[('10.32.0.1', ('10.32.0.2', 7400), 'server saw 10.32.0.1')]" ]; then
     ok "connect by the module: 20 connects from c1 translated by slim_kern (translated $tr0 -> $tr1), h1's router made none (connections $cn0 -> $cn1), h1's module lease rows $leases1; c1 saw $pout"
 else

@@ -277,9 +277,52 @@ def main():
     check(f"4 threads connecting while rows change: every connect reached a row's listener or got ENOENT ({results})",
           not bad and results["HELLO"] > 0 and results["OTHER"] > 0 and results["ENOENT"] > 0, f"unexpected: {bad[:5]}")
 
+    accept_checks(dev)
+
     update(dev, [], flags=RESET)
     os.close(dev)
     return 1 if tt.failures else 0
+
+
+def accept_checks(dev):
+    """Accept by the module (issue 15 point 3): a child of a restricted listener is identified from its
+    set's tables when its client's host endpoint is leased and the listener's host endpoint serves one
+    overlay endpoint; otherwise its peer stays all-zero (the router is asked)."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+    lport = lst.getsockname()[1]
+    restrict(dev, lst, flags=RESTRICT_LISTENER, local=addr4([0, 0, 0, 0], 80))
+    leased = socket.socket()
+    leased.bind(("127.0.0.1", 0))
+    cport = leased.getsockname()[1]
+    update(dev, [op(INSERT, LISTENERS, addr4([10, 99, 0, 5], 80), addr4([127, 0, 0, 1], lport)),
+                 op(INSERT, tt.LEASES, addr4([127, 0, 0, 1], cport), addr4([10, 99, 0, 7]))], flags=RESET)
+
+    def accepted(client):
+        client.connect(("127.0.0.1", lport))
+        c, a = lst.accept()
+        out = (a, c.getsockname(), c.getpeername())
+        c.close()
+        client.close()
+        return out
+
+    a, local, peer = accepted(leased)
+    check("a child whose client port is leased: peer = the holder's overlay address and the leased port",
+          peer == ("10.99.0.7", cport) and a == peer, (a, peer))
+    check("... and local = the one overlay endpoint its host listener serves (a wildcard listener)",
+          local == ("10.99.0.5", 80), local)
+    a, local, peer = accepted(socket.socket())
+    check("a child whose client port is not leased: not identified (all-zero peer; the router is asked)",
+          peer == ("0.0.0.0", 0), peer)
+    # A host listener serving two overlay endpoints of one family: the lease does not say which.
+    leased = socket.socket()
+    leased.bind(("127.0.0.1", 0))
+    update(dev, [op(INSERT, LISTENERS, addr4([10, 99, 0, 6], 80), addr4([127, 0, 0, 1], lport)),
+                 op(INSERT, tt.LEASES, addr4([127, 0, 0, 1], leased.getsockname()[1]), addr4([10, 99, 0, 7]))])
+    a, local, peer = accepted(leased)
+    check("a host listener of two overlay endpoints: not identified", peer == ("0.0.0.0", 0), peer)
+    lst.close()
 
 
 if __name__ == "__main__":

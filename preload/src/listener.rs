@@ -280,8 +280,17 @@ const OVERLAY_FIRST_EVERY: u32 = 8;
 /// table if it is there, else asked of the router (which waits for the announcement).
 fn identify(child: i32, r: &ListenerRec, peer_host: SocketAddr) -> Option<Identity> {
     if link::secure() {
-        // The child is restricted: it answers no host address, even to us. The router finds its
-        // host endpoints itself and writes its overlay addresses into the kernel module.
+        // The child is restricted: it answers no host address, even to us. The module identified
+        // it at accept if its client's port is leased (its peer is then set); else the router
+        // finds its host endpoints itself and writes its overlay addresses into the module.
+        if let (Some(local), Some(peer)) = (addr::local_of(child), addr::peer_of(child)) {
+            if !peer.ip().is_unspecified() {
+                return Some(Identity {
+                    local: addr::normalize(local),
+                    peer: Some(addr::normalize(peer)),
+                });
+            }
+        }
         let req = Request::IdentifyChild {
             listener_cookie: r.cookie.load(Ordering::Relaxed),
         };

@@ -518,6 +518,82 @@ fn scan_files(t: &mut Tally, cfg: &AttackCfg) {
     );
 }
 
+/// The library's pool, as an attacker finds it: unconnected, non-listening TCP sockets this
+/// program never made. In secure mode each is restricted to translate one connect to a Slim
+/// listener of the table: a destination the table does not list (another port of the server, or a
+/// host endpoint) gets ENOENT and is not reached, and bind and listen are refused. Returns how many
+/// it found.
+fn attack_pooled(t: &mut Tally, cfg: &AttackCfg) -> usize {
+    let mut found = 0;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        t.check(
+            "pooled sockets: /proc/self/fd readable",
+            false,
+            String::new(),
+        );
+        return 0;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        // SAFETY: fstat into a local struct; a closed fd gives EBADF.
+        let mut st: libc::stat = unsafe { zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let fam = family_of(fd);
+        if (fam != libc::AF_INET && fam != libc::AF_INET6)
+            || sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+            || sock_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(0)
+            || raw_name(fd, "getpeername") != Err(libc::ENOTCONN)
+        {
+            continue;
+        }
+        found += 1;
+        let what = format!("pooled socket fd {fd}");
+        let mut targets: Vec<SocketAddr> = cfg
+            .host_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, cfg.server.port()))
+            .collect();
+        targets.push(SocketAddr::new(
+            cfg.server.ip(),
+            cfg.server.port().wrapping_add(50),
+        ));
+        for dst in targets {
+            if fam == libc::AF_INET && dst.is_ipv6() {
+                continue;
+            }
+            let (ss, len) = storage(dst, fam);
+            // SAFETY: ss holds a valid address of len bytes.
+            let r = unsafe { libc::syscall(libc::SYS_connect, fd, &ss as *const _, len) };
+            let o = outcome(r);
+            t.check(
+                &format!("{what}: connect to {dst} (not a listed overlay endpoint) gets ENOENT"),
+                o == "ENOENT",
+                o,
+            );
+        }
+        let any = if fam == libc::AF_INET6 {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let (ss, len) = storage(any, fam);
+        // SAFETY: ss holds a valid address of len bytes.
+        let o = outcome(unsafe { libc::syscall(libc::SYS_bind, fd, &ss as *const _, len) });
+        t.check(&format!("{what}: bind refused"), o == "EPERM", o);
+        // SAFETY: listen on a descriptor of ours.
+        let o = outcome(unsafe { libc::syscall(libc::SYS_listen, fd, 16) });
+        t.check(&format!("{what}: listen refused"), o == "EPERM", o);
+        if found >= 3 {
+            break;
+        }
+    }
+    found
+}
+
 /// Every socket descriptor of this process: none answers a host address; every listening one
 /// that is not the program's own overlay socket refuses listen/bind/connect.
 fn scan_fds(t: &mut Tally, cfg: &AttackCfg) -> usize {
@@ -607,6 +683,13 @@ pub fn attack(cfg: &AttackCfg) -> Result<()> {
     );
     check_socket(&mut t, cfg, fd, "connection", Some(cfg.server));
     echo(&mut t, fd, "connection");
+    // 1b. The library's pool, filled for that connection.
+    let pooled = attack_pooled(&mut t, cfg);
+    t.check(
+        "the library's pooled sockets were found and attacked",
+        pooled >= 1,
+        format!("{pooled} attacked"),
+    );
 
     // 2. A dup of it.
     // SAFETY: dup of our descriptor.
