@@ -138,21 +138,29 @@ else
     nok "kernel tables: no identity rows in h2's set: $out"
 fi
 
-# --- connect by the module (issue 15 point 2): c1's library gets pooled sockets on ports leased to
-# it, restricted with SLIM_RESTRICT_TRANSLATE, and connects them to the overlay endpoint itself; the
-# module translates it from h1's listeners table. So 20 connects add 20 to the module's translated
-# count and nothing to h1's router's connections (which counts every connect it makes), and the
-# server still sees c1's overlay address (the lease identifies each connection to h2's router).
+# --- connect and accept by the module (issue 15 points 2 and 3): c1's library gets pooled sockets on
+# ports leased to it, restricted with SLIM_RESTRICT_TRANSLATE, and connects them to the overlay
+# endpoint itself; h1's module translates it from h1's listeners table, and h2's module identifies
+# the accepted child from the lease. A connection from a leased port (40000-65535 in the lab) was
+# made that way; one the router made has an ephemeral port (10000-39999): the first connects of a
+# process go through the router until its pool is filled (the lease must reach every peer first).
+# So: h1's router made exactly the unleased ones, the module translated exactly the leased ones, and
+# h2's router identified exactly the unleased ones (IdentifyChild); the server saw c1's address.
 cat > /tmp/slim-translate-probe.py <<'PY'
-import socket, sys
-n, seen = int(sys.argv[1]), set()
-for _ in range(n):
+import json, socket
+total = leased = 0
+seen = set()
+while total < 200 and leased < 20:
     s = socket.create_connection(("10.32.0.2", 7400), timeout=10)
     hello = s.recv(200)
-    server_saw = hello.split(b"peer=")[1].split(b" ")[0].decode() if b"peer=" in hello else hello
+    port = s.getsockname()[1]
+    server_saw = hello.split(b"peer=")[1].split(b" ")[0].decode() if b"peer=" in hello else repr(hello)
     seen.add((s.getsockname()[0], s.getpeername(), "server saw " + server_saw.rsplit(":", 1)[0]))
     s.close()
-print(sorted(seen))
+    total += 1
+    if port >= 40000:
+        leased += 1
+print(json.dumps({"total": total, "leased": leased, "seen": sorted(map(str, seen))}))
 PY
 tstat() {
     "$LAB" exec h1 -- "$REPO/target/release/slim-router" status --json --socket /run/slim-lab/h1.sock 2>/dev/null |
@@ -164,20 +172,21 @@ accepts() {
 }
 read -r tr0 cn0 _ <<<"$(tstat)"
 read -r ac0 _ <<<"$(accepts)"
-pout=$("$LAB" exec c1 --slim -- timeout 120 python3 /tmp/slim-translate-probe.py 20 2>&1)
+pout=$("$LAB" exec c1 --slim -- timeout 300 python3 /tmp/slim-translate-probe.py 2>&1)
 read -r tr1 cn1 leases1 <<<"$(tstat)"
 read -r ac1 h2leases <<<"$(accepts)"
-# Accept by the module (point 3): h2's module knows c1's leases and identified each child itself,
-# so h2's router was not asked (its accepts counter counts IdentifyChild answers).
-if [ -n "$ac1" ] && [ "$ac1" = "$ac0" ] && [ "${h2leases:-0}" -ge 1 ]; then
-    ok "accept by the module: h2's router identified none of the 20 connections (accepts $ac0 -> $ac1); h2's module holds $h2leases lease rows"
+read -r total nleased <<<"$(/usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["total"], d["leased"])' "$pout" 2>/dev/null)"
+unleased=$(( ${total:-0} - ${nleased:-0} ))
+want_seen="[\"('10.32.0.1', ('10.32.0.2', 7400), 'server saw 10.32.0.1')\"]"
+if [ "${nleased:-0}" -ge 20 ] && [ "$((tr1 - tr0))" = "$nleased" ] && [ "$((cn1 - cn0))" = "$unleased" ] && grep -qF "\"seen\": $want_seen" <<<"$pout"; then
+    ok "connect by the module: $total connects from c1, $nleased from leased ports translated by slim_kern (translated $tr0 -> $tr1), the $unleased others made by h1's router (connections $cn0 -> $cn1); h1's module lease rows $leases1; the server saw c1's overlay address"
 else
-    nok "accept by the module: h2's router accepts $ac0 -> $ac1 (want unchanged), h2's module lease rows ${h2leases:-?}"
+    nok "connect by the module: probe $pout; translated $tr0 -> $tr1 (want +leased), h1's router connections $cn0 -> $cn1 (want +unleased)"
 fi
-if [ "$((tr1 - tr0))" -ge 20 ] && [ "$cn1" = "$cn0" ] && [ "$pout" = "[('10.32.0.1', ('10.32.0.2', 7400), 'server saw 10.32.0.1')]" ]; then
-    ok "connect by the module: 20 connects from c1 translated by slim_kern (translated $tr0 -> $tr1), h1's router made none (connections $cn0 -> $cn1), h1's module lease rows $leases1; c1 saw $pout"
+if [ -n "$ac1" ] && [ "$((ac1 - ac0))" = "$unleased" ] && [ "${h2leases:-0}" -ge 1 ]; then
+    ok "accept by the module: h2's router identified only the $unleased connections from unleased ports (accepts $ac0 -> $ac1); h2's module holds $h2leases lease rows"
 else
-    nok "connect by the module: translated $tr0 -> $tr1 (want +20), h1's router connections $cn0 -> $cn1 (want unchanged); probe: $pout"
+    nok "accept by the module: h2's router accepts $ac0 -> $ac1 (want +$unleased), h2's module lease rows ${h2leases:-?}"
 fi
 
 NOBODY="setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all --bounding-set=-all"

@@ -136,8 +136,25 @@ impl Router {
         let Some(host) = self.settings.listen_host(family) else {
             return no_pool(FallbackReason::FamilyUnsupported);
         };
-        let Some(out) = self.leased_sockets(family, host, owner, count) else {
+        if self.book().is_none() {
+            // No lease range: a connection from an unleased port could not be identified.
             return no_pool(FallbackReason::Unavailable);
+        }
+        let empty = || {
+            (
+                Reply::SocketsOk {
+                    count: 0,
+                    leased: true,
+                    ports: Default::default(),
+                },
+                Vec::new(),
+            )
+        };
+        // None: the first ports are being leased (every peer must know a lease before its socket
+        // connects): none this time, ask again later. Plain mode hands out unleased sockets
+        // meanwhile, whose connections the library announces; here nobody could announce them.
+        let Some(out) = self.leased_sockets(family, host, owner, count) else {
+            return empty();
         };
         let owner = hostsock::normalize_ip(owner);
         let mut ports = slim_uapi::proto::PortList::default();
@@ -153,7 +170,7 @@ impl Router {
             fds.push(fd);
         }
         if fds.is_empty() {
-            return no_pool(FallbackReason::Unavailable);
+            return empty();
         }
         (
             Reply::SocketsOk {
