@@ -518,6 +518,31 @@ fn scan_files(t: &mut Tally, cfg: &AttackCfg) {
     );
 }
 
+/// This process's unconnected, non-listening TCP sockets (from /proc/self/fd).
+fn unconnected_tcp_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.into_iter()
+        .filter(|&fd| {
+            // SAFETY: all-zero is a valid `stat`.
+            let mut st: libc::stat = unsafe { zeroed() };
+            let fam = family_of(fd);
+            // SAFETY: fstat into a local struct; a closed fd gives EBADF.
+            let stat_ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            stat_ok
+                && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+                && (fam == libc::AF_INET || fam == libc::AF_INET6)
+                && sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+                && sock_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+                && raw_name(fd, "getpeername") == Err(libc::ENOTCONN)
+        })
+        .collect()
+}
+
 /// The library's pool, as an attacker finds it: unconnected, non-listening TCP sockets this
 /// program never made. In secure mode each is restricted to translate one connect to a Slim
 /// listener of the table: a destination the table does not list (another port of the server, or a
@@ -525,31 +550,8 @@ fn scan_files(t: &mut Tally, cfg: &AttackCfg) {
 /// it found.
 fn attack_pooled(t: &mut Tally, cfg: &AttackCfg) -> usize {
     let mut found = 0;
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        t.check(
-            "pooled sockets: /proc/self/fd readable",
-            false,
-            String::new(),
-        );
-        return 0;
-    };
-    let fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        // SAFETY: fstat into a local struct; a closed fd gives EBADF.
-        let mut st: libc::stat = unsafe { zeroed() };
-        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            continue;
-        }
+    for fd in unconnected_tcp_fds() {
         let fam = family_of(fd);
-        if (fam != libc::AF_INET && fam != libc::AF_INET6)
-            || sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
-            || sock_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(0)
-            || raw_name(fd, "getpeername") != Err(libc::ENOTCONN)
-        {
-            continue;
-        }
         found += 1;
         let what = format!("pooled socket fd {fd}");
         let mut targets: Vec<SocketAddr> = cfg
@@ -683,7 +685,18 @@ pub fn attack(cfg: &AttackCfg) -> Result<()> {
     );
     check_socket(&mut t, cfg, fd, "connection", Some(cfg.server));
     echo(&mut t, fd, "connection");
-    // 1b. The library's pool, filled for that connection.
+    // 1b. The library's pool. The first connect of a process asks the router (the library learns
+    // the router's mode then); later ones fill the pool once the router's leases are ready.
+    for _ in 0..50 {
+        if !unconnected_tcp_fds().is_empty() {
+            break;
+        }
+        let c = connect_overlay(cfg.server)?;
+        let _ = greeting(c);
+        // SAFETY: our descriptor.
+        unsafe { libc::close(c) };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let pooled = attack_pooled(&mut t, cfg);
     t.check(
         "the library's pooled sockets were found and attacked",
