@@ -122,12 +122,17 @@ impl TableSet {
             return;
         };
         let _w = self.writer.lock();
-        let generation = self.snapshot().generation.wrapping_add(1);
+        let old = self.snapshot();
+        let generation = old.generation.wrapping_add(1);
         let Ok(next) = Arc::new(Snapshot { tables, generation }, GFP_KERNEL) else {
             return;
         };
+        for i in 0..NTABLES {
+            ALL_ROWS[i].fetch_sub(old.rows(i).len() as u64, Relaxed);
+        }
         // Dropped after the spinlock is released (it may free vmalloc'ed rows).
-        let old = self.publish(next);
+        let prev = self.publish(next);
+        drop(prev);
         drop(old);
     }
 
