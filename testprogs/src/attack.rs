@@ -52,6 +52,8 @@ fn ename(e: i32) -> String {
         libc::ENOTTY => "ENOTTY".into(),
         libc::EADDRINUSE => "EADDRINUSE".into(),
         libc::EALREADY => "EALREADY".into(),
+        libc::ENOENT => "ENOENT".into(),
+        libc::EACCES => "EACCES".into(),
         e => format!("errno {e}"),
     }
 }
