@@ -115,17 +115,12 @@ impl SlimDev {
         peer: Option<SocketAddr>,
         listener: bool,
     ) -> io::Result<()> {
-        let mut r = kabi::SlimRestrict::zeroed();
-        r.fd = sock.as_raw_fd();
-        r.tag = tag;
-        r.flags = if listener {
+        let flags = if listener {
             kabi::SLIM_RESTRICT_LISTENER
         } else {
             0
         };
-        r.local = SlimAddr::from_socket_addr(&local);
-        r.peer = peer.map_or(SlimAddr::NONE, |p| SlimAddr::from_socket_addr(&p));
-        ioctl(self.fd(), kabi::SLIM_IOC_RESTRICT, &mut r)
+        self.restrict_flags(sock, tag, flags, local, peer)
     }
 
     /// Restricts the unconnected host socket `sock` for container `tag` with
@@ -137,12 +132,23 @@ impl SlimDev {
         tag: u64,
         local: SocketAddr,
     ) -> io::Result<()> {
+        self.restrict_flags(sock, tag, kabi::SLIM_RESTRICT_TRANSLATE, local, None)
+    }
+
+    fn restrict_flags(
+        &self,
+        sock: BorrowedFd<'_>,
+        tag: u64,
+        flags: u32,
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<()> {
         let mut r = kabi::SlimRestrict::zeroed();
         r.fd = sock.as_raw_fd();
         r.tag = tag;
-        r.flags = kabi::SLIM_RESTRICT_TRANSLATE;
+        r.flags = flags;
         r.local = SlimAddr::from_socket_addr(&local);
-        r.peer = SlimAddr::NONE;
+        r.peer = peer.map_or(SlimAddr::NONE, |p| SlimAddr::from_socket_addr(&p));
         ioctl(self.fd(), kabi::SLIM_IOC_RESTRICT, &mut r)
     }
 

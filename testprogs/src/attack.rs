@@ -171,34 +171,8 @@ fn check_socket(t: &mut Tally, cfg: &AttackCfg, fd: RawFd, what: &str, peer: Opt
         .map(|ip| SocketAddr::new(*ip, cfg.server.port()))
         .collect();
     targets.push(cfg.server);
-    for dst in targets {
-        if fam == libc::AF_INET && dst.is_ipv6() {
-            continue;
-        }
-        let (ss, len) = storage(dst, fam);
-        // SAFETY: ss holds a valid address of len bytes.
-        let r = unsafe { libc::syscall(libc::SYS_connect, fd, &ss as *const _, len) };
-        let o = outcome(r);
-        t.check(
-            &format!("{what}: connect to {dst} refused"),
-            o == "EPERM",
-            o,
-        );
-    }
-    let any = if fam == libc::AF_INET6 {
-        "[::]:0".parse().unwrap()
-    } else {
-        "0.0.0.0:0".parse().unwrap()
-    };
-    let (ss, len) = storage(any, fam);
-    // SAFETY: ss holds a valid address of len bytes.
-    let r = unsafe { libc::syscall(libc::SYS_bind, fd, &ss as *const _, len) };
-    let o = outcome(r);
-    t.check(&format!("{what}: bind refused"), o == "EPERM", o);
-    // SAFETY: listen on our descriptor.
-    let r = unsafe { libc::syscall(libc::SYS_listen, fd, 16) };
-    let o = outcome(r);
-    t.check(&format!("{what}: listen refused"), o == "EPERM", o);
+    raw_connects(t, fd, fam, &targets, what, "refused", "EPERM");
+    bind_listen_refused(t, fd, fam, what);
     if peer.is_some() {
         let dst = SocketAddr::new(cfg.host_ips[0], 9);
         let (ss, len) = storage(dst, fam);
@@ -520,6 +494,43 @@ fn scan_files(t: &mut Tally, cfg: &AttackCfg) {
     );
 }
 
+/// Raw connect(2) of `fd` to each of `targets` (of its family): each must answer `want`.
+fn raw_connects(
+    t: &mut Tally,
+    fd: RawFd,
+    fam: i32,
+    targets: &[SocketAddr],
+    what: &str,
+    how: &str,
+    want: &str,
+) {
+    for dst in targets {
+        if fam == libc::AF_INET && dst.is_ipv6() {
+            continue;
+        }
+        let (ss, len) = storage(*dst, fam);
+        // SAFETY: ss holds a valid address of len bytes.
+        let o = outcome(unsafe { libc::syscall(libc::SYS_connect, fd, &ss as *const _, len) });
+        t.check(&format!("{what}: connect to {dst} {how}"), o == want, o);
+    }
+}
+
+/// Raw bind(2) to the wildcard address and listen(2) on `fd`: both refused with EPERM.
+fn bind_listen_refused(t: &mut Tally, fd: RawFd, fam: i32, what: &str) {
+    let any = if fam == libc::AF_INET6 {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
+    let (ss, len) = storage(any, fam);
+    // SAFETY: ss holds a valid address of len bytes.
+    let o = outcome(unsafe { libc::syscall(libc::SYS_bind, fd, &ss as *const _, len) });
+    t.check(&format!("{what}: bind refused"), o == "EPERM", o);
+    // SAFETY: listen on a descriptor of ours.
+    let o = outcome(unsafe { libc::syscall(libc::SYS_listen, fd, 16) });
+    t.check(&format!("{what}: listen refused"), o == "EPERM", o);
+}
+
 /// This process's unconnected, non-listening TCP sockets (from /proc/self/fd).
 fn unconnected_tcp_fds() -> Vec<RawFd> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
@@ -565,32 +576,16 @@ fn attack_pooled(t: &mut Tally, cfg: &AttackCfg) -> usize {
             cfg.server.ip(),
             cfg.server.port().wrapping_add(50),
         ));
-        for dst in targets {
-            if fam == libc::AF_INET && dst.is_ipv6() {
-                continue;
-            }
-            let (ss, len) = storage(dst, fam);
-            // SAFETY: ss holds a valid address of len bytes.
-            let r = unsafe { libc::syscall(libc::SYS_connect, fd, &ss as *const _, len) };
-            let o = outcome(r);
-            t.check(
-                &format!("{what}: connect to {dst} (not a listed overlay endpoint) gets ENOENT"),
-                o == "ENOENT",
-                o,
-            );
-        }
-        let any = if fam == libc::AF_INET6 {
-            "[::]:0".parse().unwrap()
-        } else {
-            "0.0.0.0:0".parse().unwrap()
-        };
-        let (ss, len) = storage(any, fam);
-        // SAFETY: ss holds a valid address of len bytes.
-        let o = outcome(unsafe { libc::syscall(libc::SYS_bind, fd, &ss as *const _, len) });
-        t.check(&format!("{what}: bind refused"), o == "EPERM", o);
-        // SAFETY: listen on a descriptor of ours.
-        let o = outcome(unsafe { libc::syscall(libc::SYS_listen, fd, 16) });
-        t.check(&format!("{what}: listen refused"), o == "EPERM", o);
+        raw_connects(
+            t,
+            fd,
+            fam,
+            &targets,
+            &what,
+            "(not a listed overlay endpoint) gets ENOENT",
+            "ENOENT",
+        );
+        bind_listen_refused(t, fd, fam, &what);
         if found >= 3 {
             break;
         }
