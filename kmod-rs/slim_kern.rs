@@ -122,7 +122,8 @@ const FEATURES: u32 = kabi::SLIM_FEAT_STATS
     | kabi::SLIM_FEAT_CHILD_ADDRS
     | kabi::SLIM_FEAT_REVOKE
     | kabi::SLIM_FEAT_TABLES
-    | kabi::SLIM_FEAT_TRANSLATE;
+    | kabi::SLIM_FEAT_TRANSLATE
+    | kabi::SLIM_FEAT_POLICY;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
 pub(crate) struct Counters {
@@ -134,6 +135,8 @@ pub(crate) struct Counters {
     /// Connects translated from a listeners table, and those refused with ENOENT (TABLE_STATS).
     pub(crate) translated: Atomic<u64>,
     pub(crate) not_found: Atomic<u64>,
+    /// Translating connects of `SLIM_RESTRICT_POLICY` sockets no policy row allowed (TABLE_STATS).
+    pub(crate) policy_denied: Atomic<u64>,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -144,6 +147,7 @@ pub(crate) static COUNTERS: Counters = Counters {
     refusals: [const { Atomic::new(0) }; kabi::SLIM_REFUSAL_SLOTS],
     translated: Atomic::new(0),
     not_found: Atomic::new(0),
+    policy_denied: Atomic::new(0),
 };
 
 impl Counters {

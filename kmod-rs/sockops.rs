@@ -101,6 +101,9 @@ struct Entry {
     /// Restricted with `SLIM_RESTRICT_TRANSLATE`: `connect(overlay endpoint)` is translated from
     /// `tables` (see `slim_connect`).
     translate: bool,
+    /// Restricted with `SLIM_RESTRICT_POLICY`: a translated connect must match a row of the policy
+    /// table under `tag` (see [`translate`]).
+    policy: bool,
     /// Shut down by REVOKE: every later `connect` is refused, whatever the authorization.
     revoked: bool,
     /// REVOKE shuts down every socket of a tag.
@@ -208,6 +211,7 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict, tables: Arc<TableSet>) -> Resul
         child: false,
         listener: req.flags & kabi::SLIM_RESTRICT_LISTENER != 0,
         translate: req.flags & kabi::SLIM_RESTRICT_TRANSLATE != 0,
+        policy: req.flags & kabi::SLIM_RESTRICT_POLICY != 0,
         revoked: false,
         tag: req.tag,
         auth: kabi::SlimAddr::NONE,
@@ -325,7 +329,8 @@ unsafe extern "C" fn slim_connect(
                 // connect is refused like one of an authorized socket to another endpoint (the
                 // library answers a program's repeated connect itself, from SO_ERROR).
                 let translate = e.translate && e.peer.is_none();
-                (authorized, if translate { e.tables.clone() } else { None })
+                let policy = e.policy.then_some(e.tag);
+                (authorized, if translate { e.tables.clone().map(|t| (t, policy)) } else { None })
             }
             _ => (false, None),
         }
@@ -336,7 +341,7 @@ unsafe extern "C" fn slim_connect(
     }
     match (tables, want) {
         // SAFETY: wrapper contract, as above.
-        (Some(t), Some(d)) => unsafe { translate(sock, &t, &d, flags) },
+        (Some((t, policy)), Some(d)) => unsafe { translate(sock, &t, policy, &d, flags) },
         _ => refuse(kabi::SLIM_REFUSED_CONNECT),
     }
 }
@@ -365,11 +370,19 @@ unsafe fn orig_connect(
 /// (rows of one endpoint are spread over by socket) is connected to by the original `connect`, in
 /// this socket's family (v4-mapped for an IPv6 socket). Once that connect has started (0 or
 /// EINPROGRESS), `getpeername` answers `d`. ENOENT: no row, or an IPv6 host endpoint for an IPv4
-/// socket (the caller takes the overlay).
+/// socket (the caller takes the overlay). `policy`: the socket's tag if it was restricted with
+/// `SLIM_RESTRICT_POLICY`; then `d` must also be allowed by a row of the same snapshot's policy
+/// table under that tag (issue 15, point 4), else ECONNREFUSED before anything is sent, counted.
 ///
 /// # Safety
 /// As for [`orig_ops`].
-unsafe fn translate(sock: *mut bindings::socket, tables: &TableSet, d: &Dest, flags: c_int) -> c_int {
+unsafe fn translate(
+    sock: *mut bindings::socket,
+    tables: &TableSet,
+    policy: Option<u64>,
+    d: &Dest,
+    flags: c_int,
+) -> c_int {
     let enoent = -(bindings::ENOENT as c_int);
     let port = u16::from_be_bytes(d.port);
     let key = if d.v4 {
@@ -378,6 +391,12 @@ unsafe fn translate(sock: *mut bindings::socket, tables: &TableSet, d: &Dest, fl
         kabi::SlimAddr::v6(d.ip, port, 0, 0)
     };
     let snap = tables.snapshot();
+    if let Some(tag) = policy {
+        if !kabi_tables::policy_allows(snap.rows(3), tag, &key) {
+            COUNTERS.policy_denied.fetch_add(1, Relaxed);
+            return -(bindings::ECONNREFUSED as c_int);
+        }
+    }
     let rows = snap.rows(0);
     let range = kabi_tables::key_range(rows, &key);
     let count = range.len();
@@ -593,6 +612,7 @@ unsafe extern "C" fn slim_accept(
             sock: newsock as usize,
             child: true,
             translate: false,
+            policy: false,
             listener: false,
             revoked,
             tag,

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The tables a secure router keeps in the module (issue 15, point 1): listeners, leases and
-//! identities, one [`TableSet`] per open file of `/dev/slim` (ABI and rules: `uapi/src/kabi_tables.rs`).
+//! The tables a secure router keeps in the module (issue 15, points 1 and 4): listeners, leases,
+//! identities and the policy's allow-lists, one [`TableSet`] per open file of `/dev/slim` (ABI and rules: `uapi/src/kabi_tables.rs`).
 //!
 //! Copy and swap: a set's current contents are an immutable [`Snapshot`] behind an `Arc`. An update
 //! (serialised per set by `writer`, a sleeping mutex) builds the new snapshot with `GFP_KERNEL`
@@ -80,7 +80,7 @@ impl TableSet {
     pub(crate) fn new() -> Result<Arc<TableSet>> {
         let snap = Arc::new(
             Snapshot {
-                tables: [empty_table()?, empty_table()?, empty_table()?],
+                tables: [empty_table()?, empty_table()?, empty_table()?, empty_table()?],
                 generation: 0,
             },
             GFP_KERNEL,
@@ -117,7 +117,7 @@ impl TableSet {
     /// another program. On allocation failure the rows stay (nothing better can be done here).
     pub(crate) fn close(&self) {
         let Ok(tables) = (|| -> Result<[Arc<Table>; NTABLES]> {
-            Ok([empty_table()?, empty_table()?, empty_table()?])
+            Ok([empty_table()?, empty_table()?, empty_table()?, empty_table()?])
         })() else {
             return;
         };
@@ -185,7 +185,7 @@ impl TableSet {
         let guard = self.writer.lock();
         let old = self.snapshot();
         let empty = if reset { Some(empty_table().map_err(|e| (e, no))?) } else { None };
-        let mut next: [Option<Arc<Table>>; NTABLES] = [None, None, None];
+        let mut next: [Option<Arc<Table>>; NTABLES] = [None, None, None, None];
         for (i, table) in kt::SLIM_TABLES.iter().enumerate() {
             let base_table = match &empty {
                 Some(e) => e.clone(),
@@ -216,11 +216,11 @@ impl TableSet {
             }
             next[i] = Some(Arc::new(Table { rows }, GFP_KERNEL).map_err(|_| (ENOMEM, no))?);
         }
-        let [Some(t0), Some(t1), Some(t2)] = next else {
+        let [Some(t0), Some(t1), Some(t2), Some(t3)] = next else {
             return Err((EINVAL, no));
         };
         let generation = old.generation.wrapping_add(1);
-        let snap = Arc::new(Snapshot { tables: [t0, t1, t2], generation }, GFP_KERNEL)
+        let snap = Arc::new(Snapshot { tables: [t0, t1, t2, t3], generation }, GFP_KERNEL)
             .map_err(|_| (ENOMEM, no))?;
         for i in 0..NTABLES {
             let (was, now) = (old.rows(i).len() as u64, snap.rows(i).len() as u64);
@@ -273,6 +273,7 @@ impl TableSet {
         s.sets_live = SETS_LIVE.load(Relaxed);
         s.translated = crate::COUNTERS.translated.load(Relaxed);
         s.not_found = crate::COUNTERS.not_found.load(Relaxed);
+        s.policy_denied = crate::COUNTERS.policy_denied.load(Relaxed);
         s
     }
 }

@@ -256,6 +256,73 @@ fi
 kill "$rserver" 2>/dev/null
 wait "$rserver" 2>/dev/null
 
+# --- the Slim policy in the module (issue 15 points 4 and 7): with a policy that lets c1 reach only
+# c2:7410, h1's router loads c1's allow-list into its set's policy table and hands c1 pooled sockets
+# restricted with SLIM_RESTRICT_POLICY. A program of c1 (nobody, no capabilities) fills its pool on
+# the allowed endpoint, then connects to c2:7411, a Slim listener the policy denies: ECONNREFUSED
+# each time, refused by h1's module (its policy_denied grows by as many), and the server on 7411
+# never sees a connection.
+cat > /tmp/slim-policy-probe.py <<'PY'
+import json, socket
+res = {"allowed": 0, "leased": 0, "denied": []}
+for _ in range(200):
+    s = socket.create_connection(("10.32.0.2", 7410), timeout=10)
+    s.recv(200)
+    port = s.getsockname()[1]
+    s.close()
+    res["allowed"] += 1
+    if port >= 40000:
+        res["leased"] += 1
+        if res["leased"] >= 3:
+            break
+for _ in range(5):
+    try:
+        s = socket.create_connection(("10.32.0.2", 7411), timeout=10)
+        res["denied"].append("connected: " + repr(s.recv(200)))
+    except OSError as e:
+        res["denied"].append(type(e).__name__)
+print(json.dumps(res))
+PY
+pstat() {
+    "$LAB" exec h1 -- "$REPO/target/release/slim-router" status --json --socket /run/slim-lab/h1.sock 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys; k=json.load(sys.stdin)["kernel_tables"]; print(k["policy_denied"], k["policy_rows"])'
+}
+printf 'default = "allow"\n[[allow]]\nfrom = ["10.32.0.1/32"]\nto = ["10.32.0.2/32:7410"]\n' > /run/slim-lab/policy.toml
+"$LAB" router h1 restart >/dev/null 2>&1
+"$LAB" exec c2 --slim -- timeout 200 "$PROG" serve 7410 >"$OUT/policy-allowed.log" 2>&1 &
+pa=$!
+"$LAB" exec c2 --slim -- timeout 200 python3 -c '
+import socket
+l = socket.create_server(("0.0.0.0", 7411))
+while True:
+    c, peer = l.accept()
+    print("accepted", peer[0], flush=True)
+    c.sendall(b"HELLO 7411\n")
+    c.close()' >"$OUT/policy-denied.log" 2>&1 &
+pd=$!
+for port in 7410 7411; do
+    for _ in $(seq 1 100); do
+        "$LAB" exec c3 -- timeout 2 bash -c "exec 3<>/dev/tcp/10.32.0.2/$port" 2>/dev/null && break
+        sleep 0.2
+    done
+done
+read -r pden0 _ <<<"$(pstat)"
+pout=$("$LAB" exec c1 --slim -- timeout 200 $NOBODY python3 /tmp/slim-policy-probe.py 2>&1)
+read -r pden1 prows <<<"$(pstat)"
+kill "$pa" "$pd" 2>/dev/null
+wait "$pa" "$pd" 2>/dev/null
+want='"denied": ["ConnectionRefusedError", "ConnectionRefusedError", "ConnectionRefusedError", "ConnectionRefusedError", "ConnectionRefusedError"]'
+# The server on 7411 logs each connection it accepts: c3's readiness probe (10.32.0.3), none of c1's.
+if grep -qF "$want" <<<"$pout" && grep -q '"leased": 3' <<<"$pout" && [ "$((pden1 - pden0))" = 5 ] \
+    && [ "${prows:-0}" -ge 1 ] && grep -q "^accepted 10\.32\.0\.3" "$OUT/policy-denied.log" \
+    && ! grep -q "^accepted 10\.32\.0\.1" "$OUT/policy-denied.log"; then
+    ok "attack: a connect the Slim policy denies, through a pooled socket as nobody: ECONNREFUSED 5 of 5, refused by h1's module (policy_denied $pden0 -> $pden1, $prows policy rows), the server never reached"
+else
+    nok "attack: policy-denied connects: probe $pout; h1 module policy_denied $pden0 -> $pden1, rows ${prows:-?}; server log: $(head -c 300 "$OUT/policy-denied.log")"
+fi
+rm -f /run/slim-lab/policy.toml
+"$LAB" router h1 restart >/dev/null 2>&1
+
 cp /run/slim-lab/h1.log "$OUT/secure-router-h1.log" 2>/dev/null
 cp /run/slim-lab/h2.log "$OUT/secure-router-h2.log" 2>/dev/null
 if out=$("$LAB" down 2>&1); then ok "slim-lab down"; else nok "slim-lab down: $out"; fi

@@ -27,19 +27,29 @@ def ioc(d, nr, size):
     return (d << 30) | (size << 16) | (MAGIC << 8) | nr
 
 
-OP_FMT, UPD_FMT, DUMP_FMT, STATS_FMT = "=HHIQ28s28s", "=IIQQII", "=HHIIIQIIQ", "=16Q"
-assert [struct.calcsize(f) for f in (OP_FMT, UPD_FMT, DUMP_FMT, STATS_FMT)] == [72, 32, 40, 128]
+OP_FMT, UPD_FMT, DUMP_FMT, STATS_FMT = "=HHIQ28s28s", "=IIQQII", "=HHIIIQIIQ", "=19Q"
+assert [struct.calcsize(f) for f in (OP_FMT, UPD_FMT, DUMP_FMT, STATS_FMT)] == [72, 32, 40, 152]
 IOC_VERSION = ioc(IOC_READ, 0, 16)
 IOC_RESTRICT = ioc(IOC_WRITE, 1, 72)
 IOC_UPDATE = ioc(IOC_READ | IOC_WRITE, 6, 32)
 IOC_DUMP = ioc(IOC_READ | IOC_WRITE, 7, 40)
-IOC_TSTATS = ioc(IOC_READ, 8, 128)
+IOC_TSTATS = ioc(IOC_READ, 8, 152)
 FEAT_TABLES = 1 << 5
-LISTENERS, LEASES, IDENTITIES = 1, 2, 3
+LISTENERS, LEASES, IDENTITIES, POLICY = 1, 2, 3, 4
 INSERT, REMOVE = 1, 2
 RESET = 1
 BATCH_MAX = 1024
 NO_INDEX = 0xFFFFFFFF
+
+
+def _kabi_version():
+    import re
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "uapi", "src", "kabi.rs")
+    with open(src) as f:
+        return int(re.search(r"pub const KABI_VERSION: u32 = (\d+);", f.read()).group(1))
+
+
+KABI_VERSION = _kabi_version()
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
@@ -98,6 +108,11 @@ def identity(tag, i, kind=INSERT):
     return op(kind, IDENTITIES, addr4([10, 32, 1, i]), NONE, tag)
 
 
+def policy(tag, net, mask, lo=0, hi=65535, kind=INSERT):
+    """A policy row: container `tag` may reach IPv4 prefix net/mask on ports lo..hi."""
+    return op(kind, POLICY, addr4(net, lo), addr4(mask, hi), tag)
+
+
 def update(fd, ops, flags=0, count=None, ptr=None, hdr_extra=(0, 0, 0)):
     """TABLE_UPDATE; returns the new generation or raises Err (with the header read back)."""
     data = b"".join(ops)
@@ -142,11 +157,12 @@ def dump(fd, table, page=64):
 
 
 def tstats(fd):
-    buf = ctypes.create_string_buffer(128)
+    buf = ctypes.create_string_buffer(152)
     raw_ioctl(fd, IOC_TSTATS, buf)
     v = struct.unpack(STATS_FMT, buf.raw)
-    return {"rows": list(v[1:4]), "limit": v[4], "generation": v[5], "ops": v[6], "refused": v[7],
-            "enospc": v[8], "sets": v[9], "all_rows": list(v[11:14]), "translated": v[14], "not_found": v[15]}
+    return {"rows": list(v[1:5]), "limit": v[5], "generation": v[6], "ops": v[7], "refused": v[8],
+            "enospc": v[9], "sets": v[10], "all_rows": list(v[12:16]), "translated": v[16], "not_found": v[17],
+            "policy_denied": v[18]}
 
 
 def as_insert(row):
@@ -197,7 +213,7 @@ def limit_tests(limit):
     check("a single batch over the limit -> ENOSPC", e == "ENOSPC" and tstats(fd)["enospc"] == 2, f"{e}, {tstats(fd)}")
     e = errname(lambda: update(fd, [], flags=RESET))
     s = tstats(fd)
-    check("RESET empties the set again", e is None and s["rows"] == [0, 0, 0], e or s)
+    check("RESET empties the set again", e is None and s["rows"] == [0, 0, 0, 0], e or s)
     os.close(fd)
     return 1 if failures else 0
 
@@ -213,10 +229,10 @@ def main():
     ver = ctypes.create_string_buffer(16)
     raw_ioctl(dev, IOC_VERSION, ver)
     kv, feat, _, _ = struct.unpack("=IIII", ver.raw)
-    check("VERSION announces SLIM_FEAT_TABLES (KABI_VERSION unchanged: 1)", feat & FEAT_TABLES and kv == 1, f"version {kv} features {feat:#x}")
+    check(f"VERSION announces SLIM_FEAT_TABLES (KABI_VERSION {KABI_VERSION}, as uapi/src/kabi.rs says)", feat & FEAT_TABLES and kv == KABI_VERSION, f"version {kv} features {feat:#x}")
 
     s = tstats(dev)
-    check("a new file has an empty table set", s["rows"] == [0, 0, 0] and s["generation"] == 0, s)
+    check("a new file has an empty table set", s["rows"] == [0, 0, 0, 0] and s["generation"] == 0, s)
     check("default table_limit is 65536", s["limit"] == 65536, s["limit"])
     sets0 = s["sets"]
 
@@ -238,16 +254,34 @@ def main():
         check(f"DUMP {name}: the rows, in key order, paged (2 per page)", got == want and g == 1,
               f"{len(got)} rows, generation {g}" if got == want else f"got {[r.hex() for r in got]}")
     s = tstats(dev)
-    check("STATS: table sizes 3/2/3, generation 1, 8 ops applied", s["rows"] == [3, 2, 3] and s["generation"] == 1 and s["ops"] == 8, s)
+    check("STATS: table sizes 3/2/3, generation 1, 8 ops applied", s["rows"] == [3, 2, 3, 0] and s["generation"] == 1 and s["ops"] == 8, s)
     check("STATS: the module-wide totals include this set", all(a >= b for a, b in zip(s["all_rows"], s["rows"])), s["all_rows"])
     e = errname(lambda: update(dev, [listener(1, tag=7, kind=REMOVE), lease(5, kind=REMOVE), identity(8, 2, kind=REMOVE)]))
     s = tstats(dev)
-    check("REMOVE by key (listener: overlay+host; lease: host endpoint; identity: tag+address)", e is None and s["rows"] == [2, 1, 2], e or s)
+    check("REMOVE by key (listener: overlay+host; lease: host endpoint; identity: tag+address)", e is None and s["rows"] == [2, 1, 2, 0], e or s)
     got, _ = dump(dev, LEASES)
     check("the remaining lease is the other one", got == [lease(4, owner=2)], [r.hex() for r in got])
     e = errname(lambda: update(dev, [lease(4, kind=REMOVE), lease(4, owner=3)]))
     got, _ = dump(dev, LEASES)
     check("a lease changes owner atomically (remove + insert in one batch)", e is None and got == [lease(4, owner=3)], e or [r.hex() for r in got])
+
+    # --- the policy table (issue 15, point 4): prefixes with port ranges, by tag
+    pol = [policy(9, [10, 32, 0, 2], [255, 255, 255, 255], 8080, 8080), policy(9, [10, 32, 1, 0], [255, 255, 255, 0]),
+           policy(8, [0, 0, 0, 0], [0, 0, 0, 0])]
+    e = errname(lambda: update(dev, pol))
+    got, _ = dump(dev, POLICY)
+    want = sorted(pol, key=lambda r: (struct.unpack("=Q", r[8:16])[0], r[16:44], r[44:72]))
+    check("policy rows: inserted, dumped by tag then prefix", e is None and got == want and tstats(dev)["rows"][3] == 3,
+          e or [r.hex() for r in got])
+    for name, row in (("host bits set", policy(9, [10, 32, 1, 7], [255, 255, 255, 0])),
+                      ("a mask that is not ones then zeros", policy(9, [10, 0, 0, 0], [255, 0, 255, 0])),
+                      ("ports the wrong way round", policy(9, [10, 32, 0, 0], [255, 255, 0, 0], 90, 80)),
+                      ("a mask of another family", op(INSERT, POLICY, addr4([10, 0, 0, 0]), addr6([255] * 2 + [0] * 14), 9))):
+        e = errname(lambda: update(dev, [row]))
+        check(f"a policy row with {name} is refused with EINVAL", e == "EINVAL", e)
+    e = errname(lambda: update(dev, [policy(9, [10, 32, 1, 0], [255, 255, 255, 0], kind=REMOVE), policy(8, [0, 0, 0, 0], [0, 0, 0, 0], kind=REMOVE),
+                                     policy(9, [10, 32, 0, 2], [255, 255, 255, 255], 8080, 8080, kind=REMOVE)]))
+    check("policy rows are removed by (tag, prefix, ports)", e is None and tstats(dev)["rows"][3] == 0, e or tstats(dev))
 
     # --- all or nothing
     for name, batch, want in (
@@ -334,7 +368,7 @@ def main():
     check("a second opener does not see the first's rows", dump(b, LEASES)[0] == [] and len(dump(b, LISTENERS)[0]) == 2, tstats(b))
     e = errname(lambda: update(b, [listener(9)], flags=RESET))
     sa, sb = tstats(a), tstats(b)
-    check("RESET by one opener leaves the other's rows", e is None and sa["rows"] == [1, 1, 1] and sb["rows"] == [1, 0, 0], f"{e}, a {sa['rows']}, b {sb['rows']}")
+    check("RESET by one opener leaves the other's rows", e is None and sa["rows"] == [1, 1, 1, 0] and sb["rows"] == [1, 0, 0, 0], f"{e}, a {sa['rows']}, b {sb['rows']}")
     check("RESET by one opener leaves the first file's set too", tstats(dev)["rows"][0] == 2, tstats(dev)["rows"])
     os.close(b)
     check("closing a file frees its set (sets_live -1)", tstats(a)["sets"] == sets0 + 1, tstats(a)["sets"])
@@ -403,7 +437,7 @@ def main():
     os.close(dev)
     r = os.open("/dev/slim", os.O_RDWR)
     s = tstats(r)
-    check("every set freed again (sets_live 1, all_rows 0)", s["sets"] == 1 and s["all_rows"] == [0, 0, 0], s)
+    check("every set freed again (sets_live 1, all_rows 0)", s["sets"] == 1 and s["all_rows"] == [0, 0, 0, 0], s)
     os.close(r)
     return 1 if failures else 0
 

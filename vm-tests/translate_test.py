@@ -24,16 +24,16 @@ import time
 import table_test as tt
 from table_test import INSERT, REMOVE, RESET, LISTENERS, addr4, addr6, check, errname, op, raw_ioctl, tstats, update
 
-FEAT_TRANSLATE = 1 << 6
-RESTRICT_LISTENER, RESTRICT_TRANSLATE = 1, 2
+FEAT_TRANSLATE, FEAT_POLICY = 1 << 6, 1 << 7
+RESTRICT_LISTENER, RESTRICT_TRANSLATE, RESTRICT_POLICY = 1, 2, 4
 TAG = 41
 
 
-def restrict(dev, sock, flags=RESTRICT_TRANSLATE, local=None, peer=tt.NONE):
+def restrict(dev, sock, flags=RESTRICT_TRANSLATE, local=None, peer=tt.NONE, tag=TAG):
     if local is None:
         port = sock.getsockname()[1]
         local = addr4([10, 99, 0, 1], port) if sock.family == socket.AF_INET else addr6(mapped([10, 99, 0, 1]), port)
-    req = struct.pack("=iIQ", sock.fileno(), flags, TAG) + local + peer
+    req = struct.pack("=iIQ", sock.fileno(), flags, tag) + local + peer
     raw_ioctl(dev, tt.IOC_RESTRICT, ctypes.create_string_buffer(req, 72))
 
 
@@ -71,10 +71,10 @@ class Greeter:
             c.close()
 
 
-def translating(dev, family=socket.AF_INET, blocking=True):
+def translating(dev, family=socket.AF_INET, blocking=True, flags=RESTRICT_TRANSLATE, tag=TAG):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0) if family == socket.AF_INET else ("::ffff:127.0.0.1", 0))
-    restrict(dev, s)
+    restrict(dev, s, flags=flags, tag=tag)
     s.setblocking(blocking)
     return s
 
@@ -194,6 +194,46 @@ def main():
     e = errname(lambda: restrict(dev, s, flags=RESTRICT_TRANSLATE, peer=addr4([10, 99, 0, 2], 80)))
     check("TRANSLATE with a peer -> EINVAL (the module sets it)", e == "EINVAL", e)
     s.close()
+
+    # --- the Slim policy (issue 15, point 4): sockets restricted with POLICY connect only where
+    # their tag's rows allow; 10.99.0.2:80 and 10.99.0.5:80 are both listed (the same listener)
+    check("VERSION announces SLIM_FEAT_POLICY", feat & FEAT_POLICY, f"features {feat:#x}")
+    update(dev, [row([10, 99, 0, 5], 80, hello.port),
+                 tt.policy(TAG, [10, 99, 0, 2], [255, 255, 255, 255], 80, 80),
+                 tt.policy(TAG, [10, 99, 1, 0], [255, 255, 255, 0], 1000, 2000)])
+    p0, n0 = tstats(dev), len(hello.peers)
+    s = translating(dev, flags=RESTRICT_TRANSLATE | RESTRICT_POLICY)
+    e = connect_err(s, ("10.99.0.2", 80))
+    check("POLICY: an allowed endpoint is translated and reached", e is None and s.recv(16) == b"HELLO", e)
+    s.close()
+    denied = []
+    for dst, tag in ((("10.99.0.5", 80), TAG), (("10.99.0.2", 80), TAG + 1)):
+        s = translating(dev, flags=RESTRICT_TRANSLATE | RESTRICT_POLICY, tag=tag)
+        denied.append((connect_err(s, dst), errname(s.getpeername)))
+        # The socket is as it was: an allowed endpoint still works on it.
+        if tag == TAG:
+            e = connect_err(s, ("10.99.0.2", 80))
+            denied.append(("after", e is None and s.recv(16) == b"HELLO"))
+        s.close()
+    p1 = tstats(dev)
+    check("POLICY: a listed endpoint the tag's rows do not allow -> ECONNREFUSED, no peer; allowed ones still work",
+          denied[0] == ("ECONNREFUSED", "ENOTCONN") and denied[1] == ("after", True), denied)
+    check("POLICY: a tag without rows reaches nothing (ECONNREFUSED)", denied[2] == ("ECONNREFUSED", "ENOTCONN"), denied)
+    check("POLICY: the denied connects sent nothing (the listener saw the two allowed ones only)",
+          len(hello.peers) - n0 == 2, f"{len(hello.peers) - n0} connections")
+    check("POLICY: TABLE_STATS counts the denials", p1["policy_denied"] - p0["policy_denied"] == 2,
+          f"policy_denied {p0['policy_denied']}->{p1['policy_denied']}")
+    s = translating(dev)
+    e = connect_err(s, ("10.99.0.5", 80))
+    check("without POLICY the same tag's socket is not checked", e is None and s.recv(16) == b"HELLO", e)
+    s.close()
+    s = socket.socket()
+    e = errname(lambda: restrict(dev, s, flags=RESTRICT_POLICY))
+    check("POLICY without TRANSLATE -> EINVAL", e == "EINVAL", e)
+    s.close()
+    update(dev, [row([10, 99, 0, 5], 80, hello.port, kind=REMOVE),
+                 tt.policy(TAG, [10, 99, 0, 2], [255, 255, 255, 255], 80, 80, kind=REMOVE),
+                 tt.policy(TAG, [10, 99, 1, 0], [255, 255, 255, 0], 1000, 2000, kind=REMOVE)])
 
     # --- another table set: a socket restricted through another file does not see these rows
     other_dev = os.open("/dev/slim", os.O_RDWR)

@@ -87,6 +87,9 @@ enum Fast {
     NoListener,
     /// No table, no pooled socket, or a case the fast path does not cover.
     AskRouter,
+    /// Refused where Slim decides (the module, for the Slim policy): the program gets this
+    /// errno, and the overlay is not asked to carry the connection instead.
+    Refused(i32),
 }
 
 static NEXT_ROUTE: AtomicU32 = AtomicU32::new(0);
@@ -196,6 +199,16 @@ fn translated_connect(family: i32, src_ip: IpAddr, dst: SocketAddr, opts: &SockO
                     link::return_pooled(family, src_ip, pooled);
                 }
                 return Fast::AskRouter;
+            }
+            // Denied by the Slim policy (slim_kern checks it before anything is sent), or a
+            // refusal TCP reported at once: either way the program's answer. The socket is not
+            // pooled again (it may have been used).
+            libc::ECONNREFUSED => {
+                slog!(
+                    DEBUG,
+                    "connect to {dst} refused (the Slim policy, slim_kern)"
+                );
+                return Fast::Refused(e);
             }
             // The 4-tuple is in use (the port is shared with connections elsewhere).
             libc::EADDRNOTAVAIL => continue,
@@ -573,6 +586,10 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
             (host, id, 0)
         }
         Fast::NoListener => return None,
+        Fast::Refused(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
         Fast::AskRouter => {
             let req = Request::Connect(ConnectReq {
                 family,

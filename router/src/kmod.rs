@@ -125,14 +125,22 @@ impl SlimDev {
 
     /// Restricts the unconnected host socket `sock` for container `tag` with
     /// `SLIM_RESTRICT_TRANSLATE`: its getsockname answers `local`, and its connect to an overlay
-    /// endpoint is translated by the module from this file's listeners table.
+    /// endpoint is translated by the module from this file's listeners table. `policy`: with
+    /// `SLIM_RESTRICT_POLICY` too (the container is constrained by the Slim policy; the module
+    /// checks each connect against the tag's rows of this file's policy table).
     pub fn restrict_translate(
         &self,
         sock: BorrowedFd<'_>,
         tag: u64,
         local: SocketAddr,
+        policy: bool,
     ) -> io::Result<()> {
-        self.restrict_flags(sock, tag, kabi::SLIM_RESTRICT_TRANSLATE, local, None)
+        let flags = if policy {
+            kabi::SLIM_RESTRICT_TRANSLATE | kabi::SLIM_RESTRICT_POLICY
+        } else {
+            kabi::SLIM_RESTRICT_TRANSLATE
+        };
+        self.restrict_flags(sock, tag, flags, local, None)
     }
 
     fn restrict_flags(
@@ -155,6 +163,12 @@ impl SlimDev {
     /// Whether the module connects restricted sockets by itself (`SLIM_FEAT_TRANSLATE`).
     pub fn has_translate(&self) -> bool {
         self.features & kabi::SLIM_FEAT_TRANSLATE != 0 && self.has_tables()
+    }
+
+    /// Whether the module checks translated connects against a policy table
+    /// (`SLIM_FEAT_POLICY`).
+    pub fn has_policy(&self) -> bool {
+        self.features & kabi::SLIM_FEAT_POLICY != 0 && self.has_translate()
     }
 
     /// Records the virtual addresses of a child accepted on a restricted listener.

@@ -1,5 +1,6 @@
-//! The secure router's tables in the kernel module (issue 15, point 1): the cluster's Slim
-//! listeners, the port leases and this host's containers' identities, loaded into `slim_kern`
+//! The secure router's tables in the kernel module (issue 15, points 1 and 4): the cluster's Slim
+//! listeners, the port leases, this host's containers' identities and the Slim policy's
+//! allow-list of each of them it constrains, loaded into `slim_kern`
 //! through the table ioctls (`slim_uapi::kabi_tables`), so that the module can later set
 //! connections up by itself.
 //!
@@ -15,7 +16,9 @@
 //! kernel never touches it.
 
 use crate::kmod::SlimDev;
+use crate::policy::Policy;
 use crate::tables::TableSink;
+use ipnet::IpNet;
 use slim_uapi::kabi_tables::{
     SlimTableOp, SLIM_TABLE_BATCH_MAX, SLIM_TOP_INSERT, SLIM_TOP_REMOVE, SLIM_UPDATE_RESET,
 };
@@ -49,6 +52,11 @@ pub struct KernelTables {
     leases: BTreeMap<SocketAddr, IpAddr>,
     /// Container tag -> its overlay addresses.
     identities: BTreeMap<u64, Vec<IpAddr>>,
+    /// The Slim policy, if any: a constrained container's allow-list goes with its identity.
+    policy: Option<Policy>,
+    /// Container tag -> its allow-list (prefix, lowest port, highest port), for the containers
+    /// the policy constrains.
+    allow_lists: BTreeMap<u64, Vec<(IpNet, u16, u16)>>,
     /// Ops not yet sent (one batch per change).
     pending: Vec<SlimTableOp>,
     /// A refusal was logged and no load has succeeded since (log once per streak).
@@ -59,6 +67,11 @@ pub struct KernelTables {
 /// A host or overlay endpoint as the module's tables spell it (IPv4-mapped IPv6 as IPv4).
 fn canonical(sa: SocketAddr) -> SocketAddr {
     SocketAddr::new(sa.ip().to_canonical(), sa.port())
+}
+
+/// A policy table op: container `tag` may reach `net` on ports `lo..=hi`.
+fn policy_op(op: u16, tag: u64, (net, lo, hi): (IpNet, u16, u16)) -> SlimTableOp {
+    SlimTableOp::policy(op, tag, net.addr(), net.prefix_len(), (lo, hi))
 }
 
 /// What an errno from TABLE_UPDATE most likely means for an operator.
@@ -76,12 +89,14 @@ pub fn hint(errno: Option<i32>) -> &'static str {
 
 impl KernelTables {
     /// A mirror of nothing yet, on `dev`.
-    fn empty(dev: SlimDev) -> KernelTables {
+    fn empty(dev: SlimDev, policy: Option<Policy>) -> KernelTables {
         KernelTables {
             dev,
             listeners: BTreeMap::new(),
             leases: BTreeMap::new(),
             identities: BTreeMap::new(),
+            policy,
+            allow_lists: BTreeMap::new(),
             pending: Vec::new(),
             failing: false,
             counters: Arc::default(),
@@ -89,8 +104,9 @@ impl KernelTables {
     }
 
     /// The sink for the table set of `dev`'s open file, fully loaded (empty at start); `None` if
-    /// the module keeps no tables (logged once) or the descriptor cannot be duplicated.
-    pub fn open(dev: &SlimDev) -> Option<KernelTables> {
+    /// the module keeps no tables (logged once) or the descriptor cannot be duplicated. `policy`:
+    /// the router's Slim policy, whose allow-lists are loaded if the module can check them.
+    pub fn open(dev: &SlimDev, policy: Option<&Policy>) -> Option<KernelTables> {
         if !dev.has_tables() {
             tracing::info!("slim_kern has no tables (no SLIM_FEAT_TABLES in VERSION): running without them; every connect and accept asks this router");
             return None;
@@ -102,7 +118,8 @@ impl KernelTables {
                 return None;
             }
         };
-        let mut t = KernelTables::empty(dev);
+        let policy = policy.filter(|_| dev.has_policy()).cloned();
+        let mut t = KernelTables::empty(dev, policy);
         t.load();
         Some(t)
     }
@@ -132,15 +149,21 @@ impl KernelTables {
                 ops.push(SlimTableOp::identity(SLIM_TOP_INSERT, *tag, *ip));
             }
         }
+        for (tag, list) in &self.allow_lists {
+            for row in list {
+                ops.push(policy_op(SLIM_TOP_INSERT, *tag, *row));
+            }
+        }
         ops
     }
 
-    /// Rows the router holds now, by table (listeners, leases, identities).
-    pub fn sizes(&self) -> [usize; 3] {
+    /// Rows the router holds now, by table (listeners, leases, identities, policy).
+    pub fn sizes(&self) -> [usize; 4] {
         [
             self.listeners.values().map(Vec::len).sum(),
             self.leases.len(),
             self.identities.values().map(Vec::len).sum(),
+            self.allow_lists.values().map(Vec::len).sum(),
         ]
     }
 
@@ -152,9 +175,9 @@ impl KernelTables {
             .store(errno.unwrap_or(-1), Ordering::Relaxed);
         self.counters.in_sync.store(false, Ordering::Relaxed);
         if !self.failing {
-            let [l, d, i] = self.sizes();
+            let [l, d, i, p] = self.sizes();
             tracing::warn!(
-                error = %e, listeners = l, leases = d, identities = i,
+                error = %e, listeners = l, leases = d, identities = i, policy = p,
                 "slim_kern refused the {what} of this router's tables; {}; the module's tables are \
                  reloaded at the next change",
                 hint(errno)
@@ -181,11 +204,12 @@ impl KernelTables {
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
         }
         if self.failing {
-            let [l, d, i] = self.sizes();
+            let [l, d, i, p] = self.sizes();
             tracing::info!(
                 listeners = l,
                 leases = d,
                 identities = i,
+                policy = p,
                 "slim_kern holds this router's tables again"
             );
         }
@@ -254,6 +278,19 @@ impl TableSink for KernelTables {
             self.identities.insert(tag, new.clone()).unwrap_or_default()
         };
         self.diff(&old, &new, |op, ip| SlimTableOp::identity(op, tag, ip));
+        // The allow-list follows the identity: loaded with it, gone with it.
+        let list = match &self.policy {
+            Some(p) if !new.is_empty() => p.allow_list(&new).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let old = if list.is_empty() {
+            self.allow_lists.remove(&tag).unwrap_or_default()
+        } else {
+            self.allow_lists
+                .insert(tag, list.clone())
+                .unwrap_or_default()
+        };
+        self.diff(&old, &list, |op, row| policy_op(op, tag, row));
     }
 
     fn flush(&mut self) {
@@ -279,7 +316,7 @@ impl TableSink for KernelTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slim_uapi::kabi_tables::{SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS};
+    use slim_uapi::kabi_tables::{SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS, SLIM_TABLE_POLICY};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -298,7 +335,7 @@ mod tests {
             return;
         };
         // The diffing without a device: the pending ops are inspected, never sent.
-        let mut t = KernelTables::empty(dev);
+        let mut t = KernelTables::empty(dev, None);
         let o = sa("10.32.0.2:80");
         t.set_listeners(
             o,
@@ -344,10 +381,41 @@ mod tests {
             9,
             &["10.32.0.1".parse().unwrap(), "10.32.0.1".parse().unwrap()],
         );
-        assert_eq!(t.sizes(), [0, 1, 1]);
+        assert_eq!(t.sizes(), [0, 1, 1, 0]);
         assert_eq!(t.all_rows().len(), 2);
         assert!(t.all_rows().iter().all(|r| r.validate().is_ok()));
         t.set_identity(9, &[]);
-        assert_eq!(t.sizes(), [0, 1, 0]);
+        assert_eq!(t.sizes(), [0, 1, 0, 0]);
+        // With a policy: a constrained container's allow-list comes and goes with its identity;
+        // a container the policy does not constrain gets none.
+        t.policy = Some(
+            Policy::parse(
+                "[[allow]]\nfrom = [\"10.32.0.1/32\"]\nto = [\"10.32.0.2/32:80\", \"all\"]\n",
+            )
+            .unwrap(),
+        );
+        t.pending.clear();
+        t.set_identity(9, &["10.32.0.1".parse().unwrap()]);
+        assert_eq!(t.sizes(), [0, 1, 1, 3]);
+        assert!(t
+            .pending
+            .iter()
+            .all(|r| r.op == SLIM_TOP_INSERT && r.validate().is_ok()));
+        assert_eq!(
+            t.pending
+                .iter()
+                .filter(|r| r.table == SLIM_TABLE_POLICY)
+                .count(),
+            3
+        );
+        t.set_identity(5, &["10.32.0.3".parse().unwrap()]);
+        assert_eq!(t.sizes(), [0, 1, 2, 3]);
+        t.pending.clear();
+        t.set_identity(9, &[]);
+        assert_eq!(t.sizes(), [0, 1, 1, 0]);
+        assert_eq!(
+            t.pending.iter().filter(|r| r.op == SLIM_TOP_REMOVE).count(),
+            4
+        );
     }
 }

@@ -135,16 +135,19 @@ async fn run_router(config: Config) -> anyhow::Result<()> {
         ),
         None => {}
     }
-    // Secure mode: the router's listeners, leases and containers' identities are loaded into the
-    // module (one table set per open /dev/slim, this router's own), then kept up to date.
+    // Secure mode: the router's listeners, leases, containers' identities and their allow-lists
+    // under the Slim policy are loaded into the module (one table set per open /dev/slim, this
+    // router's own), then kept up to date.
     if let Some(sink) = router
         .dev
         .as_ref()
-        .and_then(kmod_tables::KernelTables::open)
+        .and_then(|d| kmod_tables::KernelTables::open(d, router.settings.policy.as_ref()))
     {
         let _ = router.kernel_tables.set(sink.counters());
         router.tables().sink = Some(Box::new(sink));
-        tracing::info!("slim_kern keeps this router's tables (listeners, leases, identities)");
+        tracing::info!(
+            "slim_kern keeps this router's tables (listeners, leases, identities, policy allow-lists)"
+        );
     }
     // Secure mode shares no tables with containers (they hold host endpoints).
     if !secure {

@@ -23,9 +23,12 @@
 //! for no gain). It is counted (`slim_policy_denied`) and logged. The library does not take the
 //! overlay for it: the overlay's own policy still applies to whatever the program does next.
 //!
-//! Enforced where the secure router sets a connection up (every connect of a secure-mode
-//! container goes through it). Plain mode identifies no container (its library is trusted and
-//! may take pooled sockets without asking), so a policy needs `--secure`.
+//! Enforced in secure mode, where each connect is set up: by the router for a connect it makes
+//! ([`Policy::allows`]), and by `slim_kern` for one the module translates on a pooled socket: the
+//! router loads each constrained container's allow-list into the module's policy table
+//! ([`Policy::allow_list`], `kmod_tables.rs`) and restricts that container's pooled sockets with
+//! `SLIM_RESTRICT_POLICY`. Plain mode identifies no container (its library is trusted and may take
+//! pooled sockets without asking), so a policy needs `--secure`.
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -202,6 +205,37 @@ impl Policy {
                 .any(|r| addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))))
     }
 
+    /// What a container with overlay addresses `addrs` may reach, if the policy constrains it:
+    /// (prefix, lowest port, highest port) per allowed destination, "all" as `0.0.0.0/0` and
+    /// `::/0`; empty if it may reach nothing. `None`: not constrained (any destination).
+    pub fn allow_list(&self, addrs: &[IpAddr]) -> Option<Vec<(IpNet, u16, u16)>> {
+        if !self.constrains(addrs) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if !addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))) {
+                continue;
+            }
+            for d in &r.to {
+                let nets = match d.net {
+                    Some(n) => vec![n],
+                    None => vec![
+                        IpNet::V4(ipnet::Ipv4Net::default()),
+                        IpNet::V6(ipnet::Ipv6Net::default()),
+                    ],
+                };
+                for n in nets {
+                    let row = (n, d.ports.0, d.ports.1);
+                    if !out.contains(&row) {
+                        out.push(row);
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Rules, for the start-up log.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
@@ -261,6 +295,23 @@ to = ["10.32.0.3:22"]
         assert!(deny.constrains(&[ip("10.32.0.3")]));
         assert!(all.constrains(&[ip("10.32.0.3")]));
         assert!(!Policy::parse("").unwrap().constrains(&[ip("10.32.0.3")]));
+        // The same as allow-lists for the module: what `allows` says, row by row.
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            p.allow_list(&c1).unwrap(),
+            vec![
+                (net("10.32.0.2/32"), 8080, 8080),
+                (net("10.32.1.0/24"), 0, u16::MAX),
+                (net("fd00:32::/64"), 443, 444),
+                (net("10.32.0.3/32"), 22, 22),
+            ]
+        );
+        assert_eq!(p.allow_list(&[ip("10.32.0.3")]), None);
+        assert_eq!(deny.allow_list(&[ip("10.32.0.3")]), Some(vec![]));
+        assert_eq!(
+            all.allow_list(&[ip("10.32.0.3")]).unwrap(),
+            vec![(net("0.0.0.0/0"), 0, u16::MAX), (net("::/0"), 0, u16::MAX)]
+        );
     }
 
     #[test]

@@ -97,9 +97,14 @@ impl Router {
     /// loaded; the container never learns a host endpoint, and no connect needs the router. A
     /// lease identifies each connection to the listener's router as in plain mode.
     ///
+    /// A container the Slim policy constrains gets sockets restricted with `SLIM_RESTRICT_POLICY`
+    /// too: the module checks each translated connect against the container's allow-list, which
+    /// this router loaded into the policy table with its identity (`kmod_tables.rs`).
+    ///
     /// No pool (a fallback reply; the library then asks per connect, as before) when the module
-    /// cannot translate, no ports are leased here, or the Slim policy constrains the container:
-    /// its connects are checked one by one by [`Router::connect`].
+    /// cannot translate, no ports are leased here, or the Slim policy constrains the container and
+    /// the module cannot check a policy: its connects are then checked one by one by
+    /// [`Router::connect`].
     pub async fn secure_sockets(
         self: &std::sync::Arc<Self>,
         caller: &Caller,
@@ -128,10 +133,13 @@ impl Router {
         let Some(dev) = self.dev.as_ref().filter(|d| d.has_translate()) else {
             return no_pool(FallbackReason::Unavailable);
         };
-        if let Some(p) = &self.settings.policy {
-            if p.constrains(&caller.addrs) {
-                return no_pool(FallbackReason::Unavailable);
-            }
+        let constrained = self
+            .settings
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.constrains(&caller.addrs));
+        if constrained && !dev.has_policy() {
+            return no_pool(FallbackReason::Unavailable);
         }
         let Some(host) = self.settings.listen_host(family) else {
             return no_pool(FallbackReason::FamilyUnsupported);
@@ -161,7 +169,7 @@ impl Router {
         let mut fds = Vec::with_capacity(out.len());
         for (fd, port) in out {
             let local = in_family(std::net::SocketAddr::new(owner, port), family);
-            if let Err(e) = dev.restrict_translate(fd.as_fd(), caller.netns, local) {
+            if let Err(e) = dev.restrict_translate(fd.as_fd(), caller.netns, local, constrained) {
                 // The lease goes back with the socket's close (found free by its next bind).
                 tracing::warn!(%local, error = %e, "cannot restrict a pooled socket");
                 continue;

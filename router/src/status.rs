@@ -54,6 +54,12 @@ pub struct KernelTablesStatus {
     pub translated: u64,
     #[serde(default)]
     pub not_found: u64,
+    /// Policy allow-list rows of this router's set, and translated connects the module refused
+    /// for the Slim policy (module-wide).
+    #[serde(default)]
+    pub policy_rows: u64,
+    #[serde(default)]
+    pub policy_denied: u64,
     /// The listener rows, read back from the module: overlay endpoint -> host endpoint.
     pub listener_rows: Vec<(SocketAddr, SocketAddr)>,
     /// Why the module's tables could not be read, if they could not.
@@ -79,11 +85,13 @@ pub fn kernel_tables(router: &Router) -> Option<KernelTablesStatus> {
     match read {
         Ok((st, rows)) => {
             use slim_uapi::kabi_tables::{
-                SLIM_TABLE_IDENTITIES, SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS,
+                SLIM_TABLE_IDENTITIES, SLIM_TABLE_LEASES, SLIM_TABLE_LISTENERS, SLIM_TABLE_POLICY,
             };
             k.listeners = st.rows[SLIM_TABLE_LISTENERS as usize];
             k.leases = st.rows[SLIM_TABLE_LEASES as usize];
             k.identities = st.rows[SLIM_TABLE_IDENTITIES as usize];
+            k.policy_rows = st.rows[SLIM_TABLE_POLICY as usize];
+            k.policy_denied = st.policy_denied;
             k.limit = st.limit;
             k.generation = st.generation;
             k.refused_batches = st.refused_batches;
@@ -407,10 +415,11 @@ pub fn render(s: &Status) -> String {
     if let Some(k) = &s.kernel_tables {
         let _ = writeln!(
             o,
-            "\nkernel tables (slim_kern): listeners {}, leases {}, identities {} (limit {} per table), generation {}, {}, {} loads, {} batches refused ({} ENOSPC); connects translated {}, without a row {} (module-wide){}",
+            "\nkernel tables (slim_kern): listeners {}, leases {}, identities {}, policy rows {} (limit {} per table), generation {}, {}, {} loads, {} batches refused ({} ENOSPC); connects translated {}, without a row {}, denied by the policy {} (module-wide){}",
             k.listeners,
             k.leases,
             k.identities,
+            k.policy_rows,
             k.limit,
             k.generation,
             if k.in_sync { "in sync" } else { "NOT in sync" },
@@ -419,6 +428,7 @@ pub fn render(s: &Status) -> String {
             k.enospc,
             k.translated,
             k.not_found,
+            k.policy_denied,
             k.error.as_ref().map(|e| format!("; cannot read them: {e}")).unwrap_or_default()
         );
         for (overlay, host) in &k.listener_rows {

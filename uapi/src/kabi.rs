@@ -19,8 +19,10 @@
 //! user namespace) on open and on every ioctl; callers without it get `EPERM`. Unknown ioctl numbers
 //! get `ENOTTY`; a bad user pointer `EFAULT`.
 
-/// Incompatible changes of anything in this file bump this number.
-pub const KABI_VERSION: u32 = 1;
+/// Incompatible changes of anything in this file (or `kabi_tables.rs`) bump this number.
+/// 2: `SlimTableStats` grew (the policy table's rows, `policy_denied`), so `SLIM_IOC_TABLE_STATS`
+/// has a new number.
+pub const KABI_VERSION: u32 = 2;
 
 /// Name of the misc device (`/dev/slim`).
 pub const SLIM_DEVICE_NAME: &str = "slim";
@@ -275,6 +277,9 @@ pub const SLIM_FEAT_TABLES: u32 = 1 << 5;
 /// Feature bit: [`SLIM_RESTRICT_TRANSLATE`], connect by the module from the listeners table (issue
 /// 15, point 2). A compatible extension: `KABI_VERSION` stays the same.
 pub const SLIM_FEAT_TRANSLATE: u32 = 1 << 6;
+/// Feature bit: the policy table ([`crate::kabi_tables::SLIM_TABLE_POLICY`]) and
+/// [`SLIM_RESTRICT_POLICY`] (issue 15, point 4).
+pub const SLIM_FEAT_POLICY: u32 = 1 << 7;
 
 /// [`SLIM_IOC_RESTRICT`] (write): restrict the host socket `fd` (a TCP socket of the caller) before
 /// any container sees it, and record its virtual (overlay) addresses. From then on `getsockname`
@@ -312,8 +317,16 @@ pub const SLIM_RESTRICT_LISTENER: u32 = 1 << 0;
 /// too. An endpoint authorized by AUTHORIZE_CONNECT is connected to as it is. Not with
 /// [`SLIM_RESTRICT_LISTENER`], nor with a `peer` (`EINVAL`).
 pub const SLIM_RESTRICT_TRANSLATE: u32 = 1 << 1;
+/// With [`SLIM_RESTRICT_TRANSLATE`] only ([`SLIM_FEAT_POLICY`]): the socket's container is
+/// constrained by the Slim policy, so a translated connect must also match one of the rows of the
+/// policy table (`kabi_tables.rs`, [`crate::kabi_tables::SLIM_TABLE_POLICY`]) under the socket's
+/// tag; no row (none at all for the tag: it may reach nothing) refuses it with `ECONNREFUSED`
+/// before anything is sent, counted in `SlimTableStats::policy_denied`. ECONNREFUSED is what the
+/// router answers for a denied connect too: what an overlay firewall's REJECT gives a TCP client.
+pub const SLIM_RESTRICT_POLICY: u32 = 1 << 2;
 /// All defined `SLIM_RESTRICT_*` bits.
-pub const SLIM_RESTRICT_FLAGS: u32 = SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE;
+pub const SLIM_RESTRICT_FLAGS: u32 =
+    SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_POLICY;
 
 /// [`SLIM_IOC_AUTHORIZE_CONNECT`] (write): the one host endpoint the restricted socket `fd` may
 /// `connect` to (the container's `connect` is refused for anything else). Replaces an earlier
@@ -428,6 +441,9 @@ impl SlimRestrict {
         if self.flags & SLIM_RESTRICT_TRANSLATE != 0
             && (self.flags & SLIM_RESTRICT_LISTENER != 0 || !self.peer.is_none())
         {
+            return Err(KabiError::Invalid);
+        }
+        if self.flags & SLIM_RESTRICT_POLICY != 0 && self.flags & SLIM_RESTRICT_TRANSLATE == 0 {
             return Err(KabiError::Invalid);
         }
         if let Err(e) = self.local.sockaddr_len() {
@@ -655,6 +671,14 @@ mod tests {
             "the module sets the peer"
         );
         r.peer = SlimAddr::NONE;
+        r.flags = SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_POLICY;
+        assert_eq!(r.validate(), Ok(()));
+        r.flags = SLIM_RESTRICT_POLICY;
+        assert_eq!(
+            r.validate(),
+            Err(KabiError::Invalid),
+            "the policy is checked where the module connects"
+        );
         r.flags = 1 << 7;
         assert_eq!(r.validate(), Err(KabiError::Invalid));
         r.flags = 0;

@@ -9,7 +9,7 @@
 //!
 //! # The tables
 //!
-//! Three tables, each a set of [`SlimTableOp`] rows (`op` = [`SLIM_TOP_INSERT`] in a row):
+//! Four tables, each a set of [`SlimTableOp`] rows (`op` = [`SLIM_TOP_INSERT`] in a row):
 //! - [`SLIM_TABLE_LISTENERS`]: the cluster's Slim listeners, overlay endpoint (`key`) -> host
 //!   endpoint (`value`); `tag` is the owning container's tag on this host, 0 for a peer's listener.
 //!   The pair (`key`, `value`) is the row's key: one overlay endpoint may be served by several host
@@ -21,6 +21,13 @@
 //!   namespace inode the router uses as its REVOKE tag) and one of its overlay addresses (`key`,
 //!   port 0); `value` is [`SlimAddr::NONE`]. Key: (`tag`, `key`); a container with an IPv4 and an
 //!   IPv6 address has two rows.
+//! - [`SLIM_TABLE_POLICY`] ([`SLIM_FEAT_POLICY`]): the Slim policy's allow-list of each container
+//!   of this host that the policy constrains (issue 15, point 4): container `tag` may connect to
+//!   destinations in the prefix `key` (the network address, host bits zero; its port the lowest
+//!   port allowed) whose length is given by `value`, the prefix's netmask as an address of the same
+//!   family (its port the highest port allowed). "All destinations" is two rows, `0.0.0.0/0` and
+//!   `::/0`, ports 0-65535. Key: (`tag`, `key`, `value`). Consulted only for sockets restricted with
+//!   `SLIM_RESTRICT_POLICY`: a tag with no row may reach nothing ([`policy_allows`]).
 //!
 //! Addresses are canonical: IPv4 as `AF_INET` (never an IPv4-mapped IPv6 address), IPv6 flow info
 //! zero. Endpoints have a non-zero port; overlay addresses of leases and identities have port 0.
@@ -39,7 +46,7 @@
 //! tables the batch touches, applies the ops in order to the copy (sleeping allocation, outside any
 //! spinlock), then publishes the copy with one pointer swap. A concurrent reader sees the tables
 //! before or after the whole batch, never a part of it. With [`SLIM_UPDATE_RESET`] the batch
-//! starts from empty tables (all three). A load larger than one batch (RESET, then more batches) is
+//! starts from empty tables (all of them). A load larger than one batch (RESET, then more batches) is
 //! seen in steps by concurrent readers: only each batch is atomic.
 //!
 //! Errors (the batch changes nothing; `error_index` names the op at fault, or [`SLIM_NO_INDEX`]):
@@ -67,6 +74,8 @@
 //! incompatible changes). A router checks the feature bit and runs without tables if it is absent.
 
 use crate::kabi::{ior, iowr, zeroed_ctor, SlimAddr, AF_INET, AF_INET6, SLIM_IOC_MAGIC};
+
+pub use crate::kabi::SLIM_FEAT_POLICY;
 use core::cmp::Ordering;
 
 pub use crate::kabi::SLIM_FEAT_TABLES;
@@ -78,12 +87,17 @@ pub const SLIM_TABLE_LISTENERS: u16 = 1;
 pub const SLIM_TABLE_LEASES: u16 = 2;
 /// See the module documentation.
 pub const SLIM_TABLE_IDENTITIES: u16 = 3;
+/// See the module documentation.
+pub const SLIM_TABLE_POLICY: u16 = 4;
 /// The table ids, in the order the module processes them.
-pub const SLIM_TABLES: [u16; 3] = [
+pub const SLIM_TABLES: [u16; 4] = [
     SLIM_TABLE_LISTENERS,
     SLIM_TABLE_LEASES,
     SLIM_TABLE_IDENTITIES,
+    SLIM_TABLE_POLICY,
 ];
+/// Length of the by-table-id arrays of [`SlimTableStats`] (index 0 unused).
+pub const SLIM_TABLE_SLOTS: usize = SLIM_TABLES.len() + 1;
 
 /// [`SlimTableOp::op`]: add a row.
 pub const SLIM_TOP_INSERT: u16 = 1;
@@ -167,7 +181,7 @@ pub struct SlimTableDump {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlimTableStats {
     /// Rows of the caller's set, by table id (index 0 unused, zero).
-    pub rows: [u64; 4],
+    pub rows: [u64; SLIM_TABLE_SLOTS],
     /// The module parameter `table_limit` (rows per table per set).
     pub limit: u64,
     /// The caller's set: generation (successful batches since the file was opened).
@@ -181,12 +195,15 @@ pub struct SlimTableStats {
     /// Table sets alive in the module (open files, and closed ones sockets still refer to).
     pub sets_live: u64,
     /// Rows of all sets of the module, by table id (index 0 unused, zero).
-    pub all_rows: [u64; 4],
+    pub all_rows: [u64; SLIM_TABLE_SLOTS],
     /// Connects translated by the module from a listeners table (`SLIM_RESTRICT_TRANSLATE`),
     /// all sets.
     pub translated: u64,
     /// Translating connects refused with ENOENT (no row for the endpoint), all sets.
     pub not_found: u64,
+    /// Translating connects of `SLIM_RESTRICT_POLICY` sockets that no policy row allowed
+    /// (refused with ECONNREFUSED), all sets.
+    pub policy_denied: u64,
 }
 
 /// Why a batch is refused; [`TableError::errno`] is the errno the module answers.
@@ -225,8 +242,9 @@ zeroed_ctor! {
     SlimTableUpdate { flags: 0, count: 0, ops: 0, generation: 0, error_index: 0, reserved: 0 }
     SlimTableDump { table: 0, reserved0: 0, flags: 0, start: 0, capacity: 0, rows: 0, count: 0,
                     total: 0, generation: 0 }
-    SlimTableStats { rows: [0; 4], limit: 0, generation: 0, ops_applied: 0, refused_batches: 0,
-                     enospc: 0, sets_live: 0, all_rows: [0; 4], translated: 0, not_found: 0 }
+    SlimTableStats { rows: [0; SLIM_TABLE_SLOTS], limit: 0, generation: 0, ops_applied: 0,
+                     refused_batches: 0, enospc: 0, sets_live: 0, all_rows: [0; SLIM_TABLE_SLOTS],
+                     translated: 0, not_found: 0, policy_denied: 0 }
 }
 
 /// Whether `a` is a canonical address: valid encoding, IPv4 as `AF_INET`, IPv6 flow info zero
@@ -254,6 +272,59 @@ const fn canonical(a: &SlimAddr) -> bool {
         }
     }
     true
+}
+
+/// A policy row's prefix and ports: `net` canonical, `mask` of the same family, a netmask (ones
+/// then zeros, flow info and scope zero for IPv6), `net` without host bits, lowest port `net`'s
+/// not above highest port `mask`'s.
+const fn policy_row(net: &SlimAddr, mask: &SlimAddr) -> bool {
+    if !canonical(net) || mask.family() != net.family() || mask.sockaddr_len().is_err() {
+        return false;
+    }
+    if net.port() > mask.port() {
+        return false;
+    }
+    let (off, n) = addr_bytes(net.family());
+    let (r, m) = (&net.raw, &mask.raw);
+    if net.family() == AF_INET6 {
+        let mut i = 0;
+        while i < 4 {
+            if m[4 + i] != 0 || m[24 + i] != 0 {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    let mut ones = true;
+    let mut i = 0;
+    while i < n {
+        let b = m[off + i];
+        if !ones && b != 0 {
+            return false;
+        }
+        if b != 0xff {
+            // The first byte that is not all ones ends the run: it must be ones then zeros.
+            if b.leading_ones() + b.trailing_zeros() != 8 {
+                return false;
+            }
+            ones = false;
+        }
+        if r[off + i] & !b != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Offset and length of the address bytes of a [`SlimAddr`] of `family` (IPv4: 4 at 4, IPv6: 16
+/// at 8).
+const fn addr_bytes(family: u16) -> (usize, usize) {
+    if family == AF_INET {
+        (4, 4)
+    } else {
+        (8, 16)
+    }
 }
 
 /// A host or overlay endpoint: canonical, port non-zero.
@@ -289,6 +360,7 @@ impl SlimTableOp {
                     }
             }
             SLIM_TABLE_IDENTITIES => bare_ip(&self.key) && self.value.is_none(),
+            SLIM_TABLE_POLICY => policy_row(&self.key, &self.value),
             _ => false,
         };
         if ok {
@@ -350,6 +422,67 @@ impl SlimTableOp {
     }
 }
 
+impl SlimTableOp {
+    /// A policy op: container `tag` may reach `net/prefix_len` on ports `ports.0..=ports.1`
+    /// (`net`'s host bits are cleared; a `prefix_len` over the family's width is taken as the
+    /// width).
+    pub fn policy(
+        op: u16,
+        tag: u64,
+        net: core::net::IpAddr,
+        prefix_len: u8,
+        ports: (u16, u16),
+    ) -> SlimTableOp {
+        let (key, value) = match net.to_canonical() {
+            core::net::IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len.min(32)))
+                    .unwrap_or(0);
+                let net = u32::from(v4) & mask;
+                (
+                    SlimAddr::v4(net.to_be_bytes(), ports.0),
+                    SlimAddr::v4(mask.to_be_bytes(), ports.1),
+                )
+            }
+            core::net::IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len.min(128)))
+                    .unwrap_or(0);
+                let net = u128::from(v6) & mask;
+                (
+                    SlimAddr::v6(net.to_be_bytes(), ports.0, 0, 0),
+                    SlimAddr::v6(mask.to_be_bytes(), ports.1, 0, 0),
+                )
+            }
+        };
+        SlimTableOp {
+            op,
+            table: SLIM_TABLE_POLICY,
+            tag,
+            key,
+            value,
+            ..SlimTableOp::zeroed()
+        }
+    }
+}
+
+/// Whether the policy rows `rows` (the policy table, sorted by [`key_cmp`]) let container `tag`
+/// connect to `dst` (a canonical endpoint): one of the tag's rows has `dst`'s family, `dst`'s
+/// address in its prefix and `dst`'s port in its range. A tag without rows may reach nothing.
+/// For the module's translated connects of `SLIM_RESTRICT_POLICY` sockets.
+pub fn policy_allows(rows: &[SlimTableOp], tag: u64, dst: &SlimAddr) -> bool {
+    let lo = rows.partition_point(|r| r.tag < tag);
+    let hi = lo + rows[lo..].partition_point(|r| r.tag == tag);
+    let fam = dst.family();
+    let (off, n) = addr_bytes(fam);
+    let port = dst.port();
+    rows[lo..hi].iter().any(|r| {
+        r.key.family() == fam
+            && (r.key.port()..=r.value.port()).contains(&port)
+            && (0..n).all(|i| dst.raw[off + i] & r.value.raw[off + i] == r.key.raw[off + i])
+    })
+}
+
 /// `sa` in the tables' canonical form (IPv4-mapped IPv6 as IPv4; flow info and scope id dropped
 /// for IPv6, which the tables do not compare).
 pub fn canonical_addr(sa: core::net::SocketAddr) -> SlimAddr {
@@ -378,7 +511,7 @@ impl SlimTableUpdate {
 }
 
 impl SlimTableDump {
-    /// Checks the request; returns the table's index (0..3) into [`SLIM_TABLES`]. `EINVAL` for an
+    /// Checks the request; returns the table's index (0..4) into [`SLIM_TABLES`]. `EINVAL` for an
     /// unknown table, flags, non-zero reserved/out fields, or a capacity of 0 or over
     /// [`SLIM_TABLE_BATCH_MAX`].
     pub const fn validate(&self) -> Result<usize, TableError> {
@@ -399,12 +532,13 @@ impl SlimTableDump {
     }
 }
 
-/// Index (0..3) of a table id into [`SLIM_TABLES`].
+/// Index (0..4) of a table id into [`SLIM_TABLES`].
 pub const fn table_index(table: u16) -> Option<usize> {
     match table {
         SLIM_TABLE_LISTENERS => Some(0),
         SLIM_TABLE_LEASES => Some(1),
         SLIM_TABLE_IDENTITIES => Some(2),
+        SLIM_TABLE_POLICY => Some(3),
         _ => None,
     }
 }
@@ -418,6 +552,11 @@ pub fn key_cmp(table: u16, a: &SlimTableOp, b: &SlimTableOp) -> Ordering {
             .cmp(&b.key.raw)
             .then(a.value.raw.cmp(&b.value.raw)),
         SLIM_TABLE_IDENTITIES => a.tag.cmp(&b.tag).then(a.key.raw.cmp(&b.key.raw)),
+        SLIM_TABLE_POLICY => a
+            .tag
+            .cmp(&b.tag)
+            .then(a.key.raw.cmp(&b.key.raw))
+            .then(a.value.raw.cmp(&b.value.raw)),
         _ => a.key.raw.cmp(&b.key.raw),
     }
 }
@@ -574,16 +713,17 @@ const _: () = {
     assert!(offset_of!(SlimTableDump, rows) == 16 && offset_of!(SlimTableDump, count) == 24);
     assert!(offset_of!(SlimTableDump, total) == 28 && offset_of!(SlimTableDump, generation) == 32);
 
-    assert!(size_of::<SlimTableStats>() == 128 && align_of::<SlimTableStats>() == 8);
-    assert!(offset_of!(SlimTableStats, limit) == 32);
-    assert!(offset_of!(SlimTableStats, sets_live) == 72);
-    assert!(offset_of!(SlimTableStats, all_rows) == 80);
-    assert!(offset_of!(SlimTableStats, translated) == 112);
-    assert!(offset_of!(SlimTableStats, not_found) == 120);
+    assert!(size_of::<SlimTableStats>() == 152 && align_of::<SlimTableStats>() == 8);
+    assert!(offset_of!(SlimTableStats, limit) == 40);
+    assert!(offset_of!(SlimTableStats, sets_live) == 80);
+    assert!(offset_of!(SlimTableStats, all_rows) == 88);
+    assert!(offset_of!(SlimTableStats, translated) == 128);
+    assert!(offset_of!(SlimTableStats, not_found) == 136);
+    assert!(offset_of!(SlimTableStats, policy_denied) == 144);
 
     assert!(SLIM_IOC_TABLE_UPDATE == 0xC020_5306);
     assert!(SLIM_IOC_TABLE_DUMP == 0xC028_5307);
-    assert!(SLIM_IOC_TABLE_STATS == 0x8080_5308);
+    assert!(SLIM_IOC_TABLE_STATS == 0x8098_5308);
     assert!(SLIM_TABLE_BATCH_MAX as usize * size_of::<SlimTableOp>() <= 128 * 1024);
     assert!(AF_INET != AF_INET6);
 };
@@ -638,7 +778,7 @@ mod tests {
             2 + 2 + 4 + 4 + 4 + 8 + 4 + 4 + 8,
             size_of::<SlimTableDump>()
         );
-        assert_eq!(16 * 8, size_of::<SlimTableStats>());
+        assert_eq!(19 * 8, size_of::<SlimTableStats>());
     }
 
     #[test]
@@ -918,5 +1058,84 @@ mod tests {
             false
         }));
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn policy_rows_are_prefixes_with_port_ranges() {
+        let p = |net: &str, len: u8, ports: (u16, u16)| {
+            SlimTableOp::policy(SLIM_TOP_INSERT, 7, ip(net), len, ports)
+        };
+        // Host bits are cleared by the constructor; every row it makes is valid.
+        let r = p("10.32.1.9", 24, (8000, 8100));
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.key, SlimAddr::v4([10, 32, 1, 0], 8000));
+        assert_eq!(r.value, SlimAddr::v4([255, 255, 255, 0], 8100));
+        for (net, len) in [
+            ("0.0.0.0", 0),
+            ("10.32.0.2", 32),
+            ("::", 0),
+            ("fd00:32::2", 128),
+        ] {
+            assert_eq!(p(net, len, (0, u16::MAX)).validate(), Ok(()), "{net}/{len}");
+        }
+        assert_eq!(p("fd00:32::", 64, (443, 443)).validate(), Ok(()));
+        // Malformed rows: host bits set, a mask that is not ones then zeros, another family, ports
+        // the wrong way round, flow info in the mask.
+        let mut bad = r;
+        bad.key = SlimAddr::v4([10, 32, 1, 9], 8000);
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "host bits");
+        bad = r;
+        bad.value = SlimAddr::v4([255, 0, 255, 0], 8100);
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "mask");
+        bad.value = SlimAddr::v4([255, 255, 0b1011_0000, 0], 8100);
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "mask");
+        bad = r;
+        bad.value = SlimAddr::v6([0; 16], 8100, 0, 0);
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "family");
+        bad = p("10.32.1.0", 24, (8100, 8000));
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "ports");
+        bad = p("fd00:32::", 64, (0, 1));
+        bad.value = SlimAddr::v6(
+            bad.value
+                .to_socket_addr()
+                .map(|a| match a.ip() {
+                    core::net::IpAddr::V6(v) => v.octets(),
+                    _ => [0; 16],
+                })
+                .unwrap(),
+            1,
+            5,
+            0,
+        );
+        assert_eq!(bad.validate(), Err(TableError::Invalid), "flow info");
+    }
+
+    #[test]
+    fn policy_lookup_matches_prefix_port_and_tag() {
+        let pol = |tag: u64, net: &str, len: u8, ports: (u16, u16)| {
+            SlimTableOp::policy(SLIM_TOP_INSERT, tag, ip(net), len, ports)
+        };
+        let mut rows = vec![
+            pol(7, "10.32.0.2", 32, (8080, 8080)),
+            pol(7, "10.32.1.0", 24, (0, u16::MAX)),
+            pol(7, "fd00:32::", 64, (443, 444)),
+            pol(9, "0.0.0.0", 0, (0, u16::MAX)),
+            pol(3, "10.32.0.3", 32, (22, 22)),
+        ];
+        rows.sort_by(|a, b| key_cmp(SLIM_TABLE_POLICY, a, b));
+        let d = |s: &str| canonical_addr(sa(s));
+        assert!(policy_allows(&rows, 7, &d("10.32.0.2:8080")));
+        assert!(!policy_allows(&rows, 7, &d("10.32.0.2:8081")));
+        assert!(policy_allows(&rows, 7, &d("10.32.1.200:1")));
+        assert!(!policy_allows(&rows, 7, &d("10.32.2.1:1")));
+        assert!(policy_allows(&rows, 7, &d("[fd00:32::9]:444")));
+        assert!(!policy_allows(&rows, 7, &d("[fd00:32::9]:445")));
+        assert!(!policy_allows(&rows, 7, &d("[fd00:33::9]:443")));
+        // Another tag's rows do not count; "all" of IPv4 is not IPv6; no rows: nothing.
+        assert!(!policy_allows(&rows, 7, &d("10.32.0.3:22")));
+        assert!(policy_allows(&rows, 9, &d("10.99.0.1:1")));
+        assert!(!policy_allows(&rows, 9, &d("[fd00:32::9]:443")));
+        assert!(!policy_allows(&rows, 8, &d("10.32.0.2:8080")));
+        assert!(!policy_allows(&[], 7, &d("10.32.0.2:8080")));
     }
 }
