@@ -344,8 +344,9 @@ static PREFETCH: [AtomicI32; 3] = [const { AtomicI32::new(NO_PREFETCH) }; 3];
 /// A refill is asked for ahead of need when the pool holds this many sockets or fewer.
 const LOW_WATER: usize = REFILL as usize;
 
-/// Per pool, the router answered that it has no pooled sockets for it (e.g. secure mode under a
-/// policy that checks each connect): no more asking until the router is replaced.
+/// Per pool, the router answered that it has no pooled sockets for it (e.g. secure mode with a
+/// module that cannot translate, or cannot check the Slim policy of a constrained container): no
+/// more asking until the router is replaced.
 static NO_POOL: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
 
 fn pool_index(family: i32, overlay_v6: bool) -> usize {

@@ -508,6 +508,8 @@ async fn serve(
                             let c = SocketAddr::new(start.ip(), port as u16);
                             pinned += t.lease_from_peer(c, overlay, &mut live);
                         }
+                        // Applied (the module's rows in one batch) before the ack below.
+                        t.leases_done();
                     }
                     router
                         .counters

@@ -433,6 +433,7 @@ impl Router {
             let n = t.lease_from_peer(*p, owner, &mut live);
             self.counters.pinned.fetch_add(n as u64, Ordering::Relaxed);
         }
+        t.leases_done();
     }
 
     /// Ready host sockets for a library's pool (see `Request::Sockets`).

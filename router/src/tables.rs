@@ -492,7 +492,15 @@ impl Tables {
         })
     }
 
-    /// A peer (or this router) leased the port of `client_host` to `owner`. Connections from
+    /// Sends the sink the changes of the `lease_from_peer` calls since the last one, as one batch
+    /// (a lease message covers a run of ports; one batch per port would copy the module's lease
+    /// table once per port).
+    pub fn leases_done(&mut self) {
+        self.flush_sink();
+    }
+
+    /// A peer (or this router) leased the port of `client_host` to `owner`. Call
+    /// [`Tables::leases_done`] after the last port of a message. Connections from
     /// that port that this host already has belonged to its previous owner: they are pinned to
     /// that identity first. `live` lists this host's TCP connections as (local, peer).
     pub fn lease_from_peer(
@@ -552,7 +560,7 @@ impl Tables {
         if let Some(s) = &mut self.sink {
             s.set_lease(client_host, (!ask).then_some(owner));
         }
-        self.flush_sink();
+        // The sink's batch is sent by `leases_done`, once for all the ports of a lease message.
         // Accepts already waiting for a connection from this port.
         let waiting: Vec<ConnKey> = self
             .waiters
@@ -739,5 +747,38 @@ mod tests {
             t.leases_by_host(),
             vec![("192.168.77.3".parse().unwrap(), 1)]
         );
+    }
+
+    /// Counts what reaches the sink: lease rows set and batches sent.
+    struct CountingSink(std::sync::Arc<std::sync::Mutex<(usize, usize)>>);
+    impl TableSink for CountingSink {
+        fn set_listeners(&mut self, _: SocketAddr, _: &[(SocketAddr, u64)]) {}
+        fn set_lease(&mut self, _: SocketAddr, _: Option<IpAddr>) {
+            self.0.lock().unwrap().0 += 1;
+        }
+        fn set_identity(&mut self, _: u64, _: &[IpAddr]) {}
+        fn flush(&mut self) {
+            self.0.lock().unwrap().1 += 1;
+        }
+    }
+
+    #[test]
+    fn a_run_of_leased_ports_is_one_batch() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+        let mut t = Tables {
+            sink: Some(Box::new(CountingSink(seen.clone()))),
+            ..Tables::default()
+        };
+        let x: IpAddr = "10.32.0.1".parse().unwrap();
+        let mut live = LiveConns::new(Vec::new);
+        for port in 61000..61064 {
+            t.lease_from_peer(
+                SocketAddr::new("192.168.77.1".parse().unwrap(), port),
+                x,
+                &mut live,
+            );
+        }
+        t.leases_done();
+        assert_eq!(*seen.lock().unwrap(), (64, 1));
     }
 }
