@@ -333,7 +333,7 @@ def main():
     check("NULL ops pointer -> EFAULT", e == "EFAULT", e)
     for name, fn in (("capacity 0", lambda: dump_page(dev, LISTENERS, 0, 0)),
                      ("capacity 1025", lambda: dump_page(dev, LISTENERS, 0, 1025)),
-                     ("unknown table 4", lambda: dump_page(dev, 4, 0, 4)),
+                     ("unknown table 5", lambda: dump_page(dev, 5, 0, 4)),
                      ("non-zero reserved", lambda: dump_page(dev, LISTENERS, 0, 4, extra=(1, 0))),
                      ("unknown flag", lambda: dump_page(dev, LISTENERS, 0, 4, extra=(0, 1)))):
         e = errname(fn)
