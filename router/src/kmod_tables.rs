@@ -6,7 +6,8 @@
 //!
 //! [`KernelTables`] is the [`TableSink`] the router's [`crate::tables::Tables`] reports its
 //! changes to: it keeps the state the module should hold, turns each change into INSERT/REMOVE ops
-//! and sends them as one batch per change (all or nothing in the module). On start, and after any
+//! and sends them as one batch per change (all or nothing in the module; a run of leased ports is
+//! one change, see `Tables::leases_done`). On start, and after any
 //! refused batch, it loads everything again: one RESET batch, then inserts in batches of
 //! `SLIM_TABLE_BATCH_MAX`. A refusal is logged with its errno and a hint and never stops the
 //! router; a module without `SLIM_FEAT_TABLES` is logged once and the router runs without tables.
