@@ -20,12 +20,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # (the busy loops of `spin` would burn host cores that the other vCPU's thread needs).
 # --max-busy-pct 50: the load check sees only the guest, where nothing else runs; under TCG its
 # own background work (kworkers of the debug kernel) is heavier than on a normal machine.
-# --switch-warmup-secs 8: routers restarted by a mode switch first lease ports from the start of
-# the range (each lease announced to the peer and, in secure mode, loaded into both modules); under
-# TCG the 2 s default covers fewer connections than one restock, so the measured run would time the
-# first restocks of a fresh router rather than steady-state setup (both Slim modes alike).
 DEFAULT_ARGS="--only conn1,nginx_close,rr --modes host,overlay,slim,slim_secure --runs 3 --secs 2 \
---switch-warmup-secs 8 --keep-awake none --max-busy-pct 50 --max-wait-secs 30 --no-callcost --no-chart"
+--keep-awake none --max-busy-pct 50 --max-wait-secs 30 --no-callcost --no-chart"
 ARGS=${SLIM_VM_BENCH_ARGS:-$DEFAULT_ARGS}
 DEST=${SLIM_VM_BENCH_DEST:-$REPO/bench/results/vm-latest.json}
 BASELINE=${SLIM_VM_BENCH_BASELINE:-$REPO/bench/results/vm-baseline.json}
