@@ -70,6 +70,15 @@ fn canonical(sa: SocketAddr) -> SocketAddr {
     SocketAddr::new(sa.ip().to_canonical(), sa.port())
 }
 
+/// Makes `new` the rows of `key` in `map` (none: the key goes); returns the rows it had.
+fn replace_rows<K: Ord, T: Clone>(map: &mut BTreeMap<K, Vec<T>>, key: K, new: &[T]) -> Vec<T> {
+    if new.is_empty() {
+        map.remove(&key).unwrap_or_default()
+    } else {
+        map.insert(key, new.to_vec()).unwrap_or_default()
+    }
+}
+
 /// A policy table op: container `tag` may reach `net` on ports `lo..=hi`.
 fn policy_op(op: u16, tag: u64, (net, lo, hi): (IpNet, u16, u16)) -> SlimTableOp {
     SlimTableOp::policy(op, tag, net.addr(), net.prefix_len(), (lo, hi))
@@ -245,13 +254,7 @@ impl TableSink for KernelTables {
                 new.push((h, *tag));
             }
         }
-        let old = if new.is_empty() {
-            self.listeners.remove(&overlay).unwrap_or_default()
-        } else {
-            self.listeners
-                .insert(overlay, new.clone())
-                .unwrap_or_default()
-        };
+        let old = replace_rows(&mut self.listeners, overlay, &new);
         self.diff(&old, &new, |op, (h, tag)| {
             SlimTableOp::listener(op, overlay, h, tag)
         });
@@ -273,24 +276,14 @@ impl TableSink for KernelTables {
         let mut new: Vec<IpAddr> = ips.iter().map(|i| i.to_canonical()).collect();
         new.sort();
         new.dedup();
-        let old = if new.is_empty() {
-            self.identities.remove(&tag).unwrap_or_default()
-        } else {
-            self.identities.insert(tag, new.clone()).unwrap_or_default()
-        };
+        let old = replace_rows(&mut self.identities, tag, &new);
         self.diff(&old, &new, |op, ip| SlimTableOp::identity(op, tag, ip));
         // The allow-list follows the identity: loaded with it, gone with it.
         let list = match &self.policy {
             Some(p) if !new.is_empty() => p.allow_list(&new).unwrap_or_default(),
             _ => Vec::new(),
         };
-        let old = if list.is_empty() {
-            self.allow_lists.remove(&tag).unwrap_or_default()
-        } else {
-            self.allow_lists
-                .insert(tag, list.clone())
-                .unwrap_or_default()
-        };
+        let old = replace_rows(&mut self.allow_lists, tag, &list);
         self.diff(&old, &list, |op, row| policy_op(op, tag, row));
     }
 

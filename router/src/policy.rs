@@ -106,6 +106,15 @@ struct Rule {
     to: Vec<Dest>,
 }
 
+impl Rule {
+    /// Whether the rule selects a container with overlay addresses `addrs`.
+    fn selects(&self, addrs: &[IpAddr]) -> bool {
+        addrs
+            .iter()
+            .any(|a| self.from.iter().any(|n| n.contains(a)))
+    }
+}
+
 /// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -183,10 +192,7 @@ impl Policy {
     /// Whether a container with overlay addresses `addrs` may connect to `dst` through Slim.
     pub fn allows(&self, addrs: &[IpAddr], dst: SocketAddr) -> bool {
         let mut selected = false;
-        for r in &self.rules {
-            if !addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))) {
-                continue;
-            }
+        for r in self.rules.iter().filter(|r| r.selects(addrs)) {
             selected = true;
             if r.to.iter().any(|d| d.allows(dst)) {
                 return true;
@@ -198,11 +204,7 @@ impl Policy {
     /// Whether the policy restricts a container with overlay addresses `addrs` at all (a rule
     /// selects it, or the default denies): then each of its connects must be checked.
     pub fn constrains(&self, addrs: &[IpAddr]) -> bool {
-        !self.default_allow
-            || self
-                .rules
-                .iter()
-                .any(|r| addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))))
+        !self.default_allow || self.rules.iter().any(|r| r.selects(addrs))
     }
 
     /// What a container with overlay addresses `addrs` may reach, if the policy constrains it:
@@ -213,10 +215,7 @@ impl Policy {
             return None;
         }
         let mut out = Vec::new();
-        for r in &self.rules {
-            if !addrs.iter().any(|a| r.from.iter().any(|n| n.contains(a))) {
-                continue;
-            }
+        for r in self.rules.iter().filter(|r| r.selects(addrs)) {
             for d in &r.to {
                 let nets = match d.net {
                     Some(n) => vec![n],
