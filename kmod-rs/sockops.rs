@@ -577,8 +577,8 @@ unsafe extern "C" fn slim_accept(
     // installed in any fd table (as `mptcp_stream_accept` / `unix_accept` do).
     // SAFETY: `newsock` is the live, not yet published socket `do_accept` allocated.
     unsafe { set_custom_sockopt(newsock) };
-    // Record the child first (allocation may fail: then refuse the accept; the child is released
-    // through our `release`, which tolerates a missing entry).
+    // Room for the child's entry, allocated before the original accept dequeues a connection (an
+    // allocation failure here refuses the accept with the connection still queued).
     let mut table = TABLE.lock();
     if table.reserve(1, GFP_KERNEL).is_err() {
         return -(bindings::ENOMEM as c_int);
@@ -621,15 +621,17 @@ unsafe extern "C" fn slim_accept(
             peer,
             tables,
         };
-        // Capacity may have been used by a concurrent restrict: then the child is not recorded
-        // (still restricted; `release` tolerates it). A child not recorded is dropped here, under
-        // TABLE (a mutex): its set reference may be the last, and freeing a set may sleep.
-        match table.push_within_capacity(child) {
-            Ok(()) => {
-                COUNTERS.restricted_live.fetch_add(1, Relaxed);
-            }
-            Err(e) => drop(e),
+        // The capacity reserved above may have been taken by a concurrent RESTRICT or accept: then
+        // grow the table here. TABLE is a mutex, so a sleeping allocation under it is allowed. If
+        // even that fails, the accept fails with ENOMEM: `do_accept` releases the child (through
+        // our `release`, which tolerates the missing entry) and the client sees the connection
+        // closed; a child without an entry would have no address, and REVOKE would miss it. The
+        // entry `push` drops on failure is dropped under TABLE: its set reference may be the last,
+        // and freeing a set may sleep.
+        if table.push(child, GFP_KERNEL).is_err() {
+            return -(bindings::ENOMEM as c_int);
         }
+        COUNTERS.restricted_live.fetch_add(1, Relaxed);
         COUNTERS.children_total.fetch_add(1, Relaxed);
         if revoked {
             // A REVOKE of the listener's tag ran while the original accept was dequeuing this child
