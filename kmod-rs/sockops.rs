@@ -775,11 +775,18 @@ unsafe extern "C" fn slim_getname(
     let enotconn = -(bindings::ENOTCONN as c_int);
     let table = TABLE.lock();
     let Some(e) = table.iter().find(|e| e.sock == sock as usize) else {
-        // Only a child that could not be recorded (allocation raced away): reveal nothing.
+        // Not in the table (never for a socket with our ops: RESTRICT records it before the swap,
+        // `slim_accept` a child before `do_accept` asks): reveal nothing.
         return enotconn;
     };
     let mut a = if peer != 0 { e.peer } else { e.local };
-    if a.is_none() {
+    if peer == 0 && e.translate && e.peer.is_none() && !e.local.is_none() {
+        // A translating socket before its connect: what the program sees of it is a fresh
+        // socket's (the wildcard address of its family, port 0), as the library hands it out
+        // from socket() (a hosted socket); its address is its own from the connect on.
+        a = kabi::SlimAddr::NONE;
+        a.raw[..2].copy_from_slice(&e.local.raw[..2]);
+    } else if a.is_none() {
         if !(peer != 0 && e.child) || e.local.is_none() {
             return enotconn;
         }

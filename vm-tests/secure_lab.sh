@@ -68,7 +68,7 @@ if [ -x "$APPS" ] && [ -x "$BEHAVIOUR" ]; then
     done
     for t in every_connect_style_across_hosts_and_on_one_host connection_survives_dup_fork_and_exec \
         peers_without_slim_see_exactly_the_bytes_written dual_stack_listener_and_ipv6_overlay \
-        router_stop_and_restart; do
+        fresh_sockets_stay_fresh_sockets_of_the_container router_stop_and_restart; do
         run_test "$BEHAVIOUR" "$t"
     done
 else

@@ -96,6 +96,7 @@ def child(fd):
     out.append(f"listed={e}")
     if e is None:
         out.append(f"got={s.recv(16).decode()}")
+        out.append(f"then={s.getsockname()[0]}:{s.getsockname()[1]}")
     print(" ".join(out))
     return 0
 
@@ -119,6 +120,9 @@ def main():
 
     # --- blocking connect to a listed overlay endpoint
     s = translating(dev)
+    check("before its connect, a translating socket looks fresh: getsockname 0.0.0.0:0, getpeername ENOTCONN",
+          s.getsockname() == ("0.0.0.0", 0) and errname(s.getpeername) == "ENOTCONN",
+          (s.getsockname(), errname(s.getpeername)))
     e = connect_err(s, ("10.99.0.2", 80))
     got = s.recv(16) if e is None else b""
     check("connect(overlay endpoint) reaches the host listener of its row", e is None and got == b"HELLO", e or got)
@@ -263,7 +267,8 @@ def main():
                        env={**os.environ, "PYTHONPATH": os.path.dirname(me)})
     out = (r.stdout + r.stderr).strip()
     check("a passed socket answers its owner's address, reaches only listed endpoints, as its owner",
-          out.startswith("name=10.99.0.1:") and "unlisted=ENOENT" in out and "listed=None got=HELLO" in out, out)
+          out.startswith("name=0.0.0.0:0 ") and "unlisted=ENOENT" in out and "listed=None got=HELLO" in out
+          and "then=10.99.0.1:" in out, out)
     s.close()
 
     # --- table updates racing connects: 4 threads connect while rows are replaced, removed, reset

@@ -413,7 +413,8 @@ pub fn recover_hosted(fd: i32) -> bool {
         return false;
     }
     // Hosted sockets are IPv4 and bound to a host address: only such a socket is worth the
-    // namespace probe (listen() on a Unix socket, say, stops at this getsockname).
+    // namespace probe (listen() on a Unix socket, say, stops at this getsockname). (In secure
+    // mode slim_kern answers a fresh socket's address for a hosted socket: nothing to recover.)
     let bound_elsewhere = match addr::local_of(fd) {
         Some(SocketAddr::V4(a)) => {
             let ip = IpAddr::V4(*a.ip());
@@ -463,6 +464,9 @@ fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
     let Some(local) = s.local.load() else {
         return give_back(true);
     };
+    if link::secure() {
+        return connect_hosted_translated(fd, s, local, ndst, give_back);
+    }
     let routes = match link::lookup_route(&ndst) {
         Err(()) => return give_back(true),
         Ok(None) => {
@@ -519,6 +523,60 @@ fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
         s.rehost(local, leased);
     }
     // No pooled socket can reach this destination now: the ordinary way (the router makes one).
+    give_back(false)
+}
+
+/// Secure mode: connect() on a HOSTED socket, which the router restricted with
+/// `SLIM_RESTRICT_TRANSLATE`, is the program's own connect to the overlay destination: slim_kern
+/// finds the host listener in its tables (and checks the Slim policy) and connects there, with the
+/// kernel's blocking, timeouts and EINTR. ENOENT (no Slim listener the module knows) turns it into
+/// an overlay socket, and the connect carries on as for any candidate (the router is asked).
+fn connect_hosted_translated(
+    fd: i32,
+    s: &fdtable::Slot,
+    local: SocketAddr,
+    ndst: SocketAddr,
+    give_back: impl Fn(bool) -> Hosted,
+) -> Hosted {
+    if !ndst.is_ipv4() || route_source(ndst) != Some(local.ip()) {
+        return give_back(true);
+    }
+    let (ss, len) = addr::to_storage(ndst, libc::AF_INET);
+    let regs = s.epoll_regs();
+    let mut local = local;
+    for _ in 0..3 {
+        // SAFETY: ss holds a valid address of `len` bytes.
+        let r = unsafe { real::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        let e = errno();
+        match e {
+            _ if r == 0 => {}
+            // No Slim listener in the module's tables.
+            libc::ENOENT => return give_back(true),
+            // The 4-tuple is in use (the port is shared with connections elsewhere): another
+            // pooled socket takes this one's place.
+            libc::EADDRNOTAVAIL => {
+                let Some(pooled) = link::pooled_socket(libc::AF_INET, local.ip()) else {
+                    break;
+                };
+                let (port, leased) = (pooled.port, pooled.leased);
+                if !swap_in(fd, pooled.fd, &regs) {
+                    break;
+                }
+                local = SocketAddr::new(local.ip(), port);
+                s.rehost(local, leased);
+                continue;
+            }
+            // EINPROGRESS, EINTR, ECONNREFUSED (the Slim policy, or TCP), ...: the program's.
+            _ => {}
+        }
+        s.set_conn(libc::AF_INET, 0, local, Some(ndst));
+        slog!(
+            DEBUG,
+            "fd {fd}: Slim connection {local} -> {ndst} (hosted, slim_kern)"
+        );
+        set_errno(e);
+        return Hosted::Done(r);
+    }
     give_back(false)
 }
 
@@ -579,8 +637,7 @@ pub fn connect(fd: i32, dst: SocketAddr) -> Option<i32> {
     let regs = slot.map(|s| s.epoll_regs()).unwrap_or_default();
     let (host, id, cookie) = match fast_connect(family, src_ip, ndst, &opts) {
         Fast::Done(host, id) => {
-            // Hosted sockets (handed out by socket()) need the route table: not in secure mode.
-            if let (libc::AF_INET, IpAddr::V4(v4), false) = (family, src_ip, link::secure()) {
+            if let (libc::AF_INET, IpAddr::V4(v4)) = (family, src_ip) {
                 HOSTED_SRC.store(u32::from(v4), Ordering::Relaxed);
             }
             (host, id, 0)

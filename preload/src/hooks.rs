@@ -505,7 +505,19 @@ pub unsafe extern "C" fn setsockopt(
                     return -1;
                 }
                 // SAFETY: as above.
-                let r = unsafe { real::setsockopt(fd, level, name, v, len) };
+                let mut r = unsafe { real::setsockopt(fd, level, name, v, len) };
+                // Secure mode: slim_kern refuses on a restricted socket what acts on the host
+                // (SO_MARK, IP_TRANSPARENT, a TOS with precedence bits, ...) with EPERM. The
+                // program asked for an ordinary socket: it gets one, and the option on it.
+                if r < 0
+                    && k == HOSTED
+                    && errno() == libc::EPERM
+                    && link::secure()
+                    && connect::unhost(fd, false)
+                {
+                    // SAFETY: as above, now on the overlay socket.
+                    r = unsafe { real::setsockopt(fd, level, name, v, len) };
+                }
                 if r == 0 && !v.is_null() && (len as usize) <= slim_uapi::proto::MAX_OPT_LEN {
                     // SAFETY: the kernel just read `len` bytes from v.
                     let bytes =
