@@ -123,7 +123,8 @@ const FEATURES: u32 = kabi::SLIM_FEAT_STATS
     | kabi::SLIM_FEAT_REVOKE
     | kabi::SLIM_FEAT_TABLES
     | kabi::SLIM_FEAT_TRANSLATE
-    | kabi::SLIM_FEAT_POLICY;
+    | kabi::SLIM_FEAT_POLICY
+    | kabi::SLIM_FEAT_ADOPT;
 
 /// Module-wide counters (`STATS`). Relaxed atomics: they are statistics, not synchronisation.
 pub(crate) struct Counters {

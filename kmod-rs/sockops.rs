@@ -164,6 +164,25 @@ fn is_restricted_ops(ops: *const bindings::proto_ops) -> bool {
     ops == RESTRICTED_V4.ptr() || ops == RESTRICTED_V6.ptr()
 }
 
+/// `SLIM_RESTRICT_ADOPT` of the restricted listener `sock`: from now on it (and the children it
+/// accepts) refers to `tables`, the set of the router that adopts it. Under TABLE (a mutex): the
+/// reference to the old set dropped here may be its last, and freeing a set may sleep.
+fn adopt(
+    table: &mut KVec<Entry>,
+    sock: *mut bindings::socket,
+    req: &kabi::SlimRestrict,
+    tables: Arc<TableSet>,
+) -> Result {
+    let Some(e) = table.iter_mut().find(|e| e.sock == sock as usize) else {
+        return Err(EEXIST);
+    };
+    if !e.listener || e.revoked || e.tag != req.tag || e.local.raw != req.local.raw {
+        return Err(EEXIST);
+    }
+    e.tables = Some(tables);
+    Ok(())
+}
+
 /// `SLIM_IOC_RESTRICT`: `req` has been copied from the caller and validated.
 pub(crate) fn restrict(req: &kabi::SlimRestrict, tables: Arc<TableSet>) -> Result {
     let fd = u32::try_from(req.fd).map_err(|_| EBADF)?;
@@ -186,6 +205,9 @@ pub(crate) fn restrict(req: &kabi::SlimRestrict, tables: Arc<TableSet>) -> Resul
     } else if ops == v6 {
         RESTRICTED_V6.ptr()
     } else if is_restricted_ops(ops) {
+        if req.flags & kabi::SLIM_RESTRICT_ADOPT != 0 {
+            return adopt(&mut table, sock, req, tables);
+        }
         return Err(EEXIST);
     } else {
         return Err(EPROTONOSUPPORT);

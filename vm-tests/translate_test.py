@@ -24,8 +24,8 @@ import time
 import table_test as tt
 from table_test import INSERT, REMOVE, RESET, LISTENERS, addr4, addr6, check, errname, op, raw_ioctl, tstats, update
 
-FEAT_TRANSLATE, FEAT_POLICY = 1 << 6, 1 << 7
-RESTRICT_LISTENER, RESTRICT_TRANSLATE, RESTRICT_POLICY = 1, 2, 4
+FEAT_TRANSLATE, FEAT_POLICY, FEAT_ADOPT = 1 << 6, 1 << 7, 1 << 8
+RESTRICT_LISTENER, RESTRICT_TRANSLATE, RESTRICT_POLICY, RESTRICT_ADOPT = 1, 2, 4, 8
 TAG = 41
 
 
@@ -323,6 +323,7 @@ def main():
           not bad and results["HELLO"] > 0 and results["OTHER"] > 0 and results["ENOENT"] > 0, f"unexpected: {bad[:5]}")
 
     accept_checks(dev)
+    adopt_checks(dev, feat)
 
     update(dev, [], flags=RESET)
     os.close(dev)
@@ -367,6 +368,56 @@ def accept_checks(dev):
                  op(INSERT, tt.LEASES, addr4([127, 0, 0, 1], leased.getsockname()[1]), addr4([10, 99, 0, 7]))])
     a, local, peer = accepted(leased)
     check("a host listener of two overlay endpoints: not identified", peer == ("0.0.0.0", 0), peer)
+    lst.close()
+
+
+def adopt_checks(dev, feat):
+    """SLIM_RESTRICT_ADOPT: a restarted router (another /dev/slim file) takes over a restricted listener
+    of the same tag and local address: its children are then identified from the new file's tables,
+    not the old one's (which its router's exit empties). Anything else is EEXIST; an unrestricted
+    socket is restricted as without the flag."""
+    check("VERSION announces SLIM_FEAT_ADOPT", feat & FEAT_ADOPT, f"features {feat:#x}")
+    old_dev = os.open("/dev/slim", os.O_RDWR)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+    lport = lst.getsockname()[1]
+    here = addr4([0, 0, 0, 0], 80)
+    restrict(old_dev, lst, flags=RESTRICT_LISTENER, local=here)
+    os.close(old_dev)  # the old router is gone: its set goes with its last socket's reference
+    leased = socket.socket()
+    leased.bind(("127.0.0.1", 0))
+    cport = leased.getsockname()[1]
+    update(dev, [op(INSERT, LISTENERS, addr4([10, 99, 0, 5], 80), addr4([127, 0, 0, 1], lport)),
+                 op(INSERT, tt.LEASES, addr4([127, 0, 0, 1], cport), addr4([10, 99, 0, 7]))], flags=RESET)
+    e = errname(lambda: restrict(dev, lst, flags=RESTRICT_LISTENER, local=here))
+    check("RESTRICT of a restricted listener without ADOPT -> EEXIST", e == "EEXIST", e)
+    e = errname(lambda: restrict(dev, lst, flags=RESTRICT_LISTENER | RESTRICT_ADOPT, local=here, tag=TAG + 1))
+    check("ADOPT with another tag -> EEXIST", e == "EEXIST", e)
+    e = errname(lambda: restrict(dev, lst, flags=RESTRICT_LISTENER | RESTRICT_ADOPT, local=addr4([0, 0, 0, 0], 81)))
+    check("ADOPT with another local address -> EEXIST", e == "EEXIST", e)
+    e = errname(lambda: restrict(dev, lst, flags=RESTRICT_ADOPT, local=here))
+    check("ADOPT without LISTENER -> EINVAL", e == "EINVAL", e)
+    e = errname(lambda: restrict(dev, lst, flags=RESTRICT_LISTENER | RESTRICT_ADOPT, local=here))
+    check("ADOPT of the listener by a new file (same tag and local address) -> 0", e is None, e)
+    leased.connect(("127.0.0.1", lport))
+    c, a = lst.accept()
+    check("after ADOPT, a child is identified from the new file's tables",
+          c.getpeername() == ("10.99.0.7", cport) and c.getsockname() == ("10.99.0.5", 80),
+          (c.getsockname(), c.getpeername()))
+    c.close()
+    leased.close()
+    s = translating(dev)
+    e = errname(lambda: restrict(dev, s, flags=RESTRICT_LISTENER | RESTRICT_ADOPT, local=here))
+    check("ADOPT of a restricted socket that is not a listener -> EEXIST", e == "EEXIST", e)
+    s.close()
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    plain.listen(4)
+    e = errname(lambda: restrict(dev, plain, flags=RESTRICT_LISTENER | RESTRICT_ADOPT, local=here))
+    check("ADOPT of an unrestricted listener restricts it (getsockname answers the virtual address)",
+          e is None and plain.getsockname() == ("0.0.0.0", 80), (e, plain.getsockname()))
+    plain.close()
     lst.close()
 
 

@@ -123,6 +123,26 @@ impl SlimDev {
         self.restrict_flags(sock, tag, flags, local, peer)
     }
 
+    /// `SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_ADOPT`: the host listener `sock` that container
+    /// `tag` holds becomes this router's: restricted now if a plain router made it, or taken over
+    /// from the router that restricted it (same tag and `local`), whose table set is gone with it,
+    /// so that the module identifies its children from this router's tables. Needs
+    /// [`SlimDev::has_adopt`].
+    pub fn adopt_listener(
+        &self,
+        sock: BorrowedFd<'_>,
+        tag: u64,
+        local: SocketAddr,
+    ) -> io::Result<()> {
+        let flags = kabi::SLIM_RESTRICT_LISTENER | kabi::SLIM_RESTRICT_ADOPT;
+        self.restrict_flags(sock, tag, flags, local, None)
+    }
+
+    /// Whether the module takes `SLIM_RESTRICT_ADOPT`.
+    pub fn has_adopt(&self) -> bool {
+        self.features & kabi::SLIM_FEAT_ADOPT != 0
+    }
+
     /// Restricts the unconnected host socket `sock` for container `tag` with
     /// `SLIM_RESTRICT_TRANSLATE`: its getsockname answers `local`, and its connect to an overlay
     /// endpoint is translated by the module from this file's listeners table. `policy`: with

@@ -190,9 +190,14 @@ impl Router {
         )
     }
 
-    /// A restricted host listener the library already holds, registered again after this router
-    /// restarted. Accepted only if the kernel says it is a listener of this host whose (virtual)
-    /// address is the one the caller says it bound, on the caller's own overlay addresses.
+    /// A host listener the library already holds, registered again after this router restarted.
+    /// Accepted only if the kernel says it is a listener of this host whose (virtual) address is
+    /// the one the caller says it bound, on the caller's own overlay addresses. The router takes
+    /// it over (`SLIM_RESTRICT_ADOPT`): a listener a plain router made (it answers its host
+    /// address) is restricted now, and one a former secure router restricted is pointed at this
+    /// router's tables, so that the module identifies its connections again. Without that
+    /// feature only a restricted listener is taken back, and its connections are identified by
+    /// asking this router.
     pub async fn secure_reattach(
         &self,
         caller: &Caller,
@@ -222,8 +227,14 @@ impl Router {
         let ours = Some(host.ip()) == self.settings.host_v4.map(IpAddr::V4)
             || Some(host.ip()) == self.settings.host_v6.map(IpAddr::V6);
         // A restricted listener answers its virtual address; one answering the host address is
-        // not restricted, and no container may hold such a socket in secure mode.
-        if !ours || normalize(virtual_local) != normalize(req.bound) {
+        // not restricted (a plain router made it), and no container may keep such a socket in
+        // secure mode: it is restricted below, or refused.
+        let restricted = normalize(virtual_local) != host;
+        let adopt = self.dev.as_ref().filter(|d| d.has_adopt());
+        if !ours
+            || (restricted && normalize(virtual_local) != normalize(req.bound))
+            || (!restricted && adopt.is_none())
+        {
             return self.refuse(caller, "reattach of a socket that is not a restricted listener of this router for that address").0;
         }
         let bound = crate::hostsock::normalize_ip(req.bound.ip());
@@ -240,6 +251,18 @@ impl Router {
         let keys = self.listener_keys(&req);
         if keys.is_empty() {
             return Reply::Fallback(FallbackReason::OutsidePrefixes);
+        }
+        if let Some(dev) = adopt {
+            let local = in_family(req.bound, req.family);
+            if let Err(e) = dev.adopt_listener(fd.as_fd(), caller.netns, local) {
+                tracing::warn!(bound = %req.bound, %host, error = %e, "cannot take over a reattached listener");
+                return self
+                    .refuse(
+                        caller,
+                        "reattach of a listener this router cannot take over",
+                    )
+                    .0;
+            }
         }
         self.register_again(
             cookie,

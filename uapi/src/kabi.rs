@@ -280,6 +280,9 @@ pub const SLIM_FEAT_TRANSLATE: u32 = 1 << 6;
 /// Feature bit: the policy table ([`crate::kabi_tables::SLIM_TABLE_POLICY`]) and
 /// [`SLIM_RESTRICT_POLICY`] (issue 15, point 4).
 pub const SLIM_FEAT_POLICY: u32 = 1 << 7;
+/// Feature bit: [`SLIM_RESTRICT_ADOPT`] (a restarted router takes over its containers' restricted
+/// listeners). A compatible extension: `KABI_VERSION` stays the same.
+pub const SLIM_FEAT_ADOPT: u32 = 1 << 8;
 
 /// [`SLIM_IOC_RESTRICT`] (write): restrict the host socket `fd` (a TCP socket of the caller) before
 /// any container sees it, and record its virtual (overlay) addresses. From then on `getsockname`
@@ -324,9 +327,16 @@ pub const SLIM_RESTRICT_TRANSLATE: u32 = 1 << 1;
 /// before anything is sent, counted in `SlimTableStats::policy_denied`. ECONNREFUSED is what the
 /// router answers for a denied connect too: what an overlay firewall's REJECT gives a TCP client.
 pub const SLIM_RESTRICT_POLICY: u32 = 1 << 2;
+/// With [`SLIM_RESTRICT_LISTENER`] only ([`SLIM_FEAT_ADOPT`]): `fd` is already a restricted
+/// listener, restricted by another `/dev/slim` file (a router that has since restarted) with the
+/// same `tag` and `local`; from now on it and the children it accepts use the table set of this
+/// file (accept by the module looks up there). Nothing else changes. `EEXIST` if `fd` is not
+/// restricted so (not a restricted listener, another tag or local address, or revoked); a socket
+/// that is not restricted at all is restricted as without the flag.
+pub const SLIM_RESTRICT_ADOPT: u32 = 1 << 3;
 /// All defined `SLIM_RESTRICT_*` bits.
 pub const SLIM_RESTRICT_FLAGS: u32 =
-    SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_POLICY;
+    SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_POLICY | SLIM_RESTRICT_ADOPT;
 
 /// [`SLIM_IOC_AUTHORIZE_CONNECT`] (write): the one host endpoint the restricted socket `fd` may
 /// `connect` to (the container's `connect` is refused for anything else). Replaces an earlier
@@ -444,6 +454,12 @@ impl SlimRestrict {
             return Err(KabiError::Invalid);
         }
         if self.flags & SLIM_RESTRICT_POLICY != 0 && self.flags & SLIM_RESTRICT_TRANSLATE == 0 {
+            return Err(KabiError::Invalid);
+        }
+        if self.flags & SLIM_RESTRICT_ADOPT != 0
+            && self.flags & (SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_TRANSLATE)
+                != SLIM_RESTRICT_LISTENER
+        {
             return Err(KabiError::Invalid);
         }
         if let Err(e) = self.local.sockaddr_len() {
@@ -673,6 +689,14 @@ mod tests {
         r.peer = SlimAddr::NONE;
         r.flags = SLIM_RESTRICT_TRANSLATE | SLIM_RESTRICT_POLICY;
         assert_eq!(r.validate(), Ok(()));
+        r.flags = SLIM_RESTRICT_LISTENER | SLIM_RESTRICT_ADOPT;
+        assert_eq!(r.validate(), Ok(()));
+        r.flags = SLIM_RESTRICT_ADOPT;
+        assert_eq!(
+            r.validate(),
+            Err(KabiError::Invalid),
+            "only listeners are adopted"
+        );
         r.flags = SLIM_RESTRICT_POLICY;
         assert_eq!(
             r.validate(),
