@@ -511,19 +511,31 @@ fn connect_hosted(fd: i32, s: &fdtable::Slot, ndst: SocketAddr) -> Hosted {
             set_errno(e);
             return Hosted::Done(r);
         }
-        let Some(pooled) = link::pooled_socket(libc::AF_INET, local.ip()) else {
+        let Some((next, next_leased)) = rehost(fd, s, local.ip(), &regs) else {
             break;
         };
-        let port = pooled.port;
-        leased = pooled.leased;
-        if !swap_in(fd, pooled.fd, &regs) {
-            break;
-        }
-        local = SocketAddr::new(local.ip(), port);
-        s.rehost(local, leased);
+        (local, leased) = (next, next_leased);
     }
     // No pooled socket can reach this destination now: the ordinary way (the router makes one).
     give_back(false)
+}
+
+/// A HOSTED socket whose 4-tuple is in use: another pooled socket of `ip` takes its place under
+/// the same number (with the program's flags and epoll registrations). Returns its overlay
+/// identity and whether its port is leased; None if there is none or it could not be swapped in.
+fn rehost(
+    fd: i32,
+    s: &fdtable::Slot,
+    ip: IpAddr,
+    regs: &[Option<fdtable::EpollReg>],
+) -> Option<(SocketAddr, bool)> {
+    let pooled = link::pooled_socket(libc::AF_INET, ip)?;
+    let (local, leased) = (SocketAddr::new(ip, pooled.port), pooled.leased);
+    if !swap_in(fd, pooled.fd, regs) {
+        return None;
+    }
+    s.rehost(local, leased);
+    Some((local, leased))
 }
 
 /// Secure mode: connect() on a HOSTED socket, which the router restricted with
@@ -555,15 +567,10 @@ fn connect_hosted_translated(
             // The 4-tuple is in use (the port is shared with connections elsewhere): another
             // pooled socket takes this one's place.
             libc::EADDRNOTAVAIL => {
-                let Some(pooled) = link::pooled_socket(libc::AF_INET, local.ip()) else {
+                let Some((next, _)) = rehost(fd, s, local.ip(), &regs) else {
                     break;
                 };
-                let (port, leased) = (pooled.port, pooled.leased);
-                if !swap_in(fd, pooled.fd, &regs) {
-                    break;
-                }
-                local = SocketAddr::new(local.ip(), port);
-                s.rehost(local, leased);
+                local = next;
                 continue;
             }
             // EINPROGRESS, EINTR, ECONNREFUSED (the Slim policy, or TCP), ...: the program's.
